@@ -1,0 +1,43 @@
+"""molmoact2-jax: a JAX/Flax training stack for MolmoAct2."""
+from setuptools import find_packages, setup
+
+setup(
+    name="molmoact2-jax",
+    version="0.1.0",
+    description="JAX/Flax training, inference and conversion stack for the MolmoAct2 vision-language-action model",
+    python_requires=">=3.11",
+    packages=find_packages(include=["molmoact2_jax", "molmoact2_jax.*", "data_pipelines", "data_pipelines.*",
+                                    "configs", "configs.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "array_record>=0.7",
+        "tensorstore>=0.1.60",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.21",
+        "chex>=0.1.88",
+        "safetensors>=0.4",
+        "pyarrow>=15",
+        "av>=12",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "tqdm>=4.66",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "molmoact2-convert=molmoact2_jax.convert.cli:main",
+            "molmoact2-openfast=molmoact2_jax.tokenizers.openfast_cli:main",
+            "molmoact2-data=data_pipelines.cli:main",
+            "molmoact2-forward=molmoact2_jax.demo_forward:main",
+        ],
+    },
+)
