@@ -115,6 +115,8 @@ class OpenFAST:
         re-iterable (list, dataset object) or a zero-argument callable returning a fresh iterator. Each item is a
         chunk (T, D) or a batch (N, T, D); T and D may differ between items (embodiments).
         """
+        if not (np.isfinite(scale) and scale > 0) or int(vocab_size) != vocab_size or vocab_size <= 0:
+            raise ValueError(f"need scale > 0 and a positive integer vocab_size, got {scale}, {vocab_size}")
         lo, hi, count = None, None, 0
         for i, item in enumerate(_fresh_iter(chunks)):
             q = quantized_dct(_as_chunk_array(item, f"chunk item {i}"), scale)
