@@ -1,0 +1,29 @@
+"""JPEG/PNG encode/decode and resize with Pillow."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines.errors import DataError
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt.upper(), **({"quality": quality} if fmt == "jpeg" else {}))
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, *, path=None, episode=None, key=None) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises several unrelated types for bad bytes
+        raise DataError(f"cannot decode image bytes: {e}", path=path, episode=episode, key=key) from e
+
+
+def resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if rgb.shape[:2] == tuple(hw):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.BILINEAR))
