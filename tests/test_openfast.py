@@ -189,14 +189,19 @@ def test_load_errors_name_folder_and_key(tok, tmp_path):
 
 
 # ---- decoding model output ----
-def test_fuzzed_decode_never_raises(tok):
+def test_fuzzed_decode_never_raises(tok, data):
     rng = np.random.default_rng(2)
     t, d, vocab = 15, 8, tok.bpe_vocab_size
     seqs = []
-    for i in range(10_000):
+    for i in range(8_000):  # random ids, some out of range, random lengths incl. empty
         n = int(rng.integers(0, 130))
         seq = rng.integers(-3, vocab + 3, n) if i % 2 else rng.integers(0, vocab, n)
         seqs.append(seq.tolist() if i % 3 else seq)
+    for i, real in enumerate(tok.encode(np.concatenate([data[2], data[3]])[rng.integers(0, 600, 2_000)])):
+        cut = int(rng.integers(0, len(real)))  # near misses: intact, truncated, one id replaced/inserted
+        mutated = [real, real[:cut], real[:cut] + [int(rng.integers(0, vocab))] + real[cut + 1:],
+                   real[:cut] + [int(rng.integers(-2, vocab + 2))] + real[cut:]][i % 4]
+        seqs.append(mutated)
     seqs += [[1.5, 2.0], ["a"], [None], [[1, 2]], [2**70], []]
     actions, valid = tok.decode(seqs, t, d)
     assert actions.shape == (len(seqs), t, d) and valid.shape == (len(seqs),)

@@ -57,6 +57,19 @@ def _as_chunk_array(item, where: str) -> np.ndarray:
     return arr
 
 
+def _checked_ids(seq, vocab: int) -> list[int] | None:
+    """A non-empty sequence of ids in [0, vocab) as a list of ints, else None (malformed model output)."""
+    if type(seq) in (list, tuple) and seq and all(type(v) is int for v in seq):  # fast path, no numpy per row
+        return list(seq) if min(seq) >= 0 and max(seq) < vocab else None
+    try:
+        ids = np.asarray(seq)
+    except Exception:  # ragged / unconvertible
+        return None
+    if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= vocab:
+        return None
+    return ids.tolist()
+
+
 def _fresh_iter(chunks) -> Iterator:
     if callable(chunks):
         return iter(chunks())
@@ -185,16 +198,10 @@ class OpenFAST:
         valid = np.zeros(n, dtype=bool)
         id_lists, rows = [], []
         for b, seq in enumerate(tokens):
-            try:
-                ids = np.asarray(seq)
-            except Exception:  # ragged / unconvertible model output
-                continue
-            if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
-                continue
-            if ids.min() < 0 or ids.max() >= self.bpe_vocab_size:
-                continue
-            id_lists.append(ids.tolist())
-            rows.append(b)
+            ids = _checked_ids(seq, self.bpe_vocab_size)
+            if ids is not None:
+                id_lists.append(ids)
+                rows.append(b)
         good, texts = [], []
         for b, text in zip(rows, self.tokenizer.decode_batch(id_lists, skip_special_tokens=False)):
             if len(text) == length:
