@@ -1,0 +1,45 @@
+"""`molmoact2-convert`: checkpoint conversion between Orbax params checkpoints and Hugging Face folders."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="molmoact2-convert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("import-molmo2", help="transformers Molmo2 folder -> Orbax params checkpoint (backbone)")
+    p.add_argument("src_hf_dir")
+    p.add_argument("ckpt_dir")
+    p = sub.add_parser("export-molmo2", help="Orbax params checkpoint -> transformers Molmo2 folder (backbone)")
+    p.add_argument("ckpt_dir")
+    p.add_argument("out_hf_dir")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    args = parser.parse_args(argv)
+
+    from molmoact2_jax.convert import molmo2
+    try:
+        if args.command == "import-molmo2":
+            _, cfg = molmo2.import_molmo2(args.src_hf_dir, args.ckpt_dir)
+            print(f"imported {args.src_hf_dir} -> {args.ckpt_dir} (LLM {cfg.llm.num_layers} layers, "
+                  f"width {cfg.llm.hidden_size}, vocab {cfg.llm.vocab_size})")
+        elif args.command == "export-molmo2":
+            dtype = np.float32 if args.dtype == "float32" else _bf16()
+            s = molmo2.export_molmo2(args.ckpt_dir, args.out_hf_dir, dtype=dtype)
+            print(f"exported {s['tensors']} tensors, {s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s) "
+                  f"({args.dtype}) -> {args.out_hf_dir}")
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"molmoact2-convert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _bf16():
+    import ml_dtypes
+    return ml_dtypes.bfloat16
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""SigLIP2-style ViT in the Molmo form (spec section 6): linear patch embedding, learned positions, pre-LN blocks,
+no CLS and no final LN; returns the concatenation of the configured intermediate layers' outputs."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from molmoact2_jax.models import layers as L
+
+
+class ViTBlock(nn.Module):
+    cfg: object  # FrozenConfigDict of the whole model
+
+    @nn.compact
+    def __call__(self, x, _):
+        v = self.cfg.vit
+        dtype = L.compute_dtype(self.cfg.dtype)
+        h = L.LayerNorm(v.layer_norm_eps, name="attention_norm", dtype=dtype)(x)
+        qkv_dense = lambda name: L.Dense((v.num_heads, v.head_dim), ("vit_embed",), ("heads", "head_dim"),
+                                         dtype=dtype, name=name)
+        q, k, w = qkv_dense("wq")(h), qkv_dense("wk")(h), qkv_dense("wv")(h)
+        a = L.attention(q, k, w, None, dtype=dtype)  # bidirectional, fp32 softmax (float32_attention)
+        x = x + L.Dense(v.hidden_size, ("heads", "head_dim"), ("vit_embed",), n_in_dims=2, dtype=dtype,
+                        name="wo")(a)
+        h = L.LayerNorm(v.layer_norm_eps, name="ffn_norm", dtype=dtype)(x)
+        h = L.Dense(v.mlp_dim, ("vit_embed",), ("vit_mlp",), dtype=dtype, name="w1")(h)
+        h = nn.gelu(h, approximate=True)  # gelu_pytorch_tanh
+        x = x + L.Dense(v.hidden_size, ("vit_mlp",), ("vit_embed",), dtype=dtype, name="w2")(h)
+        return x, x  # carry, and the per-layer output collected by scan
+
+
+def num_built_layers(vit_cfg) -> int:
+    """Blocks actually built: max(feature_layers)+1 (spec 21.3), negative indices counting from num_layers."""
+    idx = [l % vit_cfg.num_layers for l in vit_cfg.feature_layers]
+    return max(idx) + 1
+
+
+class ViT(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, patches):
+        """patches: [N, P, 588] float in [-1, 1] -> features [N, P, hidden * len(feature_layers)]."""
+        v = self.cfg.vit
+        dtype = L.compute_dtype(self.cfg.dtype)
+        n_patches = (v.image_size // v.patch_size) ** 2
+        x = L.Dense(v.hidden_size, ("patch",), ("vit_embed",), dtype=dtype, name="patch_embedding")(patches)
+        pos = L.param_with_axes(self, "positional_embedding", nn.initializers.normal(0.02),
+                                (n_patches, v.hidden_size), ("vit_pos", "vit_embed"))
+        x = x + pos.astype(dtype)[None]
+        depth = num_built_layers(v)
+        block = L.maybe_remat(ViTBlock, self.cfg.remat_policy)
+        stack = L.scan_layers(block, depth, self.cfg.scan_unroll, in_axes=(nn.broadcast,))
+        _, hidden = stack(self.cfg, name="resblocks")(x, None)  # hidden: [depth, N, P, D]
+        feats = [hidden[l % v.num_layers] for l in v.feature_layers]
+        return jnp.concatenate(feats, axis=-1)
