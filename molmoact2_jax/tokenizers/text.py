@@ -1,0 +1,257 @@
+"""Text tokenizer with MolmoAct2's token layout (spec 3 and 4.2).
+
+The base tokenizer (a Hugging Face `tokenizer.json`, e.g. Qwen3's, or a sentencepiece model) encodes plain text.
+On top of it come, in this order: the robot tokens (setup, control, state, action, depth families), `<extra_i>`
+padding up to a multiple of 1024 (`vocab_size` = rows of the embedding and LM head), then the 14 multimodal tokens
+at `vocab_size + i` (they live in the 128-row extra table). Ids a checkpoint states in its `config.json` win over
+computed ones, and ids the base tokenizer already assigns to these strings (the released tokenizer files carry
+them) are checked against the layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+from configs.model import PAD_MULTIPLE, robot_token_ids
+
+MULTIMODAL = ("<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>", "<im_low>",
+              "<frame_start>", "<frame_end>", "<|video|>", "<|points|>", "<|token_index|>", "<|vit_index|>",
+              "<|vit_loc|>")
+_MM_FIELDS = ("image_start", "image_end", "image_patch", "image_col", "low_res_image_start", "image_placeholder",
+              "image_low", "frame_start", "frame_end", "video_placeholder", "points", "token_index", "vit_index",
+              "vit_loc")
+# config.json key -> layout field, for the ids a checkpoint may state (spec 3.2 caution: read them, don't assume).
+HF_ID_KEYS = {
+    "image_start_token_id": "image_start", "image_end_token_id": "image_end", "image_patch_id": "image_patch",
+    "image_col_id": "image_col", "low_res_image_start_token_id": "low_res_image_start",
+    "frame_start_token_id": "frame_start", "frame_end_token_id": "frame_end",
+    "setup_start_token_id": "setup_start", "setup_end_token_id": "setup_end",
+    "control_start_token_id": "control_start", "control_end_token_id": "control_end",
+    "state_start_token_id": "state_start", "state_end_token_id": "state_end",
+    "state_token_start_id": "state_token_start", "action_output_token_id": "action_output",
+    "action_start_token_id": "action_start", "action_end_token_id": "action_end",
+    "action_token_start_id": "action_token_start", "depth_output_token_id": "depth_output",
+    "depth_start_token_id": "depth_start", "depth_end_token_id": "depth_end",
+    "depth_token_start_id": "depth_token_start", "eos_token_id": "eos",
+}
+
+
+@dataclasses.dataclass
+class TokenLayout:
+    """Every special id the model and the data pipelines use."""
+    base_vocab: int
+    vocab_size: int
+    setup_start: int
+    setup_end: int
+    control_start: int
+    control_end: int
+    state_start: int
+    state_end: int
+    state_token_start: int
+    action_output: int
+    action_start: int
+    action_end: int
+    action_token_start: int
+    depth_output: int
+    depth_start: int
+    depth_end: int
+    depth_token_start: int
+    image_start: int
+    image_end: int
+    image_patch: int
+    image_col: int
+    low_res_image_start: int
+    image_placeholder: int
+    image_low: int
+    frame_start: int
+    frame_end: int
+    video_placeholder: int
+    points: int
+    token_index: int
+    vit_index: int
+    vit_loc: int
+    eos: int
+    num_state_tokens: int = 256
+    num_action_tokens: int = 2048
+    num_depth_tokens: int = 128
+
+    @classmethod
+    def compute(cls, base_vocab: int, eos: int, pad_multiple: int = PAD_MULTIPLE) -> "TokenLayout":
+        ids = robot_token_ids(base_vocab, pad_multiple)
+        ids.pop("num_added_robot_tokens")
+        return cls(base_vocab=base_vocab, eos=eos, **ids)
+
+    def with_overrides(self, hf_config: dict) -> "TokenLayout":
+        """Ids stated in a checkpoint's config.json (top level or text_config) replace computed ones."""
+        text = hf_config.get("text_config", {})
+        updates = {}
+        for key, field in HF_ID_KEYS.items():
+            value = hf_config.get(key, text.get(key))
+            if isinstance(value, list):
+                value = value[0]
+            if value is not None:
+                updates[field] = int(value)
+        for n in ("state", "action", "depth"):
+            if f"num_{n}_tokens" in hf_config:
+                updates[f"num_{n}_tokens"] = int(hf_config[f"num_{n}_tokens"])
+        if "vocab_size" in text:
+            updates["vocab_size"] = int(text["vocab_size"])
+        return dataclasses.replace(self, **updates)
+
+    def state_token(self, k):
+        return self.state_token_start + k
+
+    def action_token(self, k):
+        return self.action_token_start + k
+
+    def depth_token(self, k):
+        return self.depth_token_start + k
+
+    def special_strings(self) -> dict[str, int]:
+        """String -> id for every token this layout adds on top of the base tokenizer."""
+        s = {"<setup_start>": self.setup_start, "<setup_end>": self.setup_end,
+             "<control_start>": self.control_start, "<control_end>": self.control_end,
+             "<state_start>": self.state_start, "<state_end>": self.state_end,
+             "<action_output>": self.action_output, "<action_start>": self.action_start,
+             "<action_end>": self.action_end, "<depth_output>": self.depth_output,
+             "<depth_start>": self.depth_start, "<depth_end>": self.depth_end}
+        s.update({f"<state_{k}>": self.state_token(k) for k in range(self.num_state_tokens)})
+        s.update({f"<action_{k}>": self.action_token(k) for k in range(self.num_action_tokens)})
+        s.update({f"<depth_{k}>": self.depth_token(k) for k in range(self.num_depth_tokens)})
+        first_extra = self.depth_token_start + self.num_depth_tokens
+        s.update({f"<extra_{i}>": first_extra + i for i in range(max(self.vocab_size - first_extra, 0))})
+        s.update({name: getattr(self, field) for name, field in zip(MULTIMODAL, _MM_FIELDS)})
+        return s
+
+    def image_family(self) -> tuple[int, ...]:
+        """Ids with token_type_ids == 1 (spec 4.2)."""
+        return (self.image_patch, self.image_col, self.image_start, self.low_res_image_start, self.frame_start,
+                self.image_end, self.frame_end, self.image_low)
+
+
+class TextTokenizer:
+    """Encodes text containing the layout's special strings; everything else goes to the base tokenizer."""
+
+    def __init__(self, backend, layout: TokenLayout, kind: str):
+        self.backend, self.layout, self.kind = backend, layout, kind
+        self.specials = layout.special_strings()
+        self.id_to_special = {v: k for k, v in self.specials.items()}
+        names = sorted(self.specials, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")")
+
+    @classmethod
+    def from_file(cls, path: str, hf_config: dict | None = None, eos_token: str = "<|im_end|>") -> "TextTokenizer":
+        """`path`: a tokenizer.json, a folder containing one, or a sentencepiece `.model` file.
+        `hf_config`: a checkpoint's parsed config.json whose ids override the computed layout."""
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        if path.endswith(".model"):
+            import sentencepiece as spm
+            backend = spm.SentencePieceProcessor(model_file=path)
+            base, kind = backend.get_piece_size(), "sentencepiece"
+            eos = backend.piece_to_id(eos_token) if backend.piece_to_id(eos_token) != backend.unk_id() \
+                else backend.eos_id()
+        else:
+            from tokenizers import Tokenizer
+            try:
+                backend = Tokenizer.from_file(path)
+            except Exception as e:  # noqa: BLE001 - the library raises bare Exceptions on bad JSON
+                raise ValueError(f"{path}: not a valid Hugging Face tokenizer.json ({e})") from None
+            kind = "hf"
+            # Tokens the file itself already carries from our layout do not count towards the base vocabulary.
+            base = backend.get_vocab_size(with_added_tokens=True)
+            if backend.token_to_id("<setup_start>") is not None:
+                base = backend.token_to_id("<setup_start>")
+            eos = backend.token_to_id(eos_token)
+            if eos is None:
+                raise ValueError(f"{path}: no {eos_token!r} token to use as EOS/BOS")
+        layout = TokenLayout.compute(base, eos)
+        if hf_config is not None:
+            layout = layout.with_overrides(hf_config)
+        tok = cls(backend, layout, kind)
+        tok._check_backend_agrees(path)
+        return tok
+
+    def _check_backend_agrees(self, path):
+        if self.kind != "hf":
+            return
+        for name in ("<setup_start>", "<action_start>", "<action_0>", "<depth_end>", "<im_patch>"):
+            known = self.backend.token_to_id(name)
+            if known is not None and known != self.specials[name]:
+                raise ValueError(f"{path}: {name} has id {known} in the tokenizer but {self.specials[name]} in "
+                                 f"the model's token layout (check the checkpoint's config.json)")
+
+    def _encode_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if self.kind == "hf":
+            return self.backend.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(text)
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for piece in self._split.split(text):
+            if piece in self.specials:
+                ids.append(self.specials[piece])
+            else:
+                ids.extend(self._encode_plain(piece))
+        return ids
+
+    def _decode_plain(self, ids) -> str:
+        if self.kind == "hf":
+            return self.backend.decode(ids, skip_special_tokens=False)
+        return self.backend.decode(ids)
+
+    def decode(self, ids) -> str:
+        out, run = [], []
+        for i in ids:
+            i = int(i)
+            if i in self.id_to_special:
+                if run:
+                    out.append(self._decode_plain(run))
+                    run = []
+                out.append(self.id_to_special[i])
+            else:
+                run.append(i)
+        if run:
+            out.append(self._decode_plain(run))
+        return "".join(out)
+
+    def encode_prompt(self, text: str, image_grids=(), use_col_tokens: bool = False) -> list[int]:
+        """Prompt string -> ids with BOS (= EOS id, spec 4.2) and each `<|image|>` expanded to its token block.
+        `image_grids`: (rows, cols) of pooled tokens per image, e.g. (14, 14) at 378 px."""
+        ids = self.encode(text)
+        if not ids or ids[0] != self.layout.eos:
+            ids = [self.layout.eos] + ids
+        return expand_image_tokens(ids, self.layout, image_grids, use_col_tokens)
+
+
+def expand_image_tokens(ids, layout: TokenLayout, image_grids, use_col_tokens: bool = False) -> list[int]:
+    """Replaces the k-th `<|image|>` by `<im_start>` + rows*cols `<im_patch>` (+ `<im_col>` after each row when
+    `use_col_tokens`, spec 21.6) + `<im_end>`."""
+    out, k = [], 0
+    for i in ids:
+        if i != layout.image_placeholder:
+            out.append(i)
+            continue
+        if k >= len(image_grids):
+            raise ValueError(f"prompt has more <|image|> placeholders than images ({len(image_grids)})")
+        rows, cols = image_grids[k]
+        row = [layout.image_patch] * cols + ([layout.image_col] if use_col_tokens else [])
+        out += [layout.image_start] + row * rows + [layout.image_end]
+        k += 1
+    if k != len(image_grids):
+        raise ValueError(f"prompt has {k} <|image|> placeholders but {len(image_grids)} images were given")
+    return out
+
+
+def layout_from_model_config(tokens_cfg) -> TokenLayout:
+    """TokenLayout from `config.model.tokens` (configs/model.py)."""
+    fields = {f.name for f in dataclasses.fields(TokenLayout)}
+    d = {k: v for k, v in dict(tokens_cfg).items() if k in fields}
+    d["eos"] = tokens_cfg.eos_token_id
+    return TokenLayout(**d)
+
