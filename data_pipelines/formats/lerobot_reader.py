@@ -238,7 +238,7 @@ class LeRobotDataset:
             timestamps = self.episode_columns(ep, keys=())["timestamp"]
         frame_s = 1.0 / self.fps
         times, frames = video.decode_span(path, from_ts, from_ts + meta.length * frame_s - frame_s / 2,
-                                          episode=ep)
+                                          episode=ep, key=key)
         if len(times) < meta.length:
             raise FrameTimestampError(f"decoded {len(times)} of {meta.length} frames (truncated or damaged mp4)",
                                       path=path, episode=ep, key=key)

@@ -91,7 +91,7 @@ def _open(path, episode=None):
         raise VideoDecodeError(f"cannot open video: {e}", path=path, episode=episode) from e
 
 
-def decode_span(path, from_ts: float, to_ts: float, *, episode=None) -> tuple[np.ndarray, np.ndarray]:
+def decode_span(path, from_ts: float, to_ts: float, *, episode=None, key=None) -> tuple[np.ndarray, np.ndarray]:
     """Decode every frame with from_ts - eps <= pts < to_ts - eps. Returns (pts_s [N], rgb [N,H,W,3])."""
     eps = 1e-6
     times, frames = [], []
@@ -109,7 +109,7 @@ def decode_span(path, from_ts: float, to_ts: float, *, episode=None) -> tuple[np
                     frames.append(frame.to_ndarray(format="rgb24"))
         except av.FFmpegError as e:
             raise VideoDecodeError(f"decoding failed after {len(frames)} frames: {e}", path=path,
-                                   episode=episode) from e
+                                   episode=episode, key=key) from e
     if not frames:
         return np.zeros((0,)), np.zeros((0, s.height, s.width, 3), np.uint8)
     return np.array(times), np.stack(frames)

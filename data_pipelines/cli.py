@@ -1,0 +1,88 @@
+"""molmoact2-data: fixture | convert | stats | inspect."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_pipelines.embodiments import EMBODIMENTS
+from data_pipelines.errors import DataError
+from data_pipelines.fixtures import FORMATS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="molmoact2-data", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fixture", help="write a small synthetic dataset in a real on-disk format")
+    f.add_argument("--format", required=True, choices=FORMATS)
+    f.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS))
+    f.add_argument("--out", required=True)
+    f.add_argument("--episodes", type=int, default=6)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--codec", choices=("av1", "h264"), default=None)
+    f.add_argument("--so100-naming", choices=("old", "new"), default=None)
+    f.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    f.add_argument("--dirty", nargs="*", default=[], help="LeRobot dirty variants (see lerobot_writer)")
+
+    c = sub.add_parser("convert", help="LeRobot/RLDS source -> ArrayRecord shards")
+    c.add_argument("--source", required=True, help="lerobot:PATH or rlds:PATH")
+    c.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS))
+    c.add_argument("--out", required=True)
+    c.add_argument("--workers", type=int, default=1)
+    c.add_argument("--episodes-per-shard", type=int, default=50)
+    c.add_argument("--horizon", type=int, default=None)
+    c.add_argument("--max-image-side", type=int, default=384)
+    c.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    c.add_argument("--tolerance-s", type=float, default=1e-4)
+
+    s = sub.add_parser("stats", help="norm_stats.json from shard directories")
+    s.add_argument("shard_dirs", nargs="+")
+    s.add_argument("--out", required=True)
+    s.add_argument("--norm-mode", default="q01_q99")
+
+    i = sub.add_parser("inspect", help="episodes, frames, features and first errors")
+    i.add_argument("path")
+    i.add_argument("--max-errors", type=int, default=5)
+    i.add_argument("--deep", action="store_true", help="decode every video frame")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fixture":
+            from data_pipelines.fixtures import make_fixture
+            path = make_fixture(args.format, args.embodiment, args.out, episodes=args.episodes, seed=args.seed,
+                                codec=args.codec, so100_naming=args.so100_naming, dirty=tuple(args.dirty),
+                                image_hw=tuple(args.image_size) if args.image_size else None)
+            print(f"wrote {args.format} {args.embodiment} fixture with {args.episodes} episodes to {path}")
+        elif args.command == "convert":
+            from data_pipelines.convert import ConvertOptions, convert
+            index = convert(ConvertOptions(source=args.source, embodiment=args.embodiment, out=args.out,
+                                           workers=args.workers, episodes_per_shard=args.episodes_per_shard,
+                                           horizon=args.horizon, max_image_side=args.max_image_side,
+                                           on_error=args.on_error, tolerance_s=args.tolerance_s))
+            print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
+                  f"shards ({index['resumed_shards']} already done); skipped {len(index['skipped'])} episodes")
+            for s in index["skipped"][:5]:
+                print(f"  skipped {s['episode']}: {s['error']}")
+        elif args.command == "stats":
+            from data_pipelines.stats import write_norm_stats
+            stats = write_norm_stats(args.shard_dirs, args.out, args.norm_mode)
+            for tag, m in stats["metadata_by_tag"].items():
+                print(f"{tag}: {m['action_stats']['count']} frames from {len(m['repos'])} directories")
+            print(f"wrote {args.out}")
+        elif args.command == "inspect":
+            from data_pipelines.inspect_data import inspect_path
+            lines, errors = inspect_path(args.path, args.max_errors, args.deep)
+            print("\n".join(lines))
+            print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors))
+            return 1 if errors else 0
+    except (DataError, ValueError) as e:
+        print(f"molmoact2-data {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

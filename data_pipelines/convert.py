@@ -1,0 +1,177 @@
+"""Convert a LeRobot or RLDS source into ArrayRecord shards of training frames.
+
+One record per frame (random access + global shuffle in Grain), holding the resized JPEG of
+every camera, the state, and the action chunk t..t+H-1 (clamped at the episode end, with
+`action_is_pad`). Frames are decoded once here so training never touches video.
+
+Output: shard-XXXXX-of-YYYYY.array_record, a shard-XXXXX.json sidecar (episodes, skips), a
+shard-XXXXX.npz with raw states/actions (for fast stats), and index.json. A shard is written
+under a temporary name and renamed; its sidecar is written last, so a re-run skips exactly
+the finished shards.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+from tqdm import tqdm
+
+from data_pipelines.embodiments import get_embodiment
+from data_pipelines.errors import DataError, NonFiniteValueError
+from data_pipelines.formats import images
+from data_pipelines.record_codec import encode_record
+from data_pipelines.sources import open_source
+
+INDEX_FORMAT = "molmoact2_frames.v1"
+
+
+@dataclasses.dataclass
+class ConvertOptions:
+    source: str
+    embodiment: str
+    out: str
+    horizon: int | None = None          # default: the embodiment's action_horizon
+    max_image_side: int = 384           # downscale (keeping aspect) so the longer side <= this
+    jpeg_quality: int = 95
+    episodes_per_shard: int = 50
+    workers: int = 1
+    on_error: str = "raise"             # "raise" | "skip" (skips are counted in index.json)
+    tolerance_s: float = 1e-4
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+
+def shard_name(k: int, n: int) -> str:
+    return f"shard-{k:05d}-of-{n:05d}.array_record"
+
+
+def target_hw(h: int, w: int, max_side: int) -> tuple[int, int]:
+    s = min(1.0, max_side / max(h, w))
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def frame_records(ep, emb, horizon, tag, ep_id, max_side, quality):
+    T = ep.length
+    jpegs = {}
+    for key, frames in ep.images.items():
+        hw = target_hw(*frames.shape[1:3], max_side)
+        jpegs[key] = [images.encode_image(images.resize(f, hw), "jpeg", quality) for f in frames]
+    for t in range(T):
+        idx = np.arange(t, t + horizon)
+        rec = {"state": ep.states[t], "actions": ep.actions[np.minimum(idx, T - 1)],
+               "action_is_pad": idx >= T, "task": ep.task, "episode_id": str(ep_id), "frame_index": t,
+               "episode_length": T, "tag": tag}
+        for key, js in jpegs.items():
+            rec[f"image/{key}"] = js[t]
+        yield encode_record(rec)
+
+
+def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
+    out = Path(opts.out)
+    sidecar = out / f"shard-{k:05d}.json"
+    if sidecar.exists() and (out / shard_name(k, n)).exists():
+        return json.loads(sidecar.read_text()) | {"resumed": True}
+    emb = get_embodiment(opts.embodiment)
+    horizon = opts.horizon or emb.action_horizon
+    src = open_source(opts.source, emb, opts.tolerance_s)
+    tmp = out / (shard_name(k, n) + ".tmp")
+    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    episodes, skipped, states, actions, n_records = [], [], [], [], 0
+    try:
+        for ep_id, ep in src.load_group(ids):
+            if isinstance(ep, Exception):
+                if opts.on_error == "raise" or not isinstance(ep, DataError):
+                    raise ep
+                skipped.append({"episode": str(ep_id), "error": str(ep), "type": type(ep).__name__})
+                continue
+            for key in src.camera_keys:
+                if key not in ep.images:
+                    raise DataError("camera missing", path=ep.source_key, key=key)
+            for rec in frame_records(ep, emb, horizon, emb.tag, ep_id, opts.max_image_side, opts.jpeg_quality):
+                writer.write(rec)
+            episodes.append({"episode_id": str(ep_id), "first_record": n_records, "num_frames": ep.length,
+                             "task": ep.task})
+            n_records += ep.length
+            states.append(ep.states)
+            actions.append(ep.actions)
+    finally:
+        writer.close()
+    os.replace(tmp, out / shard_name(k, n))
+    D = emb.dim
+    np.savez(out / f"shard-{k:05d}.tmp.npz",
+             state=np.concatenate(states) if states else np.zeros((0, D), np.float32),
+             action=np.concatenate(actions) if actions else np.zeros((0, D), np.float32))
+    os.replace(out / f"shard-{k:05d}.tmp.npz", out / f"shard-{k:05d}.npz")
+    summary = {"shard": shard_name(k, n), "num_records": n_records, "episodes": episodes, "skipped": skipped}
+    (out / f"shard-{k:05d}.json.tmp").write_text(json.dumps(summary))
+    os.replace(out / f"shard-{k:05d}.json.tmp", sidecar)
+    return summary
+
+
+def convert(opts: ConvertOptions) -> dict:
+    emb = get_embodiment(opts.embodiment)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src = open_source(opts.source, emb, opts.tolerance_s)
+    groups = src.groups(opts.episodes_per_shard)
+    n = len(groups)
+    results = [None] * n
+    bar = tqdm(total=n, unit="shard", desc=f"convert {opts.source}", disable=not opts.progress)
+    if opts.workers <= 1:
+        for k, ids in enumerate(groups):
+            results[k] = convert_shard(opts, k, n, ids)
+            bar.update()
+    else:
+        with cf.ProcessPoolExecutor(max_workers=opts.workers) as pool:
+            futures = {pool.submit(convert_shard, opts, k, n, ids): k for k, ids in enumerate(groups)}
+            for f in cf.as_completed(futures):
+                results[futures[f]] = f.result()
+                bar.update()
+    bar.close()
+    first_key = src.camera_keys[0] if src.camera_keys else None
+    index = {
+        "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
+        "tag_metadata": emb.tag_metadata(), "camera_keys": src.camera_keys, "state_names": src.state_names,
+        "fps": src.fps, "horizon": opts.horizon or emb.action_horizon,
+        "shards": [{"file": r["shard"], "num_records": r["num_records"], "num_episodes": len(r["episodes"])}
+                   for r in results],
+        "total_frames": sum(r["num_records"] for r in results),
+        "total_episodes": sum(len(r["episodes"]) for r in results),
+        "skipped": [s for r in results for s in r["skipped"]],
+        "resumed_shards": sum(bool(r.get("resumed")) for r in results),
+        "first_camera": first_key,
+    }
+    (out / "index.json").write_text(json.dumps(index, indent=2))
+    return index
+
+
+def load_index(shard_dir) -> dict:
+    path = Path(shard_dir) / "index.json"
+    if not path.exists():
+        raise DataError("not a converted shard directory (index.json missing)", path=path)
+    index = json.loads(path.read_text())
+    if index.get("format") != INDEX_FORMAT:
+        raise DataError(f"unknown index format {index.get('format')!r}", path=path, key="format")
+    return index
+
+
+def sidecar_path(shard_dir, shard_file: str, suffix: str = ".json") -> Path:
+    """shard-00003-of-00010.array_record -> shard-00003.json (or .npz)."""
+    return Path(shard_dir) / (shard_file.split("-of-")[0] + suffix)
+
+
+def load_episodes(shard_dir) -> list[dict]:
+    """Per-episode index across shards: episode_id, shard, first_record, num_frames, task."""
+    out = []
+    for s in load_index(shard_dir)["shards"]:
+        meta = json.loads(sidecar_path(shard_dir, s["file"]).read_text())
+        out += [dict(e, shard=s["file"]) for e in meta["episodes"]]
+    return out
