@@ -1,0 +1,65 @@
+"""`molmoact2-forward`: one forward pass of the backbone on a synthetic camera image and prompt.
+
+  molmoact2-forward                                   # tiny model, CPU
+  molmoact2-forward --config=configs/pretrain.py:tiny --config.model.llm.num_layers=4
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import configs
+
+_DEFAULT = os.path.join(os.path.dirname(configs.__file__), "pretrain.py") + ":tiny"
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Recipe config file[:variant].")
+_BATCH = flags.DEFINE_integer("batch", 2, "Number of examples.")
+
+
+def run(cfg, batch: int) -> dict:
+    import jax
+    import ml_collections
+    import numpy as np
+    from flax import linen as nn
+
+    from molmoact2_jax.models.backbone import Backbone
+    from molmoact2_jax.preprocessing.image import preprocess_images
+    from molmoact2_jax.tokenizers.text import expand_image_tokens, layout_from_model_config
+
+    mcfg = ml_collections.FrozenConfigDict(cfg.model)
+    layout = layout_from_model_config(mcfg.tokens)
+    rng = np.random.default_rng(cfg.seed)
+    grid = -(-mcfg.vit.image_size // mcfg.vit.patch_size // 2)
+    prompt = [layout.eos] + list(rng.integers(2, 200, 4)) + [layout.image_placeholder] + list(rng.integers(2, 200, 8))
+    ids = np.array([expand_image_tokens(prompt, layout, [(grid, grid)])] * batch, np.int32)
+    camera = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    patches, idx = preprocess_images([camera], size=mcfg.vit.image_size, patch=mcfg.vit.patch_size)
+    images, pooled = np.stack([patches] * batch), np.stack([idx] * batch)
+
+    model = Backbone(mcfg)
+    t0 = time.perf_counter()
+    params = jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), ids, images, pooled)
+    t1 = time.perf_counter()
+    out = jax.jit(model.apply)(params, ids, images, pooled)
+    logits = np.asarray(out["logits"])
+    t2 = time.perf_counter()
+    n_params = sum(x.size for x in jax.tree.leaves(nn.unbox(params)))
+    return dict(params=n_params, logits=logits.shape, keys=tuple(out["keys"].shape), init_s=t1 - t0,
+                forward_s=t2 - t1, finite=bool(np.isfinite(logits).all()))
+
+
+def main(argv=None):
+    def _main(_):
+        r = run(_CONFIG.value, _BATCH.value)
+        print(f"backbone ({_CONFIG.value.variant}): {r['params'] / 1e6:.2f}M params; logits {r['logits']}, "
+              f"per-layer keys {r['keys']}; init {r['init_s']:.1f}s, forward {r['forward_s']:.1f}s, "
+              f"finite={r['finite']}")
+        return 0 if r["finite"] else 1
+    app.run(_main, argv=[sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
