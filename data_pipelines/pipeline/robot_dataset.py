@@ -1,0 +1,130 @@
+"""Grain pipeline over converted ArrayRecord shards: per-tag sources, weighted mixture, process
+sharding, batching, optional packing, worker processes, checkpointable iterator.
+
+    ds = build_robot_dataset(PipelineConfig(sources=[Source("shards/yam", 0.3), ...],
+                                            norm_stats="norm_stats.json", batch_size=32))
+    it = iter(ds); batch = next(it); state = it.get_state(); ...; it.set_state(state)
+
+Order: every source is shuffled (seeded) and repeated, the sources are mixed by weight (Grain's
+deterministic weighted interleave), the mixed sequence is sliced by process (`[i::n]`, so
+processes see disjoint elements whose union is the whole stream), then mapped, batched and
+prefetched. Everything is a function of (seed, index), so a run is reproducible and a restored
+iterator continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from data_pipelines.convert import load_index
+from data_pipelines.pipeline.robot_transform import RobotTransform, RobotTransformConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    shard_dir: str
+    weight: float = 1.0
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    sources: list[Source]
+    norm_stats: str | dict                 # path to norm_stats.json or its parsed dict
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = None          # None: repeat forever (mixtures need it)
+    shard_index: int | None = None         # None: jax.process_index()
+    shard_count: int | None = None         # None: jax.process_count()
+    worker_count: int = 0                  # >0: Grain worker processes (mp_prefetch)
+    read_threads: int = 4
+    transform: RobotTransformConfig = dataclasses.field(default_factory=RobotTransformConfig)
+    drop_remainder: bool = True
+    pack: object | None = None             # a packing.PackConfig, applied before batching
+    model_inputs: object | None = None     # a callable example -> example (tokenize, patchify), after transform
+
+
+def _shard_options(cfg: PipelineConfig) -> tuple[int, int]:
+    if cfg.shard_index is not None or cfg.shard_count is not None:
+        if cfg.shard_index is None or cfg.shard_count is None:
+            raise ValueError("PipelineConfig: set both shard_index and shard_count, or neither")
+        idx, count = cfg.shard_index, cfg.shard_count
+    else:
+        import jax
+        idx, count = jax.process_index(), jax.process_count()
+    if not 0 <= idx < count:
+        raise ValueError(f"PipelineConfig: shard_index {idx} not in [0, {count})")
+    return idx, count
+
+
+def load_norm_stats(norm_stats) -> dict:
+    if isinstance(norm_stats, dict):
+        return norm_stats
+    stats = json.loads(Path(norm_stats).read_text())
+    if stats.get("format") != "molmoact2_norm_stats.v1":
+        raise ValueError(f"{norm_stats}: format must be molmoact2_norm_stats.v1, got {stats.get('format')!r}")
+    return stats
+
+
+def source_dataset(shard_dir, tag_id: int, stats: dict, cfg: PipelineConfig, k: int) -> grain.MapDataset:
+    index = load_index(shard_dir)
+    tag = index["tag"]
+    if tag not in stats["metadata_by_tag"]:
+        raise ValueError(f"{shard_dir}: tag {tag!r} not in norm_stats metadata_by_tag "
+                         f"({sorted(stats['metadata_by_tag'])})")
+    paths = [str(Path(shard_dir) / s["file"]) for s in index["shards"] if s["num_records"] > 0]
+    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+    if cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed * 1000 + k)
+    transform_cfg = dataclasses.replace(cfg.transform, norm_mode=stats.get("norm_mode", "q01_q99"), seed=cfg.seed)
+    transform = RobotTransform(tag, tag_id, stats["metadata_by_tag"][tag], index["camera_keys"], transform_cfg)
+    ds = ds.repeat(cfg.num_epochs)
+    return ds.random_map(transform, seed=cfg.seed * 1000 + 500 + k)
+
+
+def build_map_dataset(cfg: PipelineConfig) -> grain.MapDataset:
+    """The per-example MapDataset of this process (mixed, sharded, transformed; not batched)."""
+    if not cfg.sources:
+        raise ValueError("PipelineConfig.sources is empty")
+    stats = load_norm_stats(cfg.norm_stats)
+    tags = sorted({load_index(s.shard_dir)["tag"] for s in cfg.sources})
+    parts = [source_dataset(s.shard_dir, tags.index(load_index(s.shard_dir)["tag"]), stats, cfg, k)
+             for k, s in enumerate(cfg.sources)]
+    weights = [s.weight for s in cfg.sources]
+    if any(w <= 0 for w in weights):
+        raise ValueError(f"PipelineConfig.sources: weights must be > 0, got {weights}")
+    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+    idx, count = _shard_options(cfg)
+    ds = ds[idx::count]
+    if cfg.model_inputs is not None:
+        ds = ds.map(cfg.model_inputs)
+    return ds
+
+
+def build_robot_dataset(cfg: PipelineConfig) -> grain.IterDataset:
+    ds = build_map_dataset(cfg)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.batch_size * 2))
+    if cfg.pack is not None:
+        from data_pipelines.pipeline.packing import PackIterDataset
+        it = PackIterDataset(it, cfg.pack)
+    it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    if cfg.worker_count > 0:
+        from absl import flags  # Grain's worker setup reads absl flags; outside absl.app nobody parsed them
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+    return it
+
+
+def tag_names(cfg: PipelineConfig) -> list[str]:
+    """tag_id -> tag name, as used in batches."""
+    return sorted({load_index(s.shard_dir)["tag"] for s in cfg.sources})
+
+
+def batch_fingerprint(batch: dict) -> list[tuple]:
+    """(episode_id, frame_index) per example — identifies which frames a batch holds."""
+    return list(zip(np.asarray(batch["episode_id"]).tolist(), np.asarray(batch["frame_index"]).tolist()))

@@ -1,0 +1,109 @@
+"""State/action normalization and discrete state bins (molmoact2_spec.md section 13). Pure numpy.
+
+Shared by training (Grain transforms) and serving, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+NORM_MODES = ("q01_q99", "mean_std", "min_max", "q10_q90", "none")
+_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureStats:
+    """One feature's stats as stored under action_stats / state_stats in norm_stats.json."""
+    min: np.ndarray
+    max: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    q01: np.ndarray
+    q99: np.ndarray
+    mask: np.ndarray            # False: pass through un-normalized (gripper with normalize_gripper=False)
+    names: tuple[str, ...] = ()
+    q10: np.ndarray | None = None
+    q90: np.ndarray | None = None
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "stats") -> "FeatureStats":
+        missing = [k for k in ("min", "max", "mean", "std", "q01", "q99") if k not in d]
+        if missing:
+            raise ValueError(f"{where}: missing {missing} (quantile stats are required for q01_q99)")
+        arr = lambda k: None if d.get(k) is None else np.asarray(d[k], np.float64).reshape(-1)
+        dim = len(arr("min"))
+        mask = np.asarray(d.get("mask", [True] * dim), bool).reshape(-1)
+        for k in ("max", "mean", "std", "q01", "q99"):
+            if len(arr(k)) != dim:
+                raise ValueError(f"{where}.{k} has {len(arr(k))} values, {where}.min has {dim}")
+        return cls(arr("min"), arr("max"), arr("mean"), arr("std"), arr("q01"), arr("q99"), mask,
+                   tuple(d.get("names") or ()), arr("q10"), arr("q90"))
+
+    @property
+    def dim(self) -> int:
+        return len(self.min)
+
+    @property
+    def zero_mask(self) -> np.ndarray:
+        """Dims that never vary (min == max) normalize to 0."""
+        return self.min == self.max
+
+    def bounds(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        if mode == "q01_q99":
+            return self.q01, self.q99
+        if mode == "min_max":
+            return self.min, self.max
+        if mode == "q10_q90":
+            if self.q10 is None or self.q90 is None:
+                raise ValueError("norm_mode q10_q90 needs q10/q90 in the stats")
+            return self.q10, self.q90
+        raise ValueError(f"no bounds for norm_mode {mode!r}")
+
+
+def normalize(x, stats: FeatureStats, mode: str = "q01_q99") -> np.ndarray:
+    """x [..., D] -> normalized; bounded modes: 2(x-lo)/max(hi-lo,1e-6)-1 clipped to [-1,1]."""
+    x = np.asarray(x, np.float64)
+    if x.shape[-1] != stats.dim:
+        raise ValueError(f"normalize: last dim {x.shape[-1]} != stats dim {stats.dim}")
+    if mode == "none":
+        return x.astype(np.float32)
+    if mode == "mean_std":
+        y = (x - stats.mean) / np.maximum(stats.std, _EPS)
+    elif mode in NORM_MODES:
+        lo, hi = stats.bounds(mode)
+        y = np.clip(2.0 * (x - lo) / np.maximum(hi - lo, _EPS) - 1.0, -1.0, 1.0)
+    else:
+        raise ValueError(f"norm_mode must be one of {NORM_MODES}, got {mode!r}")
+    y = np.where(stats.zero_mask, 0.0, y)
+    return np.where(stats.mask, y, x).astype(np.float32)
+
+
+def unnormalize(y, stats: FeatureStats, mode: str = "q01_q99") -> np.ndarray:
+    """Inverse of normalize; bounded modes clip y to [-1,1] first. Masked dims return the clipped y."""
+    y = np.asarray(y, np.float64)
+    if mode == "none":
+        return y.astype(np.float32)
+    if mode == "mean_std":
+        return np.where(stats.mask, y * np.maximum(stats.std, _EPS) + stats.mean, y).astype(np.float32)
+    lo, hi = stats.bounds(mode)
+    y = np.clip(y, -1.0, 1.0)
+    x = (y + 1.0) / 2.0 * (hi - lo) + lo
+    return np.where(stats.mask, x, y).astype(np.float32)
+
+
+def state_bins(state_norm, num_bins: int = 256) -> np.ndarray:
+    """Discrete state tokens: rint((clip(nan_to_num(s), -1, 1) + 1) / 2 * (num_bins-1)), half to even."""
+    s = np.nan_to_num(np.asarray(state_norm, np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    s = np.clip(s, -1.0, 1.0)
+    return np.clip(np.rint((s + 1.0) / 2.0 * (num_bins - 1)), 0, num_bins - 1).astype(np.int32)
+
+
+def pad_last(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad the last dim to `size`; returns (padded, is_pad [size])."""
+    d = x.shape[-1]
+    if d > size:
+        raise ValueError(f"dimension {d} exceeds max_action_dim {size}")
+    out = np.zeros(x.shape[:-1] + (size,), np.float32)
+    out[..., :d] = x
+    return out, np.arange(size) >= d
