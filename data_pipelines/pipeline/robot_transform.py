@@ -105,6 +105,6 @@ class RobotTransform:
             "images": images, "image_mask": image_mask,
             "state": state, "state_dim_is_pad": state_dim_is_pad, "state_bins": padded_bins,
             "actions": actions, "action_is_pad": action_is_pad, "action_dim_is_pad": action_dim_is_pad,
-            "prompt": prompt, "tag_id": np.int32(self.tag_id),
+            "prompt": prompt, "tag_id": np.int32(self.tag_id), "action_horizon": np.int32(self.horizon),
             "episode_id": rec["episode_id"], "frame_index": np.int32(rec["frame_index"]),
         }
