@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, default=1)
     c.add_argument("--episodes-per-shard", type=int, default=50)
     c.add_argument("--horizon", type=int, default=None)
-    c.add_argument("--max-image-side", type=int, default=384)
+    c.add_argument("--image-size", type=int, default=378,
+                   help="store frames squashed to SxS (the model input size); 0 keeps the aspect ratio")
+    c.add_argument("--max-image-side", type=int, default=384, help="with --image-size 0: cap on the longer side")
     c.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     c.add_argument("--tolerance-s", type=float, default=1e-4)
 
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
             from data_pipelines.convert import ConvertOptions, convert
             index = convert(ConvertOptions(source=args.source, embodiment=args.embodiment, out=args.out,
                                            workers=args.workers, episodes_per_shard=args.episodes_per_shard,
-                                           horizon=args.horizon, max_image_side=args.max_image_side,
+                                           horizon=args.horizon, image_size=args.image_size or None,
+                                           max_image_side=args.max_image_side,
                                            on_error=args.on_error, tolerance_s=args.tolerance_s))
             print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
                   f"shards ({index['resumed_shards']} already done); skipped {len(index['skipped'])} episodes")

@@ -36,7 +36,8 @@ class ConvertOptions:
     embodiment: str
     out: str
     horizon: int | None = None          # default: the embodiment's action_horizon
-    max_image_side: int = 384           # downscale (keeping aspect) so the longer side <= this
+    image_size: int | None = 378        # squash to SxS with the model's resize (spec 5.2); None: keep aspect
+    max_image_side: int = 384           # with image_size=None: downscale so the longer side <= this
     jpeg_quality: int = 95
     episodes_per_shard: int = 50
     workers: int = 1
@@ -58,12 +59,17 @@ def target_hw(h: int, w: int, max_side: int) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def frame_records(ep, emb, horizon, tag, ep_id, max_side, quality):
+def frame_records(ep, emb, horizon, tag, ep_id, opts):
+    from data_pipelines.pipeline.robot_transform import resize_square
     T = ep.length
     jpegs = {}
     for key, frames in ep.images.items():
-        hw = target_hw(*frames.shape[1:3], max_side)
-        jpegs[key] = [images.encode_image(images.resize(f, hw), "jpeg", quality) for f in frames]
+        if opts.image_size:  # resized once here so training never resizes (unless it augments)
+            small = (resize_square(f, opts.image_size) for f in frames)
+        else:
+            hw = target_hw(*frames.shape[1:3], opts.max_image_side)
+            small = (images.resize(f, hw) for f in frames)
+        jpegs[key] = [images.encode_image(f, "jpeg", opts.jpeg_quality) for f in small]
     for t in range(T):
         idx = np.arange(t, t + horizon)
         rec = {"state": ep.states[t], "actions": ep.actions[np.minimum(idx, T - 1)],
@@ -95,7 +101,7 @@ def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
             for key in src.camera_keys:
                 if key not in ep.images:
                     raise DataError("camera missing", path=ep.source_key, key=key)
-            for rec in frame_records(ep, emb, horizon, emb.tag, ep_id, opts.max_image_side, opts.jpeg_quality):
+            for rec in frame_records(ep, emb, horizon, emb.tag, ep_id, opts):
                 writer.write(rec)
             episodes.append({"episode_id": str(ep_id), "first_record": n_records, "num_frames": ep.length,
                              "task": ep.task})
@@ -140,7 +146,7 @@ def convert(opts: ConvertOptions) -> dict:
     index = {
         "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
         "tag_metadata": emb.tag_metadata(), "camera_keys": src.camera_keys, "state_names": src.state_names,
-        "fps": src.fps, "horizon": opts.horizon or emb.action_horizon,
+        "fps": src.fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size,
         "shards": [{"file": r["shard"], "num_records": r["num_records"], "num_episodes": len(r["episodes"])}
                    for r in results],
         "total_frames": sum(r["num_records"] for r in results),

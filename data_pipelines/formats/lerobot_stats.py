@@ -22,8 +22,11 @@ def vector_stats(x: np.ndarray, quantiles: bool = True) -> dict:
     return {k: v.tolist() for k, v in out.items()}
 
 
-def image_stats(frames: np.ndarray, quantiles: bool = True) -> dict:
-    """frames [T,H,W,3] uint8 -> per-channel stats of shape [3,1,1] in [0,1] (LeRobot convention)."""
-    x = frames.reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0
+def image_stats(frames: np.ndarray, quantiles: bool = True, max_frames: int = 100, max_side: int = 150) -> dict:
+    """frames [T,H,W,3] uint8 -> per-channel stats of shape [3,1,1] in [0,1] (LeRobot convention).
+    Like LeRobot, on a subsample: at most max_frames frames, strided down to about max_side pixels."""
+    step = max(1, -(-len(frames) // max_frames))
+    stride = max(1, -(-max(frames.shape[1:3]) // max_side))
+    x = frames[::step, ::stride, ::stride].reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0
     s = vector_stats(x, quantiles)
     return {k: (v if k == "count" else [[[c]] for c in v]) for k, v in {**s, "count": [len(frames)]}.items()}

@@ -13,6 +13,7 @@ from data_pipelines.convert import ConvertOptions, convert, load_episodes
 from data_pipelines.errors import NonFiniteValueError
 from data_pipelines.fixtures import fixture_embodiment, make_fixture
 from data_pipelines.formats.images import decode_image
+from data_pipelines.pipeline.robot_transform import resize_square
 from data_pipelines.record_codec import decode_record
 from data_pipelines.stats import compute_norm_stats
 from data_pipelines.synthetic import simulate_episode
@@ -49,13 +50,15 @@ def test_convert_records_match_source(yam_shards):
             idx = np.minimum(np.arange(t, t + 30), src.length - 1)
             np.testing.assert_array_equal(r["actions"], src.actions[idx])
             np.testing.assert_array_equal(r["action_is_pad"], np.arange(t, t + 30) >= src.length)
-            img = decode_image(r["image/observation.images.left"])
-            assert np.abs(img.astype(float) - src.images["left"][t]).mean() < 10  # video codec + JPEG q95
+            img = decode_image(r["image/observation.images.left"])  # squashed to the model's 378x378
+            want = resize_square(src.images["left"][t], 378)
+            assert img.shape == (378, 378, 3)
+            assert np.abs(img.astype(float) - want).mean() < 10  # video codec + JPEG q95
 
 
 def test_convert_is_resumable(yam_v3, tmp_path):
     out = tmp_path / "s"
-    opts = ConvertOptions(f"lerobot:{yam_v3}", "yam", str(out), episodes_per_shard=3, progress=False)
+    opts = ConvertOptions(f"lerobot:{yam_v3}", "yam", str(out), episodes_per_shard=3, image_size=32, progress=False)
     first = convert(opts)
     assert first["resumed_shards"] == 0
     (out / "shard-00001.json").unlink()              # as if killed before the shard finished

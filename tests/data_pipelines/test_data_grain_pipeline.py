@@ -19,7 +19,7 @@ def shards(yam_v3, so100_v21, droid_rlds, tmp_path_factory):
     out = {}
     for name, src, emb in (("yam", f"lerobot:{yam_v3}", "yam"), ("so100", f"lerobot:{so100_v21}", "so100"),
                            ("droid", f"rlds:{droid_rlds}", "droid")):
-        convert(ConvertOptions(src, emb, str(root / name), episodes_per_shard=2, progress=False))
+        convert(ConvertOptions(src, emb, str(root / name), episodes_per_shard=2, image_size=32, progress=False))
         out[name] = str(root / name)
     write_norm_stats(list(out.values()), root / "norm_stats.json")
     out["stats"] = str(root / "norm_stats.json")

@@ -36,7 +36,7 @@ def tok(tmp_path_factory):
 @pytest.fixture(scope="module")
 def yam_pipe(yam_v3, tmp_path_factory):
     root = tmp_path_factory.mktemp("mi")
-    convert(ConvertOptions(f"lerobot:{yam_v3}", "yam", str(root / "s"), progress=False))
+    convert(ConvertOptions(f"lerobot:{yam_v3}", "yam", str(root / "s"), image_size=28, progress=False))
     write_norm_stats([root / "s"], root / "ns.json")
     return PipelineConfig(sources=[Source(str(root / "s"))], norm_stats=str(root / "ns.json"), batch_size=2,
                           num_epochs=1, shard_index=0, shard_count=1,

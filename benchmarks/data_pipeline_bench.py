@@ -1,0 +1,110 @@
+"""Samples/s: Grain over ArrayRecord shards vs per-sample decoding from the LeRobot mp4 dataset.
+
+Both paths produce the same training example for the same (episode, frame): every camera image
+resized to a square, the normalized state and the normalized, padded action chunk. The LeRobot
+path does what LeRobot does per sample: read the parquet rows, seek and decode each camera's mp4
+at the frame timestamp (decoders cached, as LeRobot's LRU does). Not a test; run:
+
+    python benchmarks/data_pipeline_bench.py --samples 300
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from data_pipelines.convert import ConvertOptions, convert
+from data_pipelines.fixtures import make_fixture
+from data_pipelines.formats.lerobot_reader import LeRobotDataset
+from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
+from data_pipelines.pipeline.robot_transform import RobotTransformConfig, resize_square
+from data_pipelines.stats import write_norm_stats
+from data_pipelines.transforms.normalize import FeatureStats, normalize, pad_last
+
+
+def lerobot_samples(root, tag_meta, picks, image_size, horizon):
+    """Per-sample path: parquet rows + mp4 seek/decode per camera, like LeRobotDataset.__getitem__."""
+    ds = LeRobotDataset(root)
+    a_stats = FeatureStats.from_json(tag_meta["action_stats"])
+    s_stats = FeatureStats.from_json(tag_meta["state_stats"])
+    for ep, t in picks:
+        cols = ds.episode_columns(ep)
+        T = len(cols["action"])
+        idx = np.minimum(np.arange(t, t + horizon), T - 1)
+        images = [resize_square(ds.frames(ep, key, [t])[0], image_size) for key in ds.camera_keys]
+        state, _ = pad_last(normalize(cols["observation.state"][t], s_stats), 32)
+        actions, _ = pad_last(normalize(cols["action"][idx], a_stats), 32)
+        yield {"images": np.stack(images), "state": state, "actions": actions}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--embodiment", default="yam", choices=("yam", "so100", "droid"))
+    p.add_argument("--episodes", type=int, default=6)
+    p.add_argument("--length", type=int, default=60)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--codec", default="av1", choices=("av1", "h264"))
+    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0, help="Grain worker processes")
+    p.add_argument("--read-threads", type=int, default=2)
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="dp_bench_"))
+    root, shards = work / "lerobot", work / "shards"
+    t0 = time.perf_counter()
+    if not (root / "meta/info.json").exists():
+        make_fixture("lerobot-v3.0", args.embodiment, root, episodes=args.episodes, codec=args.codec,
+                     image_hw=(args.height, args.width), length=args.length)
+    t1 = time.perf_counter()
+    convert(ConvertOptions(f"lerobot:{root}", args.embodiment, str(shards), image_size=args.image_size,
+                           progress=False))
+    write_norm_stats([shards], work / "norm_stats.json")
+    t2 = time.perf_counter()
+    stats = json.loads((work / "norm_stats.json").read_text())
+    tag, tag_meta = next(iter(stats["metadata_by_tag"].items()))
+    horizon = tag_meta["action_horizon"]
+    total = args.episodes * args.length
+    rng = np.random.default_rng(0)
+    picks = [(int(g) // args.length, int(g) % args.length) for g in rng.integers(0, total, args.samples)]
+
+    start = time.perf_counter()
+    n_le = sum(1 for _ in lerobot_samples(root, tag_meta, picks, args.image_size, horizon))
+    le_s = time.perf_counter() - start
+
+    cfg = PipelineConfig(sources=[Source(str(shards))], norm_stats=stats, batch_size=args.batch_size, seed=0,
+                         num_epochs=None, shard_index=0, shard_count=1, worker_count=args.workers,
+                         read_threads=args.read_threads,
+                         transform=RobotTransformConfig(image_size=args.image_size, augment=False))
+    it = iter(build_robot_dataset(cfg))
+    next(it)  # start-up (worker spawn, first reads) is not throughput
+    start = time.perf_counter()
+    n_gr = 0
+    while n_gr < args.samples:
+        n_gr += len(next(it)["state"])
+    gr_s = time.perf_counter() - start
+
+    le_rate, gr_rate = n_le / le_s, n_gr / gr_s
+    print(f"dataset: {args.embodiment} LeRobot v3.0 {args.codec}, {args.episodes} episodes x {args.length} frames, "
+          f"{len(tag_meta['camera_keys']) or 'dataset'} cameras at {args.height}x{args.width}; "
+          f"examples resized to {args.image_size}px, action chunk {horizon}")
+    print(f"setup: fixture {t1 - t0:.1f}s, convert+stats {t2 - t1:.1f}s (one-off)")
+    print(f"lerobot mp4 per-sample decode: {n_le} samples in {le_s:.2f}s = {le_rate:.1f} samples/s")
+    print(f"grain arrayrecord (workers={args.workers}, threads={args.read_threads}): {n_gr} samples in {gr_s:.2f}s "
+          f"= {gr_rate:.1f} samples/s")
+    print(f"speed-up: {gr_rate / le_rate:.2f}x (target >= 5x)")
+    return gr_rate / le_rate
+
+
+if __name__ == "__main__":
+    main()
