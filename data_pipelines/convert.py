@@ -22,7 +22,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from data_pipelines.embodiments import get_embodiment
-from data_pipelines.errors import DataError, NonFiniteValueError
+from data_pipelines.errors import DataError
 from data_pipelines.formats import images
 from data_pipelines.record_codec import encode_record
 from data_pipelines.sources import open_source

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.embodiments import Embodiment
-from data_pipelines.errors import ShapeMismatchError
+from data_pipelines.errors import NonFiniteValueError, ShapeMismatchError
 from data_pipelines.formats import tf_example, tfrecord
 from data_pipelines.formats.droid_rlds import LEROBOT_CAMERAS, DroidRLDS
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
@@ -81,7 +81,6 @@ class RLDSSource:
                     try:
                         ep = DroidRLDS.to_episode(Path(shard), n, tf_example.parse_example(rec, path=shard, record=n))
                         if not (np.isfinite(ep.states).all() and np.isfinite(ep.actions).all()):
-                            from data_pipelines.errors import NonFiniteValueError
                             raise NonFiniteValueError("NaN/inf in state or action", path=shard, episode=n)
                         task = next((t for t in ep.instructions if t), "")
                         yield f"{Path(shard).name}#{n}", SourceEpisode(

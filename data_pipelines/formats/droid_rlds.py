@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import DataError, IncompleteDatasetError, ShapeMismatchError
+from data_pipelines.errors import IncompleteDatasetError, ShapeMismatchError
 from data_pipelines.formats import images, tf_example, tfrecord
 from data_pipelines.synthetic import Episode
 

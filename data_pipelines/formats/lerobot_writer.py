@@ -2,7 +2,7 @@
 
 Layout, column types and metadata follow data_formats.md sections 1 and 9. `dirty` switches on
 variants seen in the wild (section 1.10) so readers are tested against them:
-  names_dict        feature `names` as {"motors": [...]}
+  names_dict        feature `names` as {"motors": [...]} ({"axes": [...]} for Franka, as the DROID port writes)
   chw_shape         video shape [3,H,W] with names [channels,height,width]
   float_fps         info.json fps written as a float
   list_columns      state/action as variable list<float> instead of fixed_size_list
@@ -93,15 +93,17 @@ def write_lerobot(root: str | Path, emb: Embodiment, episodes: list[Episode], op
     return root
 
 
-def _names(names, opts):
-    return {"motors": list(names)} if "names_dict" in opts.dirty else list(names)
+def _names(names, opts, robot_type=""):
+    if "names_dict" not in opts.dirty:
+        return list(names)
+    return {"axes" if robot_type == "Franka" else "motors": list(names)}
 
 
 def _features(emb, episodes, opts) -> dict:
     D = emb.dim
     feats = {
-        "observation.state": {"dtype": "float32", "shape": [D], "names": _names(emb.state_names, opts)},
-        "action": {"dtype": "float32", "shape": [D], "names": _names(emb.state_names, opts)},
+        "observation.state": {"dtype": "float32", "shape": [D], "names": _names(emb.state_names, opts, emb.robot_type)},
+        "action": {"dtype": "float32", "shape": [D], "names": _names(emb.state_names, opts, emb.robot_type)},
     }
     for cam, key in zip(emb.cameras, emb.camera_keys):
         H, W = episodes[0].images[cam].shape[1:3]

@@ -149,3 +149,22 @@ def test_cli_end_to_end(tmp_path, capsys, droid_rlds):
     assert "CorruptRecordError" in capsys.readouterr().out
     assert cli.main(["fixture", "--format", "droid-rlds", "--embodiment", "yam", "--out", str(tmp_path / "x")]) == 2
     assert "only exists for --embodiment droid" in capsys.readouterr().err
+
+
+def test_convert_counts_corrupt_rlds_and_missing_video_as_skips(tmp_path, droid_rlds, so100_v21):
+    rlds = tmp_path / "rlds"
+    shutil.copytree(droid_rlds, rlds)
+    shard = sorted(rlds.glob("*.tfrecord-*"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-50] ^= 0xFF  # inside the last record of the shard
+    shard.write_bytes(bytes(data))
+    index = convert(ConvertOptions(f"rlds:{rlds}", "droid", str(tmp_path / "r"), image_size=32, on_error="skip",
+                                   progress=False))
+    assert index["total_episodes"] == 3 and len(index["skipped"]) == 1
+    assert shard.name in index["skipped"][0]["error"] and index["skipped"][0]["type"] == "CorruptRecordError"
+    le = tmp_path / "le"
+    shutil.copytree(so100_v21, le)
+    (le / "videos/chunk-000/observation.images.laptop/episode_000000.mp4").unlink()
+    index = convert(ConvertOptions(f"lerobot:{le}", "so100", str(tmp_path / "l"), image_size=32, on_error="skip",
+                                   progress=False))
+    assert [s["type"] for s in index["skipped"]] == ["MissingVideoError"] and index["total_episodes"] == 2
