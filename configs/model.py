@@ -59,6 +59,8 @@ def get_model_config(variant: str = "full") -> ml_collections.ConfigDict:
     c.scan_unroll = False                                # True unrolls the scanned layers (same param layout)
     c.max_sequence_length = 16384 if full else 1024
     c.action_mode = "both"   # "continuous" | "discrete" | "both": encoder-mask rules of spec 10.1
+    c.use_action_expert = True  # False: the discrete-only MolmoAct2-Pretrain model (no flow head)
+    c.loss = ml_collections.ConfigDict(dict(ce_weight=1.0, flow_weight=1.0, z_loss_weight=1e-4))
 
     c.vit = ml_collections.ConfigDict(dict(
         image_size=378 if full else 42,     # squash-resize target; the tiny grid (3x3) keeps the odd -1 padding
