@@ -39,6 +39,7 @@ def inspect_path(path, max_errors: int = 5, deep: bool = False) -> tuple[list[st
                 break
             try:
                 ds.episode_columns(e.index)
+                ds.check_timestamps(e.index)
                 for key in ds.camera_keys:
                     if deep:
                         ds.episode_video(e.index, key)

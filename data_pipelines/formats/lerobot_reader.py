@@ -87,7 +87,8 @@ class LeRobotDataset:
                                          key="codebase_version")
         self.fps = float(self.info["fps"])
         self.features = self.info["features"]
-        self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") in ("video", "image")]
+        self.image_keys = {k for k in self.camera_keys if self.features[k]["dtype"] == "image"}  # PNG in parquet
         self.tasks = self._load_tasks()
         self.episodes = self._load_episodes()
         self.annotated_tasks = self._load_annotated_tasks()
@@ -142,7 +143,7 @@ class LeRobotDataset:
             chunk = i // chunks_size
             vids = {k: (self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=k,
                                                                    episode_index=i), 0.0)
-                    for k in self.camera_keys}
+                    for k in self.camera_keys if k not in self.image_keys}
             out.append(EpisodeMeta(i, r["length"], r.get("tasks", []), start,
                                    self.root / self.info["data_path"].format(episode_chunk=chunk, episode_index=i),
                                    vids))
@@ -163,6 +164,8 @@ class LeRobotDataset:
         for r in sorted(rows, key=lambda r: r["episode_index"]):
             vids = {}
             for k in self.camera_keys:
+                if k in self.image_keys:
+                    continue
                 vids[k] = (self.root / self.info["video_path"].format(
                     video_key=k, chunk_index=r[f"videos/{k}/chunk_index"], file_index=r[f"videos/{k}/file_index"]),
                     float(r[f"videos/{k}/from_timestamp"]))
@@ -193,12 +196,28 @@ class LeRobotDataset:
             raise DataError(f"no episode {ep} (dataset has {len(self.episodes)})", path=self.root, episode=ep)
         return self.episodes[ep]
 
-    def episode_columns(self, ep: int, keys=("observation.state", "action"), *, check_finite=True) -> dict:
-        """Per-frame columns of one episode, sorted by frame_index; vectors as [T, D] float32."""
+    def episode_table(self, ep: int) -> pa.Table:
         meta = self.episode(ep)
         table = _cached_parquet(str(meta.data_path), ep)
         if self.version == "v3.0":
             table = table.filter(pc.equal(table["episode_index"], ep))
+        return table
+
+    def _embedded_images(self, ep: int, key: str, frame_indices) -> np.ndarray:
+        from data_pipelines.formats.images import decode_image
+        meta = self.episode(ep)
+        table = self.episode_table(ep)
+        if key not in table.column_names:
+            raise MissingVideoError("image column missing from the parquet", path=meta.data_path, episode=ep, key=key)
+        order = np.argsort(table["frame_index"].to_numpy(), kind="stable")
+        col = table[key].combine_chunks()
+        return np.stack([decode_image(col[int(order[i])]["bytes"].as_py(), path=meta.data_path, episode=ep, key=key)
+                         for i in np.asarray(frame_indices)])
+
+    def episode_columns(self, ep: int, keys=("observation.state", "action"), *, check_finite=True) -> dict:
+        """Per-frame columns of one episode, sorted by frame_index; vectors as [T, D] float32."""
+        meta = self.episode(ep)
+        table = self.episode_table(ep)
         out = {"timestamp": column_to_numpy(table, "timestamp", None, path=meta.data_path, episode=ep)
                .astype(np.float64).reshape(-1),
                "frame_index": column_to_numpy(table, "frame_index", None, path=meta.data_path, episode=ep),
@@ -215,6 +234,17 @@ class LeRobotDataset:
             out[k] = arr
         return {k: v[order] for k, v in out.items()}
 
+    def check_timestamps(self, ep: int) -> None:
+        """v2.x load-time rule: consecutive timestamps are 1/fps apart within tolerance_s."""
+        meta = self.episode(ep)
+        ts = self.episode_columns(ep, keys=())["timestamp"]
+        bad = np.abs(np.diff(ts) - 1.0 / self.fps) > self.tolerance_s
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise FrameTimestampError(f"timestamps {ts[k]:.6f}s -> {ts[k + 1]:.6f}s are not 1/fps apart "
+                                      f"(tolerance_s={self.tolerance_s})", path=meta.data_path, episode=ep,
+                                      key="timestamp")
+
     def task(self, ep: int, task_index: int | None = None, *, annotated: bool = True) -> str:
         """Annotated task (MolmoAct2) if present and not frozen, else tasks[task_index]."""
         if annotated and ep in self.annotated_tasks and self.annotated_tasks[ep] not in (None, FROZEN_TASK):
@@ -225,6 +255,8 @@ class LeRobotDataset:
 
     def frames(self, ep: int, key: str, frame_indices) -> np.ndarray:
         """Decode frames of one camera by frame index via timestamp lookup (tolerance rule)."""
+        if key in self.image_keys:
+            return self._embedded_images(ep, key, frame_indices)
         meta = self.episode(ep)
         path, from_ts = self._video(meta, key)
         ts = self.episode_columns(ep, keys=())["timestamp"][np.asarray(frame_indices)]
@@ -233,6 +265,8 @@ class LeRobotDataset:
     def episode_video(self, ep: int, key: str, timestamps: np.ndarray | None = None) -> np.ndarray:
         """Decode a whole episode of one camera sequentially; every frame must be present and on time."""
         meta = self.episode(ep)
+        if key in self.image_keys:
+            return self._embedded_images(ep, key, np.arange(meta.length))
         path, from_ts = self._video(meta, key)
         if timestamps is None:
             timestamps = self.episode_columns(ep, keys=())["timestamp"]

@@ -48,10 +48,13 @@ class WriteOptions:
     tasks_annotated: bool = False         # MolmoAct2 meta/tasks_annotated.parquet + task_to_episode.parquet
     frozen_episodes: tuple[int, ...] = () # annotated as "<ALL FROZEN FRAMES>"
     finalize: bool = True                 # False: last data parquet left without footer (v3)
+    image_storage: str = "video"          # "image": PNG bytes inside the parquet (dtype image), no mp4
 
     def __post_init__(self):
         if self.version not in ("v2.1", "v3.0"):
             raise ValueError(f"WriteOptions.version must be v2.1 or v3.0, got {self.version!r}")
+        if self.image_storage not in ("video", "image"):
+            raise ValueError(f"WriteOptions.image_storage must be video or image, got {self.image_storage!r}")
         bad = set(self.dirty) - set(DIRTY_VARIANTS)
         if bad:
             raise ValueError(f"WriteOptions.dirty has unknown variants {sorted(bad)}; known: {DIRTY_VARIANTS}")
@@ -107,6 +110,9 @@ def _features(emb, episodes, opts) -> dict:
     }
     for cam, key in zip(emb.cameras, emb.camera_keys):
         H, W = episodes[0].images[cam].shape[1:3]
+        if opts.image_storage == "image":
+            feats[key] = {"dtype": "image", "shape": [H, W, 3], "names": ["height", "width", "channel"]}
+            continue
         chw = "chw_shape" in opts.dirty
         vinfo = {"video.height": H, "video.width": W, "video.codec": opts.codec, "video.pix_fmt": "yuv420p",
                  "video.is_depth_map": False, "video.fps": emb.fps, "video.channels": 3, "has_audio": False}
@@ -129,7 +135,14 @@ def _episode_table(emb, ep, ep_index, from_index, task_index, fps, opts) -> pa.T
         vec = lambda x: pa.array(list(x.astype(np.float32)), pa.list_(pa.float32()))
     else:
         vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), D)
+    cols = {}
+    if opts.image_storage == "image":  # HF `Image` feature: struct{bytes, path}, PNG bytes
+        from data_pipelines.formats.images import encode_image
+        for cam, key in zip(emb.cameras, emb.camera_keys):
+            cols[key] = pa.array([{"bytes": encode_image(f, "png"), "path": None} for f in ep.images[cam]],
+                                 pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     return pa.table({
+        **cols,
         "observation.state": vec(ep.states), "action": vec(ep.actions),
         "timestamp": pa.array(np.arange(T, dtype=np.float32) / np.float32(fps), pa.float32()),
         "frame_index": pa.array(np.arange(T), pa.int64()),
@@ -157,14 +170,15 @@ def _write_jsonl(path, rows):
 
 def _write_v21(root, emb, episodes, tables, ep_stats, tasks, info, opts):
     n_chunks = (len(episodes) + opts.chunks_size - 1) // opts.chunks_size
-    info.update(total_videos=len(episodes) * len(emb.cameras), total_chunks=n_chunks,
-                data_path=V21_DATA, video_path=V21_VIDEO)
+    videos = opts.image_storage == "video"
+    info.update(total_videos=len(episodes) * len(emb.cameras) * videos, total_chunks=n_chunks,
+                data_path=V21_DATA, video_path=V21_VIDEO if videos else None)
     for i, (ep, table) in enumerate(zip(episodes, tables)):
         chunk = i // opts.chunks_size
         path = root / V21_DATA.format(episode_chunk=chunk, episode_index=i)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
-        for cam, key in zip(emb.cameras, emb.camera_keys):
+        for cam, key in zip(emb.cameras, emb.camera_keys) if videos else ():
             video.write_video(ep.images[cam], root / V21_VIDEO.format(episode_chunk=chunk, video_key=key,
                                                                       episode_index=i), emb.fps, opts.codec)
     _write_jsonl(root / "meta/episodes.jsonl",
@@ -198,8 +212,10 @@ class _Roller:
 
 
 def _write_v30(root, emb, episodes, tables, ep_stats, tasks, info, opts):
+    videos = opts.image_storage == "video"
     info.update(data_files_size_in_mb=opts.data_files_size_in_mb,
-                video_files_size_in_mb=opts.video_files_size_in_mb, data_path=V30_DATA, video_path=V30_VIDEO)
+                video_files_size_in_mb=opts.video_files_size_in_mb, data_path=V30_DATA,
+                video_path=V30_VIDEO if videos else None)
     rows = {"episode_index": [], "tasks": [], "length": [], "data/chunk_index": [], "data/file_index": [],
             "dataset_from_index": [], "dataset_to_index": []}
     # Data parquet: several episodes per file, one row group per episode.
@@ -224,7 +240,7 @@ def _write_v30(root, emb, episodes, tables, ep_stats, tasks, info, opts):
         data = writer_path.read_bytes()
         writer_path.write_bytes(data[: len(data) // 2])
     # Videos: per camera, clips concatenated into shared files; each camera rolls over on its own.
-    for cam_i, (cam, key) in enumerate(zip(emb.cameras, emb.camera_keys)):
+    for cam_i, (cam, key) in enumerate(zip(emb.cameras, emb.camera_keys) if videos else ()):
         cap = opts.episodes_per_video_file[cam_i % len(opts.episodes_per_video_file)] \
             if opts.episodes_per_video_file else None
         roll = _Roller(opts.video_files_size_in_mb * 2**20, opts.chunks_size, cap)

@@ -117,3 +117,18 @@ def test_not_a_dataset(tmp_path):
     with pytest.raises(IncompleteDatasetError) as e:
         LeRobotDataset(tmp_path)
     assert "info.json" in str(e.value)
+
+
+def test_inspect_reports_jittery_timestamps(tmp_path, so100_v21, capsys):
+    from data_pipelines import cli
+    root = _copy(so100_v21, tmp_path / "d")
+    path = root / "data/chunk-000/episode_000001.parquet"
+
+    def jitter(t):
+        ts = t["timestamp"].to_numpy().copy()
+        ts[5:] += 0.01  # a resumed recording: a gap inside the episode
+        return t.set_column(t.column_names.index("timestamp"), "timestamp", pa.array(ts, pa.float32()))
+    _rewrite_episode(path, jitter)
+    assert cli.main(["inspect", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "FrameTimestampError" in out and "episode=1" in out and "not 1/fps apart" in out

@@ -126,3 +126,16 @@ def test_droid_rlds_roundtrip(droid_rlds):
         assert e.instructions[0] == src.task and e.success
         for cam in emb.cameras:
             assert_video_close(e.images[cam], src.images[cam])  # JPEG q95: well inside the codec bound
+
+
+@pytest.mark.parametrize("fmt", ["lerobot-v3.0", "lerobot-v2.1"])
+def test_image_dtype_png_in_parquet(tmp_path, fmt):
+    emb = fixture_embodiment("so100", fmt)
+    make_fixture(fmt, "so100", tmp_path / "d", episodes=2, image_storage="image")
+    ds = LeRobotDataset(tmp_path / "d")
+    assert not (tmp_path / "d/videos").exists() and ds.features[ds.camera_keys[0]]["dtype"] == "image"
+    for i in range(2):
+        src = simulate_episode(emb, i)
+        for cam, key in zip(emb.cameras, emb.camera_keys):
+            np.testing.assert_array_equal(ds.episode_video(i, key), src.images[cam])  # PNG: lossless
+            np.testing.assert_array_equal(ds.frames(i, key, [3, 0]), src.images[cam][[3, 0]])
