@@ -1,0 +1,43 @@
+"""Multi-process start-up: `jax.distributed.initialize` from the environment, before any device is touched.
+
+Sources, in order: explicit flags / MOLMOACT2_{COORDINATOR,NUM_PROCESSES,PROCESS_ID} variables (the local
+multi-process launcher); SLURM (jax detects SLURM_* itself); Cloud TPU pods (jax detects the TPU metadata).
+A single process with none of these skips initialisation. On CPU the gloo collectives are selected so several
+processes can all-reduce over 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, local_device_ids=None) -> str:
+    """Returns which source initialised the run ('explicit', 'slurm', 'tpu' or 'single')."""
+    coordinator = coordinator or os.environ.get("MOLMOACT2_COORDINATOR")
+    if num_processes is None and os.environ.get("MOLMOACT2_NUM_PROCESSES"):
+        num_processes = int(os.environ["MOLMOACT2_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("MOLMOACT2_PROCESS_ID"):
+        process_id = int(os.environ["MOLMOACT2_PROCESS_ID"])
+    if coordinator:
+        if num_processes is None or process_id is None:
+            raise ValueError("a coordinator address needs --num_processes and --process_id "
+                             "(or MOLMOACT2_NUM_PROCESSES / MOLMOACT2_PROCESS_ID)")
+        _cpu_collectives()
+        jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids)
+        return "explicit"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
+        return "slurm"
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if len([h for h in hosts.split(",") if h]) > 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+        return "tpu"
+    return "single"
+
+
+def _cpu_collectives():
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms in ("", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -1,0 +1,78 @@
+"""Synthetic robot batches for tiny recipes when no dataset is configured (and for tests).
+
+Each example shows one camera image with a bright square; the normalized action chunk moves from the square's
+position towards the image centre, so actions depend on what the camera shows. The discrete answer encodes the
+first action step in `<action_k>` bins, giving the LM loss a learnable target too. Batches are a pure function of
+(seed, step), generated for the whole global batch and sliced per process, so any process count sees the same
+data; the iterator state is the step counter.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from molmoact2_jax.preprocessing.image import preprocess_images
+
+
+class SyntheticRobotData:
+    def __init__(self, model_cfg, global_batch: int, seq_len: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, action_dim: int = 4, horizon: int | None = None):
+        if global_batch % process_count:
+            raise ValueError(f"config.data.global_batch_size={global_batch} is not divisible by "
+                             f"{process_count} processes")
+        self.cfg, self.seq_len, self.seed = model_cfg, seq_len, seed
+        self.global_batch, self.local = global_batch, global_batch // process_count
+        self.offset = process_index * self.local
+        self.action_dim = action_dim
+        self.horizon = horizon or model_cfg.action_expert.max_action_horizon
+        self.step = 0
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = self.make_global_batch(self.step)
+        self.step += 1
+        return {k: v[self.offset:self.offset + self.local] for k, v in batch.items()}
+
+    def make_global_batch(self, step: int) -> dict:
+        rng = np.random.default_rng([self.seed, step])
+        examples = [self._example(rng) for _ in range(self.global_batch)]
+        return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+    def _example(self, rng) -> dict:
+        c, t = self.cfg, self.cfg.tokens
+        size, ae = 64, c.action_expert
+        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        cy, cx = rng.integers(8, size - 8, 2)
+        img[cy - 6:cy + 6, cx - 6:cx + 6] = (250, 220, 40)
+        target = np.array([cy, cx], np.float32) / size * 2 - 1          # square position in [-1, 1]
+        steps = np.linspace(1.0, 0.0, self.horizon, dtype=np.float32)[:, None]
+        chunk = np.zeros((self.horizon, ae.max_action_dim), np.float32)
+        chunk[:, :2] = target * steps
+        chunk[:, 2:self.action_dim] = 0.5 * target[::-1] * (1 - steps)
+        patches, pooled = preprocess_images([img], size=c.vit.image_size, patch=c.vit.patch_size)
+        n_tok = int((pooled >= 0).any(-1).sum())
+        task = list(rng.integers(10, 200, 6))
+        prompt = [t.eos_token_id] + task + [t.image_start] + [t.image_patch] * n_tok + [t.image_end] + [
+            t.state_start, t.state_token_start + 128, t.state_end, t.eos_token_id, t.action_output]
+        bins = np.clip(np.rint((chunk[0, :self.action_dim] + 1) / 2 * 255), 0, 255).astype(int)
+        answer = [t.action_start] + [t.action_token_start + int(b) for b in bins] + [t.action_end, t.eos_token_id]
+        seq = prompt + answer
+        if len(seq) > self.seq_len:
+            raise ValueError(f"config.data.seq_len={self.seq_len} is too short for a {len(seq)}-token example")
+        ids = np.full(self.seq_len, -1, np.int32)
+        ids[:len(seq)] = seq
+        target_ids = np.full(self.seq_len, -1, np.int32)
+        target_ids[:len(seq) - 1] = seq[1:]
+        loss_mask = np.zeros(self.seq_len, np.float32)
+        loss_mask[len(prompt) - 1:len(seq) - 1] = 1.0
+        dim_valid = np.arange(ae.max_action_dim) < self.action_dim
+        return dict(input_ids=ids, attention_mask=ids >= 0, target_ids=target_ids, loss_mask=loss_mask,
+                    images=patches, pooled_idx=pooled, actions=chunk, action_dim_valid=dim_valid,
+                    horizon_valid=np.ones(self.horizon, bool), has_actions=np.array(True))

@@ -1,0 +1,327 @@
+"""The training loop: sharded init, jitted train step, metrics, evaluation, checkpoints, preemption.
+
+The same code runs on one CPU, fake CPU devices, several local processes, a TPU pod or SLURM nodes; only
+`config.mesh` and the process environment change.
+
+WORKDIR layout: metrics.jsonl (one JSON object per step, flushed as written), tensorboard/ (event files),
+checkpoints/<step>/ (see checkpointing.py), profile/ (optional jax.profiler traces).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from molmoact2_jax.models.molmoact2 import MolmoAct2
+from molmoact2_jax.sharding import mesh as mesh_lib
+from molmoact2_jax.sharding import rules as rules_lib
+from molmoact2_jax.training import checkpointing
+from molmoact2_jax.training.optimizer import make_optimizer
+from molmoact2_jax.training.train_step import TrainState, init_state, make_train_step
+
+log = logging.getLogger("molmoact2_jax.trainer")
+
+
+class TrainingAborted(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- setup helpers
+def validate_config(cfg, mesh) -> None:
+    """Config errors that can be caught before anything is compiled, each naming its field."""
+    gb = int(cfg.data.global_batch_size)
+    dp = mesh_lib.data_parallel_size(mesh)
+    if gb % dp:
+        raise ValueError(f"config.data.global_batch_size={gb} is not divisible by the data-parallel size {dp} "
+                         f"(mesh slice x data x fsdp)")
+    if gb % jax.process_count():
+        raise ValueError(f"config.data.global_batch_size={gb} is not divisible by {jax.process_count()} processes")
+    accum = int(cfg.trainer.grad_accum_steps)
+    if (gb // jax.process_count()) % accum:
+        raise ValueError(f"config.trainer.grad_accum_steps={accum} does not divide the per-process batch "
+                         f"{gb // jax.process_count()}")
+    if int(cfg.total_steps) < 1:
+        raise ValueError(f"config.total_steps={cfg.total_steps}: must be >= 1")
+
+
+def make_data(cfg, split: str = "train"):
+    """The training (or eval) batch iterator for this process."""
+    from molmoact2_jax.training.synthetic_data import SyntheticRobotData
+    source = cfg.data.get("source", "synthetic")
+    if source != "synthetic":
+        from molmoact2_jax.training import data_source
+        return data_source.make(cfg, split)
+    seed = int(cfg.data.seed) + (0 if split == "train" else 1_000_003)
+    return SyntheticRobotData(cfg.model, int(cfg.data.global_batch_size), int(cfg.data.seq_len), seed,
+                              jax.process_index(), jax.process_count(),
+                              action_dim=int(cfg.data.get("synthetic_action_dim", 4)))
+
+
+def global_batch(local: dict, shardings: dict, global_size: int) -> dict:
+    """Host-local numpy batch -> global jax arrays sharded over the data-parallel axes."""
+    out = {}
+    for k, v in local.items():
+        v = np.asarray(v)
+        out[k] = jax.make_array_from_process_local_data(shardings[k], v, (global_size, *v.shape[1:]))
+    return out
+
+
+class Setup:
+    """Everything derived from the config: mesh, model, optimizer, shardings and jitted functions."""
+
+    def __init__(self, cfg, example_local_batch: dict):
+        self.cfg = cfg
+        self.mesh = mesh_lib.make_mesh(cfg.mesh)
+        validate_config(cfg, self.mesh)
+        self.rules = rules_lib.rules_from_config(cfg.get("sharding", {}).get("rules"))
+        self.model = MolmoAct2(cfg.model)
+        gb = int(cfg.data.global_batch_size)
+        self.batch_shapes = {k: jax.ShapeDtypeStruct((gb, *np.shape(v)[1:]), np.asarray(v).dtype)
+                             for k, v in example_local_batch.items()}
+        self.batch_shardings = {k: rules_lib.batch_sharding(self.mesh, len(s.shape))
+                                for k, s in self.batch_shapes.items()}
+        rng = jax.random.PRNGKey(int(cfg.seed))
+        with self.context():
+            boxed = jax.eval_shape(self.model.init, rng, self.batch_shapes)
+        rules_lib.check_rules_cover(boxed, self.rules)
+        self.param_shardings = nn.unbox(rules_lib.tree_shardings(boxed, self.mesh, self.rules))
+        abstract_params = nn.unbox(boxed)
+        self.tx, self.labels, self.schedules = make_optimizer(abstract_params, cfg.optimizer, int(cfg.total_steps),
+                                                              cfg.get("lora"))
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        replicated = NamedSharding(self.mesh, P())
+        masked = lambda x: isinstance(x, optax.MaskedNode)
+        opt_shardings = optax.tree_map_params(
+            self.tx, lambda p, s: p if masked(p) else s, abstract_opt, self.param_shardings,
+            transform_non_params=lambda _: replicated, is_leaf=masked)
+        self.state_shardings = TrainState(step=replicated, params=self.param_shardings, opt_state=opt_shardings,
+                                          rng=replicated, bad_steps=replicated, skipped_steps=replicated)
+
+        def create(rng):
+            zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in self.batch_shapes.items()}
+            params = nn.unbox(self.model.init(rng, zeros))
+            return init_state(params, self.tx, jax.random.fold_in(rng, 1))
+
+        with self.context():
+            self.abstract_state = jax.eval_shape(create, rng)
+        self._create = jax.jit(create, out_shardings=self.state_shardings)
+        self.init_rng = rng
+        step_fn = make_train_step(self.model.compute_loss, self.tx, self.labels, int(cfg.trainer.grad_accum_steps))
+        self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings),
+                                  out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+        self.eval_step = jax.jit(lambda s, b: self.model.compute_loss(s.params, b, jax.random.PRNGKey(0))[1],
+                                 in_shardings=(self.state_shardings, self.batch_shardings), out_shardings=replicated)
+
+    def context(self):
+        """Mesh + logical axis rules, needed while tracing (activation sharding constraints)."""
+        import contextlib
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(self.rules))
+        return stack
+
+    def create_state(self):
+        with self.context():
+            return self._create(self.init_rng)
+
+    def abstract_sharded_state(self):
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
+                            self.state_shardings)
+
+
+# ---------------------------------------------------------------- metrics
+class MetricWriter:
+    """JSONL + TensorBoard on process 0; no-ops elsewhere."""
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        self.primary = jax.process_index() == 0
+        self.jsonl = None
+        self.tb = None
+        if self.primary:
+            os.makedirs(workdir, exist_ok=True)
+            path = os.path.join(workdir, "metrics.jsonl")
+            _truncate_metrics(path, resume_step)
+            self.jsonl = open(path, "a")
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict):
+        if not self.primary:
+            return
+        row = {"step": int(step), **{k: _py(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self):
+        if self.primary:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def _truncate_metrics(path: str, keep_upto: int):
+    """After a crash the rows past the restored step are recomputed: drop them so each step appears once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip()]
+    kept = []
+    for line in rows:
+        try:
+            if json.loads(line)["step"] <= keep_upto:
+                kept.append(line)
+        except (ValueError, KeyError):
+            continue  # a torn last line from a killed process
+    if len(kept) != len(rows):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+
+def _py(v):
+    v = np.asarray(v)
+    return bool(v) if v.dtype == bool else (int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
+
+
+class PreemptionWatcher:
+    """SIGTERM (and JAX's TPU preemption notice) -> save at the next step boundary, agreed across processes."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, *_):
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        flag = self.requested
+        try:
+            from jax.experimental import multihost_utils
+            if jax.process_count() > 1:
+                flag = bool(np.asarray(multihost_utils.process_allgather(np.array(flag))).any())
+            flag = flag or multihost_utils.reached_preemption_sync_point(step)
+        except Exception:  # noqa: BLE001 - the preemption service only exists on some platforms
+            pass
+        return flag
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+# ---------------------------------------------------------------- the loop
+def train(cfg, workdir: str) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    primary = jax.process_index() == 0
+    cache_dir = cfg.trainer.get("compilation_cache_dir")
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
+
+    data = make_data(cfg)
+    example = next(iter(make_data(cfg)))
+    setup = Setup(cfg, example)
+    ckpt = checkpointing.Checkpointer(workdir, cfg.checkpoint, async_save=bool(cfg.checkpoint.get("async_save", True)))
+    restored = ckpt.restore_latest(setup.abstract_sharded_state())
+    if restored is None:
+        state = setup.create_state()
+        start = 0
+    else:
+        start, state, data_state, _ = restored
+        data.set_state(checkpointing.from_jsonable(data_state))
+        log.info("resumed from %s/%d", ckpt.directory, start)
+    writer = MetricWriter(workdir, resume_step=start)
+    watcher = PreemptionWatcher()
+    total = int(cfg.total_steps)
+    gb = int(cfg.data.global_batch_size)
+    every = int(cfg.checkpoint.every_steps)
+    eval_every = int(cfg.trainer.get("eval_every_steps", 0) or 0)
+    profile = tuple(cfg.trainer.get("profile_steps", ()) or ())
+    peak = cfg.trainer.get("peak_tflops_per_device")
+    flops = None
+    bar = None
+    if primary:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    last = {}
+    preempted = False
+    try:
+        with setup.context():
+            for step in range(start, total):
+                if profile and step == profile[0]:
+                    jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                local = next(data)
+                batch = global_batch(local, setup.batch_shardings, gb)
+                if flops is None:
+                    flops = _step_flops(setup, state, batch)
+                t0 = time.perf_counter()
+                state, metrics = setup.train_step(state, batch)
+                metrics = jax.device_get(metrics)
+                dt = time.perf_counter() - t0
+                if profile and step == profile[0] + profile[1] - 1:
+                    jax.profiler.stop_trace()
+                tokens = float(np.sum(np.asarray(local["attention_mask"]))) * jax.process_count()
+                row = {k: v for k, v in metrics.items()}
+                row.update(step_time_s=dt, tokens_per_s=tokens / dt,
+                           bad_steps=int(state.bad_steps), skipped_steps=int(state.skipped_steps))
+                row.update({f"lr_{g}": float(s(step)) for g, s in setup.schedules.items()})
+                if flops:
+                    row["flops_per_step_per_device"] = flops
+                    if peak:
+                        row["mfu"] = flops / dt / (float(peak) * 1e12)
+                if eval_every and (step + 1) % eval_every == 0:
+                    row.update(evaluate(cfg, setup, state))
+                writer.write(step + 1, row)
+                last = row
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+                if int(state.bad_steps) >= int(cfg.trainer.max_consecutive_bad_steps):
+                    raise TrainingAborted(f"{int(state.bad_steps)} consecutive steps with non-finite loss or "
+                                          f"gradients (config.trainer.max_consecutive_bad_steps) at step {step + 1}")
+                done = step + 1 == total
+                if watcher.should_stop(step + 1):
+                    ckpt.save(step + 1, state, data.get_state(), cfg, force=True)
+                    preempted = True
+                    log.warning("preemption requested: saved step %d, exiting", step + 1)
+                    break
+                if (every and (step + 1) % every == 0) or done:
+                    ckpt.save(step + 1, state, data.get_state(), cfg, force=done)
+    finally:
+        ckpt.close()
+        writer.close()
+        watcher.restore()
+        if bar is not None:
+            bar.close()
+    return {"last_metrics": last, "preempted": preempted, "start_step": start, "state": state}
+
+
+def evaluate(cfg, setup: Setup, state) -> dict:
+    data = make_data(cfg, "eval")
+    n = int(cfg.trainer.get("eval_batches", 1))
+    sums: dict = {}
+    for _ in range(n):
+        m = jax.device_get(setup.eval_step(state, global_batch(next(data), setup.batch_shardings,
+                                                              int(cfg.data.global_batch_size))))
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / n
+    return {f"eval_{k}": v for k, v in sums.items()}
+
+
+def _step_flops(setup: Setup, state, batch):
+    try:
+        cost = setup.train_step.lower(state, batch).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) or None
+    except Exception:  # noqa: BLE001 - cost analysis is best effort on some backends
+        return None
