@@ -28,6 +28,8 @@ setup(
         "scipy>=1.11",
         "tqdm>=4.66",
         "pillow>=10",
+        "tensorboardX>=2.6",
+        "ml_dtypes>=0.4",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0"],
@@ -38,6 +40,7 @@ setup(
             "molmoact2-openfast=molmoact2_jax.tokenizers.openfast_cli:main",
             "molmoact2-data=data_pipelines.cli:main",
             "molmoact2-forward=molmoact2_jax.demo_forward:main",
+            "molmoact2-train=molmoact2_jax.train:main",
         ],
     },
 )
