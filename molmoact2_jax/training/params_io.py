@@ -31,12 +31,22 @@ def save_params(ckpt_dir: str, params, model_cfg) -> None:
     os.replace(tmp, os.path.join(ckpt_dir, MODEL_CONFIG))
 
 
+def is_training_step(ckpt_dir: str) -> bool:
+    """A trainer step directory (WORKDIR/checkpoints/<step>/ with state/ and meta/ items)."""
+    return os.path.isdir(os.path.join(ckpt_dir, "state")) and os.path.exists(os.path.join(ckpt_dir, "meta",
+                                                                                          "metadata"))
+
+
 def load_model_config(ckpt_dir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(ckpt_dir, MODEL_CONFIG)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{ckpt_dir}: no {MODEL_CONFIG} (not a molmoact2-jax params checkpoint)")
-    with open(path) as f:
-        d = json.load(f)
+    if is_training_step(ckpt_dir):
+        with open(os.path.join(ckpt_dir, "meta", "metadata")) as f:
+            d = json.load(f)["config"]["model"]
+    else:
+        path = os.path.join(ckpt_dir, MODEL_CONFIG)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{ckpt_dir}: no {MODEL_CONFIG} (not a molmoact2-jax params checkpoint)")
+        with open(path) as f:
+            d = json.load(f)
     d["vit"]["feature_layers"] = tuple(d["vit"]["feature_layers"])
     return ml_collections.ConfigDict(d)
 
@@ -45,6 +55,8 @@ def load_params(ckpt_dir: str, target=None):
     """Returns (params as numpy/jax arrays, model config). `target` (e.g. from jax.eval_shape with shardings)
     restores directly onto devices in that layout."""
     cfg = load_model_config(ckpt_dir)
+    if is_training_step(ckpt_dir):
+        return _params_from_train_state(os.path.join(os.path.abspath(ckpt_dir), "state"), target), cfg
     path = os.path.join(os.path.abspath(ckpt_dir), PARAMS)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{ckpt_dir}: no {PARAMS}/ directory")
@@ -55,6 +67,25 @@ def load_params(ckpt_dir: str, target=None):
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
         params = ckptr.restore(path, target)
     return params, cfg
+
+
+def _params_from_train_state(path: str, target=None):
+    """Restores only `params` out of a saved TrainState (optimizer state is never read)."""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        if "params" not in tree:
+            raise ValueError(f"{path}: the saved state has no params")
+        if target is None:
+            target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"])
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        else:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(item={"params": target},
+                                                              restore_args={"params": restore_args},
+                                                              partial_restore=True))
+    return out["params"]
 
 
 def to_numpy(tree):

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
-from molmoact2_jax.training import checkpointing
+from molmoact2_jax.training import checkpointing, lora
 from molmoact2_jax.training.optimizer import make_optimizer
 from molmoact2_jax.training.train_step import TrainState, init_state, make_train_step
 
@@ -90,8 +90,16 @@ class Setup:
         self.batch_shardings = {k: rules_lib.batch_sharding(self.mesh, len(s.shape))
                                 for k, s in self.batch_shapes.items()}
         rng = jax.random.PRNGKey(int(cfg.seed))
+        self.lora_cfg = cfg.get("lora") if cfg.get("lora", {}).get("enabled", False) else None
+
+        def init_boxed(rng, batch):
+            boxed = self.model.init(rng, batch)
+            if self.lora_cfg is not None:
+                boxed["lora"] = lora.init_lora(jax.random.fold_in(rng, 7), boxed, self.lora_cfg)
+            return boxed
+
         with self.context():
-            boxed = jax.eval_shape(self.model.init, rng, self.batch_shapes)
+            boxed = jax.eval_shape(init_boxed, rng, self.batch_shapes)
         rules_lib.check_rules_cover(boxed, self.rules)
         self.param_shardings = nn.unbox(rules_lib.tree_shardings(boxed, self.mesh, self.rules))
         abstract_params = nn.unbox(boxed)
@@ -108,18 +116,23 @@ class Setup:
 
         def create(rng):
             zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in self.batch_shapes.items()}
-            params = nn.unbox(self.model.init(rng, zeros))
+            params = nn.unbox(init_boxed(rng, zeros))
             return init_state(params, self.tx, jax.random.fold_in(rng, 1))
 
         with self.context():
             self.abstract_state = jax.eval_shape(create, rng)
         self._create = jax.jit(create, out_shardings=self.state_shardings)
         self.init_rng = rng
-        step_fn = make_train_step(self.model.compute_loss, self.tx, self.labels, int(cfg.trainer.grad_accum_steps))
+        step_fn = make_train_step(self.loss_fn, self.tx, self.labels, int(cfg.trainer.grad_accum_steps))
         self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings),
                                   out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-        self.eval_step = jax.jit(lambda s, b: self.model.compute_loss(s.params, b, jax.random.PRNGKey(0))[1],
+        self.eval_step = jax.jit(lambda s, b: self.loss_fn(s.params, b, jax.random.PRNGKey(0))[1],
                                  in_shardings=(self.state_shardings, self.batch_shardings), out_shardings=replicated)
+
+    def loss_fn(self, params, batch, rng):
+        if self.lora_cfg is not None:
+            params = lora.merge(params, self.lora_cfg)
+        return self.model.compute_loss(params, batch, rng)
 
     def context(self):
         """Mesh + logical axis rules, needed while tracing (activation sharding constraints)."""
@@ -248,7 +261,7 @@ def train(cfg, workdir: str) -> dict:
     eval_every = int(cfg.trainer.get("eval_every_steps", 0) or 0)
     profile = tuple(cfg.trainer.get("profile_steps", ()) or ())
     peak = cfg.trainer.get("peak_tflops_per_device")
-    flops = None
+    flops = compiled = None
     bar = None
     if primary:
         from tqdm import tqdm
@@ -262,10 +275,11 @@ def train(cfg, workdir: str) -> dict:
                     jax.profiler.start_trace(os.path.join(workdir, "profile"))
                 local = next(data)
                 batch = global_batch(local, setup.batch_shardings, gb)
-                if flops is None:
-                    flops = _step_flops(setup, state, batch)
+                if compiled is None:  # compile once (AOT) and read the FLOP count from the same executable
+                    compiled = setup.train_step.lower(state, batch).compile()
+                    flops = _flops(compiled)
                 t0 = time.perf_counter()
-                state, metrics = setup.train_step(state, batch)
+                state, metrics = compiled(state, batch)
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 if profile and step == profile[0] + profile[1] - 1:
@@ -318,9 +332,9 @@ def evaluate(cfg, setup: Setup, state) -> dict:
     return {f"eval_{k}": v for k, v in sums.items()}
 
 
-def _step_flops(setup: Setup, state, batch):
+def _flops(compiled):
     try:
-        cost = setup.train_step.lower(state, batch).compile().cost_analysis()
+        cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) or None
     except Exception:  # noqa: BLE001 - cost analysis is best effort on some backends

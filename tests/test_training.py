@@ -1,0 +1,141 @@
+"""Trainer on one CPU device: end-to-end tiny run, metrics files, NaN guard, grad accumulation, LoRA, config errors."""
+import glob
+import os
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs.pretrain import get_config
+from molmoact2_jax.sharding import mesh as mesh_lib
+from molmoact2_jax.sharding import rules as rules_lib
+from molmoact2_jax.training import trainer
+from molmoact2_jax.training.train_step import init_state, make_train_step
+from train_harness import CACHE
+
+
+def tiny_cfg(**kw):
+    c = get_config("tiny")
+    c.model.use_action_expert = True
+    c.model.action_mode = "both"
+    c.trainer.compilation_cache_dir = CACHE
+    for k, v in kw.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def read_events(path):
+    """Scalars from a TensorBoard event file (TFRecord framing, parsed with our own reader)."""
+    from data_pipelines.formats import tfrecord
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for rec in tfrecord.read_records(path):
+        ev = event_pb2.Event.FromString(rec)
+        for v in ev.summary.value:
+            out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def test_tiny_run_learns_and_writes_metrics(tmp_path):
+    cfg = tiny_cfg(total_steps=30, **{"trainer.eval_every_steps": 15, "checkpoint.every_steps": 15})
+    out = trainer.train(cfg, str(tmp_path))
+    import json
+    rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert all(np.isfinite(r["loss"]) for r in rows) and "eval_total_loss" in rows[14]
+    first, last = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
+    print(f"loss {first:.3f} -> {last:.3f}; flow {rows[0]['flow_loss']:.3f} -> {rows[-1]['flow_loss']:.3f}")
+    assert last < 0.8 * first
+    for key in ("ce_loss", "flow_loss", "grad_norm", "lr_llm", "tokens_per_s", "step_time_s"):
+        assert key in rows[-1]
+    events = read_events(glob.glob(str(tmp_path / "tensorboard" / "events*"))[0])
+    assert [s for s, _ in events["loss"]] == list(range(1, 31))
+    np.testing.assert_allclose([v for _, v in events["loss"]], [r["loss"] for r in rows], rtol=1e-6)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["15", "30"]
+    # A step directory is a self-describing params checkpoint for params-only restores.
+    from molmoact2_jax.training import params_io
+    params, mcfg = params_io.load_params(str(tmp_path / "checkpoints" / "30"))
+    assert mcfg.llm.hidden_size == cfg.model.llm.hidden_size
+    np.testing.assert_array_equal(params["action_expert"]["action_embed"]["kernel"],
+                                  np.asarray(out["state"].params["action_expert"]["action_embed"]["kernel"]))
+
+
+def test_nan_guard_skips_updates_and_aborts(tmp_path):
+    tx = optax.sgd(0.1)
+    params = {"vit": {"w": jnp.ones(3)}}
+    labels = {"vit": {"w": "vit"}}
+
+    def loss_fn(p, batch, rng):
+        loss = jnp.sum(p["vit"]["w"] * batch["x"])
+        return loss, {}
+
+    step = jax.jit(make_train_step(loss_fn, tx, labels))
+    state = init_state(params, tx, jax.random.PRNGKey(0))
+    state, m = step(state, {"x": jnp.array([1.0, jnp.nan, 0.0])})
+    assert not bool(m["finite"]) and int(state.bad_steps) == 1 and int(state.skipped_steps) == 1
+    np.testing.assert_array_equal(state.params["vit"]["w"], np.ones(3))     # update skipped
+    state, m = step(state, {"x": jnp.array([1.0, 1.0, 0.0])})
+    assert bool(m["finite"]) and int(state.bad_steps) == 0 and int(state.skipped_steps) == 1
+    np.testing.assert_allclose(state.params["vit"]["w"], [0.9, 0.9, 1.0])
+
+    cfg = tiny_cfg(total_steps=20, **{"model.loss.ce_weight": float("nan"), "trainer.max_consecutive_bad_steps": 3})
+    with pytest.raises(trainer.TrainingAborted, match="3 consecutive steps"):
+        trainer.train(cfg, str(tmp_path))
+
+
+def test_grad_accumulation_matches_full_batch():
+    tx = optax.sgd(0.1)
+    params = {"llm": {"w": jnp.array([0.5, -1.0, 2.0])}}
+    labels = {"llm": {"w": "llm"}}
+    loss_fn = lambda p, b, r: (jnp.mean(jnp.square(b["x"] @ p["llm"]["w"] - b["y"])), {})
+    batch = {"x": jax.random.normal(jax.random.PRNGKey(1), (8, 3)), "y": jnp.arange(8.0)}
+    s1, m1 = jax.jit(make_train_step(loss_fn, tx, labels, 1))(init_state(params, tx, jax.random.PRNGKey(0)), batch)
+    s4, m4 = jax.jit(make_train_step(loss_fn, tx, labels, 4))(init_state(params, tx, jax.random.PRNGKey(0)), batch)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    np.testing.assert_allclose(s1.params["llm"]["w"], s4.params["llm"]["w"], rtol=1e-6)
+
+
+def test_lora_trains_adapters_only(tmp_path):
+    cfg = tiny_cfg(total_steps=8, **{"lora.enabled": True, "lora.rank": 4, "checkpoint.every_steps": 0,
+                                     "optimizer.freeze": ("vit", "connector")})
+    data = trainer.make_data(cfg)
+    setup = trainer.Setup(cfg, next(iter(trainer.make_data(cfg))))
+    s0 = setup.create_state()
+    before = jax.device_get(s0.params)
+    out = trainer.train(cfg, str(tmp_path))
+    after = jax.device_get(out["state"].params)
+    np.testing.assert_array_equal(before["backbone"]["llm"]["blocks"]["q_proj"]["kernel"],
+                                  after["backbone"]["llm"]["blocks"]["q_proj"]["kernel"])      # base LLM frozen
+    np.testing.assert_array_equal(before["backbone"]["vit"]["patch_embedding"]["kernel"],
+                                  after["backbone"]["vit"]["patch_embedding"]["kernel"])       # frozen group
+    assert np.abs(after["lora"]["backbone"]["llm"]["blocks"]["q_proj"]["lora_b"]).max() > 0    # adapters move
+    assert not np.array_equal(before["action_expert"]["action_embed"]["kernel"],
+                              after["action_expert"]["action_embed"]["kernel"])
+    del data
+
+
+def test_bad_configs_fail_before_compiling():
+    with pytest.raises(ValueError, match=r"config.mesh: slice=1 x data=3 x fsdp=1 x tensor=1 = 3 devices, but 8"):
+        mesh_lib.mesh_shape({"data": 3}, 8)
+    with pytest.raises(ValueError, match="only one axis may be -1"):
+        mesh_lib.mesh_shape({"data": -1, "fsdp": -1}, 8)
+    assert mesh_lib.mesh_shape({"data": -1, "tensor": 2}, 8)["data"] == 4
+    fake_mesh = types.SimpleNamespace(shape={"slice": 1, "data": 2, "fsdp": 2, "tensor": 2})
+    with pytest.raises(ValueError, match="config.data.global_batch_size=6 is not divisible by the data-parallel "
+                                         "size 4"):
+        trainer.validate_config(tiny_cfg(**{"data.global_batch_size": 6}), fake_mesh)
+    with pytest.raises(ValueError, match="config.mesh"):
+        trainer.Setup(tiny_cfg(**{"mesh.data": 2}), next(iter(trainer.make_data(tiny_cfg()))))
+    rules = tuple(r for r in rules_lib.DEFAULT_RULES if r[0] != "expert_mlp")
+    cfg = tiny_cfg()
+    cfg.sharding = {"rules": [list(r) for r in rules]}
+    with pytest.raises(ValueError, match="logical axis 'expert_mlp' has no entry in config.sharding.rules"):
+        trainer.Setup(cfg, next(iter(trainer.make_data(cfg))))

@@ -1,0 +1,77 @@
+"""Runs `molmoact2-train` in subprocesses (fake CPU devices, several processes, kill/SIGTERM) for the tests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join("/tmp", f"molmoact2_test_xla_cache_{os.getuid()}")
+BASE = ["--config=" + os.path.join(ROOT, "configs", "pretrain.py") + ":tiny",
+        "--config.model.use_action_expert=True", "--config.model.action_mode=both",
+        f"--config.trainer.compilation_cache_dir={CACHE}", "--config.trainer.eval_every_steps=0"]
+
+
+def env_for(devices: int = 1) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def command(workdir: str, overrides=(), extra=()) -> list:
+    return [sys.executable, "-m", "molmoact2_jax.train", f"--workdir={workdir}", *BASE, *overrides, *extra]
+
+
+def run(workdir: str, overrides=(), devices: int = 1, timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(command(workdir, overrides), env=env_for(devices), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def losses(workdir: str) -> list[float]:
+    return [r["loss"] for r in read_metrics(workdir)]
+
+
+def run_until(workdir: str, overrides, step: int, sig=signal.SIGKILL, devices: int = 1, timeout: int = 400):
+    """Starts a run, sends `sig` once metrics.jsonl reaches `step`, returns (returncode, output)."""
+    proc = subprocess.Popen(command(workdir, overrides), env=env_for(devices), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    sent = False
+    while proc.poll() is None and time.time() < deadline:
+        if not sent and os.path.exists(path):
+            with open(path) as f:
+                n = sum(1 for line in f if line.strip())
+            if n >= step:
+                proc.send_signal(sig)
+                sent = True
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=max(deadline - time.time(), 60))
+    return proc.returncode, out, sent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_multiprocess(workdir: str, overrides, num_processes: int, devices_per_process: int, timeout: int = 400):
+    port = free_port()
+    procs = []
+    for pid in range(num_processes):
+        extra = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+                 f"--process_id={pid}"]
+        procs.append(subprocess.Popen(command(workdir, overrides, extra), env=env_for(devices_per_process),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [p.returncode for p in procs], outs
