@@ -254,6 +254,8 @@ def train(cfg, workdir: str) -> dict:
         data.set_state(checkpointing.from_jsonable(data_state))
         log.info("resumed from %s/%d", ckpt.directory, start)
     writer = MetricWriter(workdir, resume_step=start)
+    if primary:
+        write_run_info(workdir, setup, state)
     watcher = PreemptionWatcher()
     total = int(cfg.total_steps)
     gb = int(cfg.data.global_batch_size)
@@ -318,6 +320,27 @@ def train(cfg, workdir: str) -> dict:
         if bar is not None:
             bar.close()
     return {"last_metrics": last, "preempted": preempted, "start_step": start, "state": state}
+
+
+def state_bytes(state) -> dict:
+    """Total bytes of params/optimizer state and the most any single device holds."""
+    per_device: dict = {}
+    total = 0
+    for x in jax.tree.leaves(state):
+        total += x.nbytes
+        for shard in x.addressable_shards:
+            per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
+    return {"total_bytes": int(total), "max_bytes_per_device": int(max(per_device.values()))}
+
+
+def write_run_info(workdir: str, setup: Setup, state) -> None:
+    info = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+            "params": state_bytes(state.params), "params_and_optimizer": state_bytes((state.params,
+                                                                                       state.opt_state))}
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
 
 
 def evaluate(cfg, setup: Setup, state) -> dict:
