@@ -29,8 +29,12 @@ def _main(_):
     import jax
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/JAX info lines would drown the progress bar
-    logging.basicConfig(level=logging.INFO if jax.process_index() == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    pkg = logging.getLogger("molmoact2_jax")
+    pkg.addHandler(handler)
+    pkg.propagate = False
+    pkg.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     from molmoact2_jax.training.trainer import TrainingAborted, train
     try:
         out = train(_CONFIG.value, _WORKDIR.value)

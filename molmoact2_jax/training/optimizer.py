@@ -59,7 +59,7 @@ def make_optimizer(params, opt_cfg, total_steps: int, lora_cfg=None):
     tree_labels = labels(params, opt_cfg, lora_on)
     present = set(jax.tree.leaves(tree_labels))
     schedules, transforms = {}, {FROZEN: optax.set_to_zero()}
-    for g in present - {FROZEN}:
+    for g in sorted(present - {FROZEN}):  # sorted: a stable program (and compilation-cache key) per config
         peak = float(lora_cfg.lr) if g == "lora" else float(opt_cfg.lr[g])
         schedules[g] = schedule(peak, opt_cfg, total_steps)
         chain = []
