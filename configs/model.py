@@ -122,3 +122,14 @@ def get_model_config(variant: str = "full") -> ml_collections.ConfigDict:
         mask_action_dim_padding=True,
     ))
     return c
+
+
+def set_token_layout(model_cfg, layout) -> None:
+    """Takes every token id and the vocabulary size from a tokenizer's TokenLayout (the tokenizer defines them)."""
+    import dataclasses
+    for f in dataclasses.fields(layout):
+        if f.name == "eos":
+            model_cfg.tokens.eos_token_id = layout.eos
+        elif f.name in model_cfg.tokens:
+            model_cfg.tokens[f.name] = getattr(layout, f.name)
+    model_cfg.llm.vocab_size = layout.vocab_size

@@ -143,9 +143,12 @@ def convert(opts: ConvertOptions) -> dict:
                 bar.update()
     bar.close()
     first_key = src.camera_keys[0] if src.camera_keys else None
+    tag_meta = emb.tag_metadata()
+    if opts.horizon:  # the records hold chunks of this length: norm_stats.json must say so
+        tag_meta.update(action_horizon=int(opts.horizon), n_action_steps=int(opts.horizon))
     index = {
         "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
-        "tag_metadata": emb.tag_metadata(), "camera_keys": src.camera_keys, "state_names": src.state_names,
+        "tag_metadata": tag_meta, "camera_keys": src.camera_keys, "state_names": src.state_names,
         "fps": src.fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size,
         "shards": [{"file": r["shard"], "num_records": r["num_records"], "num_episodes": len(r["episodes"])}
                    for r in results],

@@ -241,6 +241,11 @@ def train(cfg, workdir: str) -> dict:
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
 
+    if cfg.data.get("source", "synthetic") != "synthetic" and cfg.data.get("tokenizer"):
+        # The dataset's tokenizer defines the token ids the model must use.
+        from configs.model import set_token_layout
+        from molmoact2_jax.tokenizers.text import TextTokenizer
+        set_token_layout(cfg.model, TextTokenizer.from_file(cfg.data.tokenizer).layout)
     data = make_data(cfg)
     example = next(iter(make_data(cfg)))
     setup = Setup(cfg, example)

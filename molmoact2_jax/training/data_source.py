@@ -1,0 +1,86 @@
+"""Training batches from converted datasets: the data_pipelines Grain pipeline, adapted to the model's batch.
+
+config.data (when `source == "arrayrecord"`):
+  sources        list of {path: SHARD_DIR, weight: w} (a weighted mixture of tags)
+  norm_stats     path to norm_stats.json (molmoact2-data stats)
+  tokenizer      path to a tokenizer.json / folder (the checkpoint's text tokenizer)
+  openfast       OpenFAST tokenizer folder (needed when model.action_mode is "discrete" or "both")
+  seq_len, global_batch_size, seed, worker_count, augment, max_cameras
+Each process reads only its shard of every epoch (grain sharding by jax.process_index()); the iterator's state is
+checkpointed with the train state, so a resumed run sees exactly the remaining batches.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+def to_model_batch(b: dict) -> dict:
+    """Pipeline batch (loss_mask aligned with the predicted token) -> model batch (targets shifted by one)."""
+    ids = np.asarray(b["input_ids"], np.int32)
+    valid = np.asarray(b.get("token_mask", ids >= 0), bool)
+    ids = np.where(valid, ids, -1)
+    target = np.full_like(ids, -1)
+    target[:, :-1] = np.where(valid[:, 1:], ids[:, 1:], -1)
+    loss = np.zeros(ids.shape, np.float32)
+    loss[:, :-1] = np.asarray(b["loss_mask"], np.float32)[:, 1:]
+    out = dict(input_ids=ids, attention_mask=valid, target_ids=target, loss_mask=loss,
+               images=np.asarray(b["image_patches"], np.float32), pooled_idx=np.asarray(b["pooled_idx"], np.int32),
+               actions=np.asarray(b["actions"], np.float32),
+               action_dim_valid=~np.asarray(b["action_dim_is_pad"], bool),
+               horizon_valid=~np.asarray(b["action_is_pad"], bool),
+               has_actions=np.ones(ids.shape[0], bool))
+    return out
+
+
+class PipelineIterator:
+    """Wraps a Grain iterator: `next()` gives model batches; get_state/set_state pass through."""
+
+    def __init__(self, grain_iter):
+        self.it = grain_iter
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return to_model_batch(next(self.it))
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+def make(cfg, split: str = "train") -> PipelineIterator:
+    from data_pipelines.pipeline.model_inputs import ModelInputs
+    from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
+    from data_pipelines.pipeline.robot_transform import RobotTransformConfig
+    from molmoact2_jax.tokenizers.text import TextTokenizer
+
+    d, m = cfg.data, cfg.model
+    if d.source != "arrayrecord":
+        raise ValueError(f"config.data.source={d.source!r}: expected 'synthetic' or 'arrayrecord'")
+    if not d.get("sources"):
+        raise ValueError("config.data.sources is empty: list {path: SHARD_DIR, weight: w} entries")
+    if int(d.global_batch_size) % jax.process_count():
+        raise ValueError(f"config.data.global_batch_size={d.global_batch_size} is not divisible by "
+                         f"{jax.process_count()} processes")
+    tok = TextTokenizer.from_file(d.tokenizer)
+    openfast = None
+    if m.action_mode in ("discrete", "both"):
+        from molmoact2_jax.tokenizers.openfast import OpenFAST
+        openfast = OpenFAST.load(d.openfast)
+    eval_split = split != "train"
+    inputs = ModelInputs(tok, seq_len=int(d.seq_len), image_size=m.vit.image_size, patch=m.vit.patch_size,
+                         openfast=openfast, action_format=m.action_mode)
+    sources = d.get("eval_sources") if eval_split and d.get("eval_sources") else d.sources
+    pc = PipelineConfig(
+        sources=[Source(s["path"], float(s.get("weight", 1.0))) for s in sources],
+        norm_stats=d.norm_stats, batch_size=int(d.global_batch_size) // jax.process_count(),
+        seed=int(d.seed) + (1 if eval_split else 0), worker_count=int(d.get("worker_count", 0)),
+        transform=RobotTransformConfig(image_size=m.vit.image_size, max_cameras=int(d.get("max_cameras", 3)),
+                                       max_action_horizon=m.action_expert.max_action_horizon,
+                                       max_action_dim=m.action_expert.max_action_dim,
+                                       augment=bool(d.get("augment", True)) and not eval_split),
+        model_inputs=inputs)
+    return PipelineIterator(iter(build_robot_dataset(pc)))
