@@ -1,0 +1,135 @@
+"""Command lines: molmoact2-sim (record expert demonstrations) and molmoact2-eval (closed-loop evaluation).
+
+  molmoact2-sim record --suite metaworld:reach-v3,push-v3 --episodes 50 --out DIR [--workers 4]
+  molmoact2-eval --checkpoint CKPT --suite metaworld:reach-v3 --episodes 20 --out DIR
+  molmoact2-eval --policy random|mean-action|expert --suite libero:libero_spatial:0,1 --episodes 5 --out DIR
+
+Bad input (unknown suite or task, a checkpoint that does not fit the environment, no rendering
+backend) prints one line `molmoact2-...: error: ...` and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from molmoact2_jax.evaluation.errors import SimEvalError
+
+
+def _common(p: argparse.ArgumentParser):
+    p.add_argument("--suite", required=True,
+                   help="metaworld:TASK[,TASK...] (or metaworld:all) | libero:SUITE[:TASK_IDS]")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=0, help="parallel environment processes (0: in this process)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--instruction-template", default=None, help="e.g. 'In simulation, {instruction}.'")
+    p.add_argument("--slow-render", action="store_true", help="keep shadows and multisampling (MetaWorld)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config(args, suite):
+    from molmoact2_jax.evaluation.config import get_config
+    return get_config(suite.simulator, image_hw=tuple(args.image_size) if args.image_size else None,
+                      instruction_template=args.instruction_template,
+                      fast_render=False if args.slow_render else None,
+                      norm_stats_path=getattr(args, "norm_stats", None),
+                      norm_tag=getattr(args, "norm_tag", None))
+
+
+def _check_suite(suite):
+    """Resolves 'all' / empty task lists and rejects unknown suites and tasks before any worker starts."""
+    import dataclasses
+    from molmoact2_jax.evaluation.envs import check_libero_tasks, check_metaworld_tasks
+    if suite.simulator == "metaworld":
+        return dataclasses.replace(suite, tasks=check_metaworld_tasks(suite.tasks))
+    return dataclasses.replace(suite, tasks=check_libero_tasks(suite.suite, suite.tasks))
+
+
+def _run(prog: str, fn, argv) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        return fn(argv)
+    except SimEvalError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def sim_main(argv=None) -> int:
+    """molmoact2-sim record ...: scripted-expert demonstrations -> LeRobot v3.0 dataset."""
+    p = argparse.ArgumentParser(prog="molmoact2-sim", description=sim_main.__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("record", help="record MetaWorld scripted experts as a LeRobot v3.0 dataset")
+    _common(r)
+    r.add_argument("--codec", choices=("av1", "h264"), default="av1")
+    r.add_argument("--post-success-steps", type=int, default=5)
+    r.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
+    args = p.parse_args(argv)
+
+    def run(_):
+        from molmoact2_jax.evaluation.config import parse_suite
+        from molmoact2_jax.evaluation.recorder import RecordOptions, record
+        suite = parse_suite(args.suite)
+        if suite.simulator != "metaworld":
+            raise SimEvalError(f"record supports metaworld suites only (scripted experts), got {args.suite!r}")
+        suite = _check_suite(suite)
+        cfg = _config(args, suite)
+        summary = record(suite, cfg, RecordOptions(
+            episodes=args.episodes, max_steps=args.max_steps, post_success_steps=args.post_success_steps,
+            seed=args.seed, workers=args.workers, codec=args.codec, only_success=args.only_success,
+            progress=not args.quiet), args.out)
+        for task, s in summary["tasks"].items():
+            print(f"  {task:28s} expert success {s['successes']}/{s['episodes']}  mean length {s['mean_length']:.1f}")
+        print(f"wrote {summary['episodes_written']} episodes, {summary['frames']} frames (LeRobot v3.0) to "
+              f"{args.out} in {summary['simulate_s'] + summary['write_s']:.1f}s")
+        return 0
+    return _run("molmoact2-sim", run, argv)
+
+
+def eval_main(argv=None) -> int:
+    """molmoact2-eval: closed-loop success rates of a checkpoint or a baseline policy in simulation."""
+    p = argparse.ArgumentParser(prog="molmoact2-eval", description=eval_main.__doc__)
+    _common(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", help="MolmoAct2 checkpoint directory (molmoact2_jax.inference.Policy)")
+    who.add_argument("--policy", choices=("mean-action", "random", "expert"), help="baseline policy")
+    p.add_argument("--norm-tag", default=None, help="norm tag in the checkpoint's norm_stats.json")
+    p.add_argument("--norm-stats", default=None,
+                   help="mean-action: norm_stats.json, checkpoint dir or LeRobot dataset with meta/stats.json")
+    p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per policy query")
+    p.add_argument("--mode", default=None, help="Policy.predict_action mode (checkpoint only)")
+    p.add_argument("--videos-per-task", type=int, default=1)
+    args = p.parse_args(argv)
+
+    def run(_):
+        from molmoact2_jax.evaluation.config import parse_suite
+        from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate, format_report
+        from molmoact2_jax.evaluation.policies import ModelPolicy, check_checkpoint_fits, make_baseline
+        suite = parse_suite(args.suite)
+        cfg = _config(args, suite)
+        if args.checkpoint:
+            check_checkpoint_fits(args.checkpoint, cfg, args.norm_tag)   # before any simulator starts
+        suite = _check_suite(suite)
+        if args.checkpoint:
+            policy = ModelPolicy.load(args.checkpoint, cfg, args.norm_tag, args.n_action_steps, args.mode)
+            name = f"model:{os.path.basename(os.path.normpath(args.checkpoint))}"
+            n_exec = policy.n_action_steps
+        else:
+            policy = make_baseline(args.policy, cfg, norm_stats=args.norm_stats, norm_tag=args.norm_tag,
+                                   n_steps=args.n_action_steps, seed=args.seed)
+            name, n_exec = args.policy, args.n_action_steps
+        report = evaluate(policy, suite, cfg, EvalOptions(
+            episodes=args.episodes, max_steps=args.max_steps, n_action_steps=n_exec, workers=args.workers,
+            seed=args.seed, videos_per_task=args.videos_per_task, progress=not args.quiet, policy_name=name),
+            args.out)
+        print(format_report(report))
+        print(f"report: {os.path.join(args.out, 'report.json')}")
+        return 0
+    return _run("molmoact2-eval", run, argv)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    sys.exit(sim_main(sys.argv[2:]) if cmd == "sim" else eval_main(sys.argv[2:] if cmd == "eval" else sys.argv[1:]))

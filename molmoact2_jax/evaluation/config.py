@@ -1,0 +1,190 @@
+"""Simulation configs: cameras, image size, action/state layout, norm tag, instruction templates, suites.
+
+A suite spec names the simulator and its tasks:
+  metaworld:reach-v3,push-v3      MetaWorld v3 tasks (names as in metaworld.ALL_V3_ENVIRONMENTS)
+  metaworld:all                   every MetaWorld v3 task
+  libero:libero_spatial           every task of a LIBERO suite
+  libero:libero_spatial:0,3       tasks 0 and 3 of that suite
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from molmoact2_jax.evaluation.errors import SimEvalError
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSpec:
+    name: str                 # dataset / policy camera name (LeRobot key observation.images.<name>)
+    sim_camera: str           # camera name inside the simulator
+    rotate180: bool = False   # the simulator renders this view upside down
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    simulator: str                          # "metaworld" | "libero"
+    embodiment: str                         # dataset embodiment name
+    norm_tag: str                           # MolmoAct2 norm tag of the checkpoint's stats
+    cameras: tuple[CameraSpec, ...]
+    image_hw: tuple[int, int]
+    action_dim: int
+    state_names: tuple[str, ...]
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    fps: int
+    max_steps: int                          # per episode, policy steps
+    n_action_steps: int                     # actions executed per policy query
+    action_horizon: int                     # chunk length stored in tag metadata
+    instruction_template: str = "{instruction}"
+    fast_render: bool = True                # shadows and multisampling off (MetaWorld)
+    norm_stats_path: str | None = None      # norm_stats.json (mean-action baseline, checkpoint checks)
+    setup_type: str = ""
+    control_mode: str = ""
+    wait_steps: int = 0                     # LIBERO: no-op steps after reset while objects settle
+    max_steps_by_suite: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.cameras)
+
+    @property
+    def camera_keys(self) -> tuple[str, ...]:
+        return tuple(f"observation.images.{c.name}" for c in self.cameras)
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state_names)
+
+    def replace(self, **kw) -> "SimConfig":
+        return dataclasses.replace(self, **kw)
+
+    def instruction(self, task_text: str) -> str:
+        return self.instruction_template.format(instruction=task_text)
+
+    def max_steps_for(self, suite: str) -> int:
+        return dict(self.max_steps_by_suite).get(suite, self.max_steps)
+
+
+METAWORLD = SimConfig(
+    simulator="metaworld", embodiment="metaworld", norm_tag="metaworld_sawyer",
+    cameras=(CameraSpec("corner2", "corner2", rotate180=True), CameraSpec("gripperPOV", "gripperPOV")),
+    image_hw=(224, 224), action_dim=4, state_names=("ee_x", "ee_y", "ee_z", "gripper"),
+    action_low=(-1.0,) * 4, action_high=(1.0,) * 4, fps=80, max_steps=500, n_action_steps=8, action_horizon=8,
+    setup_type="single sawyer robotic arm in metaworld", control_mode="delta end-effector position",
+)
+
+LIBERO = SimConfig(
+    simulator="libero", embodiment="libero", norm_tag="libero_franka",
+    cameras=(CameraSpec("agentview", "agentview", rotate180=True),
+             CameraSpec("wrist", "robot0_eye_in_hand", rotate180=True)),
+    image_hw=(256, 256), action_dim=7,
+    state_names=("eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "gripper_left", "gripper_right"),
+    action_low=(-1.0,) * 7, action_high=(1.0,) * 7, fps=20, max_steps=520, n_action_steps=8, action_horizon=8,
+    setup_type="single franka robotic arm in libero", control_mode="delta end-effector pose",
+    wait_steps=10,
+    # policy steps per episode, as in the published LIBERO evaluations
+    max_steps_by_suite=(("libero_spatial", 220), ("libero_object", 280), ("libero_goal", 300),
+                        ("libero_10", 520), ("libero_90", 400)),
+)
+
+CONFIGS = {"metaworld": METAWORLD, "libero": LIBERO}
+
+
+def get_config(simulator: str, **overrides) -> SimConfig:
+    if simulator not in CONFIGS:
+        raise SimEvalError(f"unknown simulator {simulator!r}; expected one of {sorted(CONFIGS)}")
+    cfg = CONFIGS[simulator]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteSpec:
+    simulator: str                 # metaworld | libero
+    suite: str                     # "metaworld" or the LIBERO suite name
+    tasks: tuple[str, ...]         # MetaWorld task names, or LIBERO task ids as strings
+
+    def __str__(self):
+        return f"{self.simulator}:{','.join(self.tasks)}" if self.simulator == "metaworld" \
+            else f"libero:{self.suite}:{','.join(self.tasks)}"
+
+
+def parse_suite(spec: str) -> SuiteSpec:
+    """'metaworld:reach-v3,push-v3' | 'libero:libero_spatial[:0,3]' -> SuiteSpec (tasks checked later)."""
+    sim, _, rest = spec.partition(":")
+    if sim not in CONFIGS or not rest:
+        raise SimEvalError(f"bad suite {spec!r}; expected metaworld:TASK[,TASK...] or libero:SUITE[:TASK_IDS]")
+    if sim == "metaworld":
+        tasks = tuple(t.strip() for t in rest.split(",") if t.strip())
+        if not tasks:
+            raise SimEvalError(f"bad suite {spec!r}: no MetaWorld task named")
+        return SuiteSpec("metaworld", "metaworld", tasks)
+    suite, _, ids = rest.partition(":")
+    tasks = ()
+    if ids:
+        try:
+            tasks = tuple(str(int(i)) for i in ids.split(",") if i.strip())
+        except ValueError:
+            raise SimEvalError(f"bad LIBERO task ids {ids!r} in {spec!r}; expected comma-separated integers") from None
+    return SuiteSpec("libero", suite.strip(), tasks)
+
+
+# Templated instructions: the template's {instruction} is filled with the per-task text below.
+METAWORLD_TASK_TEXT = {
+    "assembly": "put the ring on the peg", "basketball": "dunk the ball into the basket",
+    "bin-picking": "move the cube from one bin to the other", "box-close": "put the lid on the box",
+    "button-press-topdown": "press the button from the top", "button-press-topdown-wall":
+        "press the button from the top behind the wall", "button-press": "press the button",
+    "button-press-wall": "press the button behind the wall", "coffee-button": "press the coffee machine button",
+    "coffee-pull": "pull the mug away from the coffee machine", "coffee-push": "push the mug under the coffee machine",
+    "dial-turn": "turn the dial", "disassemble": "pick the ring off the peg", "door-close": "close the door",
+    "door-lock": "lock the door by turning the lock", "door-open": "open the door",
+    "door-unlock": "unlock the door by turning the lock", "hand-insert": "insert the gripper into the hole",
+    "drawer-close": "close the drawer", "drawer-open": "open the drawer", "faucet-open": "turn the faucet on",
+    "faucet-close": "turn the faucet off", "hammer": "hammer the nail into the wall",
+    "handle-press-side": "press the handle down from the side", "handle-press": "press the handle down",
+    "handle-pull-side": "pull the handle up from the side", "handle-pull": "pull the handle up",
+    "lever-pull": "pull the lever up", "pick-place-wall": "pick up the puck and place it behind the wall",
+    "pick-out-of-hole": "pick the peg out of the hole", "pick-place": "pick up the puck and place it at the goal",
+    "plate-slide": "slide the plate into the cabinet", "plate-slide-side": "slide the plate sideways into the cabinet",
+    "plate-slide-back": "slide the plate out of the cabinet",
+    "plate-slide-back-side": "slide the plate sideways out of the cabinet",
+    "peg-insert-side": "insert the peg into the hole from the side", "peg-unplug-side": "unplug the peg sideways",
+    "soccer": "kick the ball into the goal", "stick-push": "push the bottle with the stick",
+    "stick-pull": "pull the bottle with the stick", "push": "push the puck to the goal",
+    "push-wall": "push the puck to the goal behind the wall", "push-back": "push the puck backwards to the goal",
+    "reach": "reach the goal position", "reach-wall": "reach the goal position behind the wall",
+    "shelf-place": "place the puck on the shelf", "sweep-into": "sweep the puck into the hole",
+    "sweep": "sweep the puck off the table", "window-open": "slide the window open",
+    "window-close": "slide the window closed",
+}
+
+
+def metaworld_task_text(task: str) -> str:
+    base = task.rsplit("-v", 1)[0]
+    return METAWORLD_TASK_TEXT.get(base, base.replace("-", " "))
+
+
+def load_norm_stats(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SimEvalError(f"norm stats file not found: {path}")
+    try:
+        stats = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SimEvalError(f"norm stats file {path} is not valid JSON: {e}") from None
+    if "metadata_by_tag" not in stats:
+        raise SimEvalError(f"norm stats file {path} has no metadata_by_tag (not a molmoact2 norm_stats.json)")
+    return stats
+
+
+def tag_metadata(stats: dict, tag: str | None, where="norm stats") -> tuple[str, dict]:
+    """The (tag, metadata) to use: `tag` if given, else the only tag present."""
+    tags = stats["metadata_by_tag"]
+    if tag is not None and tag in tags:
+        return tag, tags[tag]
+    if tag is None and len(tags) == 1:
+        return next(iter(tags.items()))
+    raise SimEvalError(f"{where} has no norm tag {tag!r} (has {sorted(tags)}); pass --norm-tag")

@@ -1,0 +1,144 @@
+"""Record MetaWorld scripted-expert demonstrations as a LeRobot v3.0 dataset.
+
+Each episode gets its own seed (seed0 + 1000 * task_index + episode), which draws the object and
+goal positions; the expert acts on the simulator state and the dataset stores, per frame, the
+two camera views (config order, e.g. corner2 + the gripperPOV wrist view), the 4-D proprio state
+(end-effector xyz + gripper opening), the 4-D action and the task's templated instruction.
+An episode ends `post_success_steps` frames after success (or at max_steps).
+
+Episodes run in a multiprocessing pool (spawned workers, one env per task per worker); the
+dataset is written with data_pipelines' LeRobot writer. Besides the LeRobot files, meta/
+gets sim_episodes.jsonl (task, seed, success, length, final distance per episode) and
+sim_recording.json (config and per-task success rates).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from molmoact2_jax.evaluation.config import SimConfig, SuiteSpec
+from molmoact2_jax.evaluation.errors import SimEvalError
+
+_ENVS: dict = {}
+_EXPERT = None
+
+
+@dataclasses.dataclass
+class RecordOptions:
+    episodes: int = 10                 # per task
+    max_steps: int | None = None       # default: the config's
+    post_success_steps: int = 5
+    seed: int = 0
+    workers: int = 0                   # 0: record in this process
+    codec: str = "av1"                 # LeRobot's default; "h264" encodes faster
+    only_success: bool = False         # drop episodes where the expert failed
+    progress: bool = True
+
+
+def _record_one(args) -> dict:
+    global _EXPERT
+    cfg, task, task_index, episode, seed, max_steps, post = args
+    from molmoact2_jax.evaluation.envs import MetaWorldEnv
+    from molmoact2_jax.evaluation.policies import ExpertPolicy
+    if task not in _ENVS:
+        _ENVS[task] = MetaWorldEnv(task, cfg)
+    if _EXPERT is None:
+        _EXPERT = ExpertPolicy(cfg)
+    env = _ENVS[task]
+    t0 = time.perf_counter()
+    obs = env.reset(seed=seed, episode=episode)
+    states, actions, frames = [], [], [[] for _ in cfg.cameras]
+    success_at, success = None, False
+    for t in range(max_steps):
+        a = _EXPERT.act(dict(obs, env_task=task))[0]
+        states.append(obs["state"])
+        actions.append(a)
+        for k, img in enumerate(obs["images"]):
+            frames[k].append(img)
+        obs, ok, info = env.step(a)
+        if ok and success_at is None:
+            success_at, success = t + 1, True
+        if success_at is not None and t + 1 >= success_at + post:
+            break
+    return {
+        "task": task, "task_index": task_index, "episode": episode, "seed": seed, "success": success,
+        "success_step": success_at, "length": len(states), "final_distance": env.goal_distance(),
+        "instruction": env.instruction, "wall_s": time.perf_counter() - t0,
+        "states": np.stack(states).astype(np.float32), "actions": np.stack(actions).astype(np.float32),
+        "images": {cam.name: np.stack(f) for cam, f in zip(cfg.cameras, frames)},
+    }
+
+
+def _init_worker():
+    from molmoact2_jax.evaluation.envs import ensure_render_backend
+    ensure_render_backend()
+
+
+def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Path) -> dict:
+    """Runs the experts and writes the LeRobot v3.0 dataset to `out`; returns the recording summary."""
+    from data_pipelines.formats.lerobot_writer import WriteOptions, write_lerobot
+    from data_pipelines.synthetic import Episode
+    from molmoact2_jax.evaluation.envs import check_metaworld_tasks
+    from molmoact2_jax.evaluation.metaworld_embodiment import metaworld_embodiment
+
+    if suite.simulator != "metaworld":
+        raise SimEvalError(f"recording needs scripted experts; only metaworld suites are supported, got {suite}")
+    tasks = check_metaworld_tasks(suite.tasks)
+    out = Path(out)
+    if (out / "meta/info.json").exists():
+        raise SimEvalError(f"output {out} already holds a LeRobot dataset; choose a new --out")
+    emb = metaworld_embodiment(cfg)
+    max_steps = opts.max_steps or cfg.max_steps
+    jobs = [(cfg, task, ti, ep, opts.seed + 1000 * ti + ep, max_steps, opts.post_success_steps)
+            for ti, task in enumerate(tasks) for ep in range(opts.episodes)]
+    results = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), unit="ep", desc=f"record {','.join(tasks)}", disable=not opts.progress)
+    if opts.workers <= 0:
+        _init_worker()
+        for job in jobs:
+            results.append(_record_one(job))
+            bar.update()
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(opts.workers, len(jobs)), initializer=_init_worker) as pool:
+            for r in pool.imap_unordered(_record_one, jobs):
+                results.append(r)
+                bar.update()
+    bar.close()
+    sim_s = time.perf_counter() - t0
+    results.sort(key=lambda r: (r["task_index"], r["episode"]))
+    kept = [r for r in results if r["success"] or not opts.only_success]
+    if not kept:
+        raise SimEvalError("no successful expert episode to write (--only-success)")
+    episodes = [Episode(states=r["states"], actions=r["actions"], images=r["images"], task=r["instruction"],
+                        annotated_task=r["instruction"]) for r in kept]
+    t1 = time.perf_counter()
+    write_lerobot(out, emb, episodes, WriteOptions(version="v3.0", codec=opts.codec))
+    write_s = time.perf_counter() - t1
+    with open(out / "meta/sim_episodes.jsonl", "w") as f:
+        for i, r in enumerate(kept):
+            f.write(json.dumps({"episode_index": i, "task": r["task"], "instruction": r["instruction"],
+                                "seed": r["seed"], "success": r["success"], "success_step": r["success_step"],
+                                "length": r["length"], "final_distance": r["final_distance"]}) + "\n")
+    per_task = {}
+    for task in tasks:
+        rs = [r for r in results if r["task"] == task]
+        per_task[task] = {"episodes": len(rs), "successes": sum(r["success"] for r in rs),
+                          "success_rate": sum(r["success"] for r in rs) / len(rs),
+                          "mean_length": float(np.mean([r["length"] for r in rs]))}
+    summary = {"suite": f"metaworld:{','.join(tasks)}", "embodiment": emb.name, "tag": emb.tag,
+               "cameras": list(cfg.camera_names), "image_hw": list(cfg.image_hw), "fps": cfg.fps,
+               "episodes_recorded": len(results), "episodes_written": len(kept),
+               "frames": int(sum(r["length"] for r in kept)), "seed": opts.seed, "max_steps": max_steps,
+               "workers": opts.workers, "codec": opts.codec, "tasks": per_task,
+               "success_rate": sum(r["success"] for r in results) / len(results),
+               "simulate_s": round(sim_s, 2), "write_s": round(write_s, 2)}
+    (out / "meta/sim_recording.json").write_text(json.dumps(summary, indent=2))
+    return summary
