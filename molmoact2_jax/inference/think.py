@@ -1,0 +1,230 @@
+"""MolmoThink: adaptive depth reasoning at inference (spec 14, 10.2).
+
+Sequence after the prompt (whose trigger is `<depth_output><action_output>`): `<depth_start>` (forced) + 100 depth
+codes (a row-major 10x10 grid, `<depth_k>`, k < 128) + `<depth_end>`; then the action expert reads the KV cache
+of prompt + depth tokens (with the depth gate when the checkpoint has one), or, in discrete mode, greedy decoding
+continues to EOS.
+
+Adaptive depth: the first camera image is compared with the cached previous one cell by cell (320x320 bilinear
+resize, 10x10 cells of 32x32x3, cosine similarity < 0.996 = changed). The grid is walked as maximal runs of
+changed / unchanged cells: a changed run is decoded greedily one code at a time with the logits restricted to the
+depth-code rows; an unchanged run is fed from the cache as teacher-forced multi-token chunks (one
+`Backbone.decode` call per power-of-two piece, so at most 7 chunk shapes are ever compiled). Batch size 1.
+
+Choices (documented, configurable): `<depth_start>` is appended to the prompt before the prefill (identical to
+feeding it as the first decode step); every generated token, including `<depth_end>`, is fed, so the expert's
+context holds prompt + `<depth_start>` + codes + `<depth_end>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from molmoact2_jax.models import encoder_mask as em
+from molmoact2_jax.models import flow
+from molmoact2_jax.models.backbone import Backbone
+from molmoact2_jax.models.llm import flatten_heads
+
+GRID = 10                 # 10x10 depth codes
+NUM_CELLS = GRID * GRID   # num_depth_codes = 100
+CELL = 32                 # pixels per cell side
+CHANGE_SIZE = GRID * CELL  # 320
+CHANGE_THRESHOLD = 0.996
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# change detection
+def _resize320(image) -> np.ndarray:
+    from PIL import Image
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        from molmoact2_jax.preprocessing.image import to_uint8_rgb
+        img = to_uint8_rgb(img, "depth cache image")
+    pil = Image.fromarray(img)
+    return np.asarray(pil.resize((CHANGE_SIZE, CHANGE_SIZE), Image.BILINEAR), np.float32)
+
+
+def _cells(img320: np.ndarray) -> np.ndarray:
+    """[320, 320, 3] -> [100, 3072] (row-major cells, (y, x, c) inside a cell)."""
+    x = img320.reshape(GRID, CELL, GRID, CELL, -1).transpose(0, 2, 1, 3, 4)
+    return x.reshape(NUM_CELLS, -1).astype(np.float64)
+
+
+def cell_similarity(current, previous) -> np.ndarray:
+    """Cosine similarity per cell, [100] float64; cells where |a||b| < 1e-8 count as identical (1.0)."""
+    a, b = _cells(_resize320(current)), _cells(_resize320(previous))
+    dot = np.sum(a * b, axis=-1)
+    denom = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return np.where(denom < 1e-8, 1.0, dot / (denom + 1e-12))
+
+
+def changed_cells(current, previous, threshold: float = CHANGE_THRESHOLD) -> np.ndarray:
+    """bool [100]: True where the cell changed (similarity < threshold)."""
+    return cell_similarity(current, previous) < threshold
+
+
+def update_spans(mask) -> list[tuple[int, int, bool]]:
+    """Maximal runs [(start, end, changed), ...] of a flat bool mask, in index order."""
+    m = np.asarray(mask, bool).reshape(-1)
+    spans, start = [], 0
+    for i in range(1, len(m) + 1):
+        if i == len(m) or m[i] != m[start]:
+            spans.append((start, i, bool(m[start])))
+            start = i
+    return spans
+
+
+def _pow2_pieces(start: int, end: int) -> list[tuple[int, int]]:
+    out, s = [], start
+    while s < end:
+        size = 1 << ((end - s).bit_length() - 1)
+        out.append((s, s + size))
+        s += size
+    return out
+
+
+def as_depth_cache(cache):
+    """None, or a {"image", "depth_bins"} mapping (or an object with those attributes) -> (image, bins | None)."""
+    if cache is None:
+        return None, None
+    get = (lambda k: cache.get(k)) if isinstance(cache, dict) else (lambda k: getattr(cache, k, None))
+    image, bins = get("image"), get("depth_bins")
+    if image is None or bins is None:
+        return None, None
+    bins = np.asarray(bins).reshape(-1)
+    if bins.size != NUM_CELLS or not np.issubdtype(bins.dtype, np.integer):
+        return None, None  # not a usable buffer: decode all 100 codes (spec 14)
+    return np.asarray(image), bins.astype(np.int32)
+
+
+@dataclasses.dataclass
+class ThinkStats:
+    """Instrumentation of one depth decode."""
+    changed_mask: np.ndarray                 # bool [100] (all True without a usable cache)
+    predicted_cells: list = dataclasses.field(default_factory=list)   # cells whose code was re-predicted
+    forced_cells: list = dataclasses.field(default_factory=list)      # cells fed from the cache
+    chunk_calls: int = 0                     # teacher-forced Backbone.decode calls (t >= 1 tokens each)
+    tail_tokens: int = 0                     # tokens decoded after the 100 codes (until <depth_end>)
+
+    @property
+    def num_predicted(self) -> int:
+        return len(self.predicted_cells)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class ThinkDecoder:
+    """Jitted pieces of the Think decode for one `MolmoAct2`; compiled once per shape and reused."""
+
+    def __init__(self, model, threshold: float = CHANGE_THRESHOLD):
+        self.model = model
+        self.cfg = model.cfg
+        self.threshold = float(threshold)
+        t = self.cfg.tokens
+        self.code0, self.num_codes = int(t.depth_token_start), int(t.num_depth_tokens)
+        self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_size",))
+        self._feed = jax.jit(self._feed_fn)
+        self._run_changed = jax.jit(self._run_changed_fn)
+        self._greedy = jax.jit(self._greedy_fn, static_argnames=("max_steps",))
+        self._expert = jax.jit(self._expert_fn, static_argnames=("num_steps",))
+
+    # ---- jitted bodies
+    def _prefill_fn(self, params, ids, images, pooled, attn, cache_size):
+        logits, cache = self.model.backbone.apply({"params": params["backbone"]}, ids, images, pooled, attn,
+                                                  cache_size, method=Backbone.prefill)
+        return logits[0, -1], cache
+
+    def _feed_fn(self, params, tokens, cache):
+        logits, cache = self.model.backbone.apply({"params": params["backbone"]}, tokens, cache,
+                                                  method=Backbone.decode)
+        return logits[0, -1], cache
+
+    def _run_changed_fn(self, params, cache, logits, codes, start, n):
+        """Greedy restricted decode of codes[start : start+n] (n traced: one compilation for every run)."""
+        def body(i, s):
+            cache, logits, codes = s
+            code = jnp.argmax(jax.lax.dynamic_slice_in_dim(logits, self.code0, self.num_codes)).astype(jnp.int32)
+            codes = codes.at[start + i].set(code)
+            logits, cache = self._feed_fn(params, (self.code0 + code)[None, None], cache)
+            return cache, logits, codes
+        cache, logits, codes = jax.lax.fori_loop(0, n, body, (cache, logits, codes))
+        return codes, cache, logits
+
+    def _greedy_fn(self, params, cache, logits, stop_id, max_steps):
+        """Greedy over the full vocabulary, feeding each token, until `stop_id` (fed too) or max_steps."""
+        out = jnp.full((max_steps,), -1, jnp.int32)
+
+        def cond(s):
+            i, _, _, _, done = s
+            return (i < max_steps) & ~done
+
+        def body(s):
+            i, cache, logits, out, _ = s
+            tok = jnp.argmax(logits).astype(jnp.int32)
+            logits, cache = self._feed_fn(params, tok[None, None], cache)
+            return i + 1, cache, logits, out.at[i].set(tok), tok == stop_id
+
+        n, cache, logits, out, _ = jax.lax.while_loop(cond, body, (0, cache, logits, out, False))
+        return out, n, cache, logits
+
+    def _expert_fn(self, params, keys, values, slot_ids, valid, noise, dim_valid, num_steps):
+        cfg = self.cfg
+        k, v = flatten_heads(keys), flatten_heads(values)
+        enc = em.encoder_attention_mask(slot_ids, valid, cfg.tokens, cfg.action_mode)
+        depth = em.depth_positions(slot_ids, enc, cfg.tokens) if cfg.action_expert.depth_gate else None
+        return flow.sample_actions(self.model.expert, params["action_expert"], k, v, enc,
+                                   action_dim_valid=dim_valid, noise=noise, num_steps=num_steps,
+                                   depth_positions=depth)
+
+    # ---- host orchestration
+    def cache_size(self, prompt_len: int, horizon: int, discrete: bool) -> int:
+        need = prompt_len + NUM_CELLS + max(8, horizon) + (16 * horizon if discrete else 0) + 1
+        return -(-need // 64) * 64
+
+    def decode_depth(self, params, ids, images, pooled, attn, first_image, depth_cache, horizon: int,
+                     cache_size: int):
+        """Prefill (prompt already ending in `<depth_start>`), then the 100 codes and the tail up to
+        `<depth_end>`. Returns (codes int32 [100], generated ids list (from <depth_start>), cache, logits,
+        ThinkStats)."""
+        prev_image, prev_bins = as_depth_cache(depth_cache)
+        if prev_bins is None:
+            mask = np.ones(NUM_CELLS, bool)
+        else:
+            mask = changed_cells(first_image, prev_image, self.threshold)
+        stats = ThinkStats(changed_mask=mask)
+        logits, cache = self._prefill(params, ids, images, pooled, attn, cache_size=cache_size)
+        codes = jnp.asarray(prev_bins if prev_bins is not None else np.zeros(NUM_CELLS, np.int32))
+        host_bins = None if prev_bins is None else prev_bins
+        for s, e, changed in update_spans(mask):
+            if changed:
+                codes, cache, logits = self._run_changed(params, cache, logits, codes, jnp.int32(s),
+                                                         jnp.int32(e - s))
+                stats.predicted_cells.extend(range(s, e))
+            else:
+                for a, b in _pow2_pieces(s, e):
+                    chunk = jnp.asarray((host_bins[a:b] + self.code0)[None].astype(np.int32))
+                    logits, cache = self._feed(params, chunk, cache)
+                    stats.chunk_calls += 1
+                stats.forced_cells.extend(range(s, e))
+        tail, n, cache, logits = self._greedy(params, cache, logits, jnp.int32(self.cfg.tokens.depth_end),
+                                              max_steps=max(8, int(horizon)))
+        n = int(n)
+        stats.tail_tokens = n
+        codes = np.asarray(codes, np.int32)
+        generated = [int(self.cfg.tokens.depth_start)] + [int(c) + self.code0 for c in codes] + \
+            [int(t) for t in np.asarray(tail)[:n]]
+        return codes, generated, cache, logits, stats
+
+    def continue_discrete(self, params, cache, logits, max_new: int):
+        """Greedy to EOS after the depth tokens (discrete Think). Returns the generated ids (EOS included)."""
+        out, n, _, _ = self._greedy(params, cache, logits, jnp.int32(self.cfg.tokens.eos_token_id),
+                                    max_steps=int(max_new))
+        return [int(t) for t in np.asarray(out)[:int(n)]]
+
+    def expert_actions(self, params, cache, slot_ids, noise, dim_valid, num_steps: int):
+        """The flow expert on the KV cache (prompt + depth tokens). slot_ids: int [1, cache_size] (pad where
+        unused). Returns normalized actions [1, H, max_action_dim]."""
+        return self._expert(params, cache["keys"], cache["values"], jnp.asarray(slot_ids), cache["valid"],
+                            noise, dim_valid, num_steps=num_steps)
