@@ -17,6 +17,16 @@ def main(argv=None):
     p.add_argument("ckpt_dir")
     p.add_argument("out_hf_dir")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p = sub.add_parser("import-hf", help="Hugging Face MolmoAct2 folder -> Orbax params checkpoint (+ assets)")
+    p.add_argument("src_hf_dir")
+    p.add_argument("ckpt_dir")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("export-hf", help="Orbax params checkpoint -> Hugging Face MolmoAct2 folder")
+    p.add_argument("ckpt_dir")
+    p.add_argument("out_hf_dir")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--max-shard-bytes", type=int, default=5 * 1024 ** 3)
+    p.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     from molmoact2_jax.convert import molmo2
@@ -30,8 +40,18 @@ def main(argv=None):
             s = molmo2.export_molmo2(args.ckpt_dir, args.out_hf_dir, dtype=dtype)
             print(f"exported {s['tensors']} tensors, {s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s) "
                   f"({args.dtype}) -> {args.out_hf_dir}")
+        elif args.command == "import-hf":
+            from molmoact2_jax.convert import molmoact2_hf
+            s = molmoact2_hf.import_hf(args.src_hf_dir, args.ckpt_dir, progress=not args.no_progress)
+            print(molmoact2_hf.format_summary("import", s, args.src_hf_dir, args.ckpt_dir))
+        elif args.command == "export-hf":
+            from molmoact2_jax.convert import molmoact2_hf
+            s = molmoact2_hf.export_hf(args.ckpt_dir, args.out_hf_dir, dtype=args.dtype,
+                                       max_shard_bytes=args.max_shard_bytes, progress=not args.no_progress)
+            print(molmoact2_hf.format_summary("export", s, args.ckpt_dir, args.out_hf_dir))
     except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"molmoact2-convert {args.command}: error: {e}", file=sys.stderr)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"molmoact2-convert {args.command}: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,553 @@
+"""Full MolmoAct2 checkpoints: Hugging Face release folder <-> Orbax params checkpoint (spec 3, 13, 18, 21).
+
+HF folder: `config.json` (text_config / vit_config / adapter_config / action_expert_config, every token id,
+top-level max_action_horizon / max_action_dim), fp32 (or bf16) safetensors, sharded with
+`model.safetensors.index.json`, `norm_stats.json`, tokenizer files and the rest of the release files.
+
+Params checkpoint (`CKPT_DIR`, see training.params_io): `params/` (Orbax) + `model_config.json`, plus
+  `assets/`                 every non-weight file of the source folder, verbatim (config.json, norm_stats.json,
+                            tokenizer files, processor configs, remote code); export copies them back and
+                            rebuilds config.json from the preserved original (only values our config changed move);
+  `hf_rope_inv_freq.npy`    the stored `model.transformer.rotary_emb.inv_freq`, written back on export so the
+                            round trip is bit-exact (it is only checked against rope_theta on import).
+
+Streaming and memory. The import never materialises the params tree: every Orbax leaf is a lazy `_Leaf` that a
+custom type handler writes with tensorstore, stacked leaves (ViT, LLM and expert blocks, scanned on a leading
+`layers` axis) one layer slice at a time, layer-major inside a group so each HF layer tensor is read (lazily, from
+its safetensors shard) and converted once. Peak host memory is about one layer's tensors plus the largest single
+tensor (the embedding tables are concatenated once), independent of the depth. The per-layer chunking of the
+stacked leaves is a storage detail; `params_io.load_params` restores them like any other checkpoint.
+Multi-host: the conversion is an offline, single-writer job (Orbax writes numpy leaves from process 0 only), so
+run it in one process; to split it over hosts, give each process a disjoint subset of leaf groups (e.g. by layer
+ranges) and open only the shards that `model.safetensors.index.json` lists for those keys -- the `_Leaf`/group
+structure makes each group's reads independent. Only the single-process path is implemented.
+Export loads the params once (one copy) and streams tensors into shards of `max_shard_bytes`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from molmoact2_jax.convert import molmo2_keys as mk
+from molmoact2_jax.convert.action_expert_keys import TRAINING_ONLY_MARKERS, _linear_specs, expert_params_to_hf
+from molmoact2_jax.convert.molmoact2_config import hf_molmoact2_config, molmoact2_config_from_hf
+from molmoact2_jax.convert.safetensors_io import INDEX, SafetensorsReader, write_safetensors
+from molmoact2_jax.models.action_expert import expert_head_dim
+from molmoact2_jax.models.vit import num_built_layers
+
+EXPERT = "model.action_expert."
+DEPTH_GATE = "model.action_expert_depth_gate."
+ROPE_KEY = mk.LLM + "rotary_emb.inv_freq"
+ASSETS = "assets"
+INV_FREQ_FILE = "hf_rope_inv_freq.npy"
+DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
+
+
+class ConversionError(ValueError):
+    """Bad input folder / checkpoint; the message names the folder and the key."""
+
+
+# ----------------------------------------------------------------------------------------------- key table
+def hf_key_shapes(cfg) -> dict:
+    """Every tensor of a MolmoAct2 HF folder for `cfg` -> its shape (spec 18.2), in export order."""
+    v, cn, m, ae = cfg.vit, cfg.connector, cfg.llm, cfg.action_expert
+    s = {}
+    d, vh = v.hidden_size, v.num_heads * v.head_dim
+    s[mk.VIT + "patch_embedding.weight"] = (d, v.patch_size * v.patch_size * 3)
+    s[mk.VIT + "patch_embedding.bias"] = (d,)
+    s[mk.VIT + "positional_embedding"] = ((v.image_size // v.patch_size) ** 2, d)
+    for i in range(num_built_layers(v)):
+        b = f"{mk.VIT}transformer.resblocks.{i}."
+        for n in ("wq", "wk", "wv"):
+            s[b + f"attention.{n}.weight"], s[b + f"attention.{n}.bias"] = (vh, d), (vh,)
+        s[b + "attention.wo.weight"], s[b + "attention.wo.bias"] = (d, vh), (d,)
+        s[b + "feed_forward.w1.weight"], s[b + "feed_forward.w1.bias"] = (v.mlp_dim, d), (v.mlp_dim,)
+        s[b + "feed_forward.w2.weight"], s[b + "feed_forward.w2.bias"] = (d, v.mlp_dim), (d,)
+        for n in ("attention_norm", "ffn_norm"):
+            s[b + f"{n}.weight"], s[b + f"{n}.bias"] = (d,), (d,)
+    cin, ch = d * len(v.feature_layers), cn.num_heads * cn.head_dim
+    for n in ("wq", "wk", "wv"):
+        s[mk.POOL + f"{n}.weight"], s[mk.POOL + f"{n}.bias"] = (ch, cin), (ch,)
+    s[mk.POOL + "wo.weight"], s[mk.POOL + "wo.bias"] = (cn.hidden_size, ch), (cn.hidden_size,)
+    s[mk.PROJ + "w1.weight"] = s[mk.PROJ + "w3.weight"] = (cn.mlp_dim, cn.hidden_size)
+    s[mk.PROJ + "w2.weight"] = (m.hidden_size, cn.mlp_dim)
+    h, hd = m.hidden_size, m.head_dim
+    s[mk.LLM + "wte.embedding"] = (m.vocab_size, h)
+    s[mk.LLM + "wte.new_embedding"] = (m.additional_vocab_size, h)
+    for i in range(m.num_layers):
+        b = f"{mk.LLM}blocks.{i}."
+        s[b + "attn_norm.weight"] = s[b + "ff_norm.weight"] = (h,)
+        s[b + "self_attn.att_proj.weight"] = ((m.num_heads + 2 * m.num_kv_heads) * hd, h)
+        if m.qk_norm:
+            s[b + "self_attn.q_norm.weight"] = s[b + "self_attn.k_norm.weight"] = (hd,)
+        s[b + "self_attn.attn_out.weight"] = (h, m.num_heads * hd)
+        s[b + "mlp.ff_proj.weight"] = (2 * m.mlp_dim, h)
+        s[b + "mlp.ff_out.weight"] = (h, m.mlp_dim)
+    s[mk.LLM + "ln_f.weight"] = (h,)
+    s["lm_head.weight"] = (m.vocab_size, h)
+    s[ROPE_KEY] = (hd // 2,)
+    if cfg.use_action_expert:
+        for _, name, per_layer, shape, n_in, has_bias in _linear_specs(ae):
+            out, inp = math.prod(shape[n_in:]), math.prod(shape[:n_in])
+            for pre in ([f"{EXPERT}blocks.{e}.{name}" for e in range(ae.num_layers)] if per_layer
+                        else [EXPERT + name]):
+                s[pre + ".weight"] = (out, inp)
+                if has_bias:
+                    s[pre + ".bias"] = (out,)
+        if ae.depth_gate:
+            for pre in ([f"{DEPTH_GATE}{e}." for e in range(ae.num_layers)] if ae.depth_gate_per_layer
+                        else [DEPTH_GATE]):
+                s[pre + "weight"], s[pre + "bias"] = (1, ae.context_dim), (1,)
+    return s
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    """1 / theta^(2j/hd) in fp32, as the HF buffer is computed (fp32 exponent, fp32 power)."""
+    exps = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    return (np.float32(1.0) / np.power(np.float32(theta), exps)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face MolmoAct2 folder)")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def header_shapes(reader: SafetensorsReader) -> dict:
+    """key -> (shape, dtype string) from the safetensors headers only (no tensor data is read)."""
+    from safetensors import safe_open
+    out = {}
+    by_file: dict = {}
+    for k, name in reader.where.items():
+        by_file.setdefault(name, []).append(k)
+    for name, keys in by_file.items():
+        path = os.path.join(reader.folder, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: listed in {INDEX} for {keys[0]!r} but missing")
+        with safe_open(path, "np") as f:
+            present = set(f.keys())
+            for k in keys:
+                if k not in present:
+                    raise ConversionError(f"{path}: {INDEX} lists {k!r} in this shard but it is not there")
+                sl = f.get_slice(k)
+                out[k] = (tuple(sl.get_shape()), sl.get_dtype())
+    return out
+
+
+def validate_folder(src: str, reader: SafetensorsReader, cfg) -> dict:
+    """Checks the key set and every shape against `hf_key_shapes(cfg)` before anything is converted.
+    Returns a small report dict (counts, bytes, dtypes, skipped keys)."""
+    expected = hf_key_shapes(cfg)
+    have = header_shapes(reader)
+    emb, new = mk.LLM + "wte.embedding", mk.LLM + "wte.new_embedding"
+    skipped, unknown = [], []
+    for k in have:
+        if k in expected:
+            continue
+        if k.startswith(EXPERT) and any(mark in k for mark in TRAINING_ONLY_MARKERS):
+            skipped.append(k)  # native training-only modules (spec 9.2); the HF export drops them
+        else:
+            unknown.append(k)
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ConversionError(f"{src}: unknown tensor {sorted(unknown)[0]!r}{more}; the config.json does not "
+                              f"describe it (depth gate, layer counts?)")
+    for k, shape in expected.items():
+        if k == ROPE_KEY and k not in have:
+            continue  # optional buffer
+        if k not in have:
+            raise ConversionError(f"{src}: missing tensor {k!r} (expected shape {list(shape)})")
+        got = have[k][0]
+        if k in (emb, new):  # transformers may split the two tables unevenly; only their sum is fixed
+            total = have[emb][0][0] + have.get(new, ((0,),))[0][0]
+            if got[1:] != shape[1:] or total != expected[emb][0] + expected[new][0]:
+                raise ConversionError(f"{src}: tensor {k!r} has shape {list(got)}; the embedding tables must "
+                                      f"hold {expected[emb][0]} + {expected[new][0]} rows of width {shape[1]}")
+            continue
+        if got != shape:
+            raise ConversionError(f"{src}: tensor {k!r} has shape {list(got)}, expected {list(shape)}")
+    for k, (_, dt) in have.items():
+        if dt not in ("F32", "BF16", "F16"):
+            raise ConversionError(f"{src}: tensor {k!r} has dtype {dt}; expected a float dtype")
+    nbytes = sum(math.prod(s) * {"F32": 4, "BF16": 2, "F16": 2}[dt] for s, dt in have.values())
+    return {"tensors": len(have) - len(skipped), "bytes": nbytes, "skipped": skipped,
+            "dtypes": sorted({dt for _, dt in have.values()}), "has_inv_freq": ROPE_KEY in have}
+
+
+# ----------------------------------------------------------------------------------------------- lazy leaves
+class _Leaf:
+    """A params leaf that is produced on demand: `group.produce(i)[name]` (layer i) or `group.produce(None)`."""
+
+    def __init__(self, shape, group, name):
+        self.shape, self.group, self.name = tuple(shape), group, name
+        self.dtype = np.dtype(np.float32)
+        self.ndim, self.size = len(self.shape), math.prod(self.shape)
+        self.nbytes = self.size * 4
+
+
+class _Group:
+    """Leaves converted together: `fn(i)` returns {name: array} for layer i (stacked) or, with layers=None,
+    the whole arrays."""
+
+    def __init__(self, label, layers, fn):
+        self.label, self.layers, self.fn = label, layers, fn
+
+
+def _abstract_params(cfg):
+    """Shapes of MolmoAct2(cfg).init without allocating anything: {path tuple: shape}."""
+    import jax
+    import jax.numpy as jnp
+    from flax.core import meta
+    from molmoact2_jax.models.molmoact2 import MolmoAct2
+
+    v = cfg.vit
+    p = (v.image_size // v.patch_size) ** 2
+    batch = {"input_ids": jnp.zeros((1, 4), jnp.int32), "images": jnp.zeros((1, 1, p, 588), jnp.float32),
+             "pooled_idx": jnp.zeros((1, 1, 4), jnp.int32)}
+    tree = jax.eval_shape(lambda: MolmoAct2(cfg).init(jax.random.PRNGKey(0), batch))
+    tree = meta.unbox(tree)
+    flat = {}
+
+    def walk(t, path):
+        if isinstance(t, dict) or hasattr(t, "items"):
+            for k, val in t.items():
+                walk(val, path + (k,))
+        else:
+            flat[path] = tuple(t.shape)
+
+    walk(tree, ())
+    return flat
+
+
+def _lazy_groups(cfg, need, expected):
+    """{leaf path: (group, name)} covering the whole params tree (`expected`: {path: shape})."""
+    out = {}
+
+    def add(group, prefix, names):
+        for n in names:
+            out[prefix + (n if isinstance(n, tuple) else (n,))] = (group, n)
+
+    f32 = lambda a: np.asarray(a, dtype=np.float32)
+    bb = ("backbone",)
+    # ViT
+    for key, path, conv in ((mk.VIT + "patch_embedding.weight", ("vit", "patch_embedding", "kernel"), mk._t),
+                            (mk.VIT + "patch_embedding.bias", ("vit", "patch_embedding", "bias"), np.asarray),
+                            (mk.VIT + "positional_embedding", ("vit", "positional_embedding"), np.asarray)):
+        g = _Group(key, None, lambda _, key=key, conv=conv: {(): f32(conv(need(key)))})
+        out[bb + path] = (g, ())
+    vit_keys = mk._vit_block_keys(cfg)
+    g = _Group("vit blocks", num_built_layers(cfg.vit), lambda i: {
+        path: f32(to_flax(need(f"{mk.VIT}transformer.resblocks.{i}.{suffix}"))) for suffix, path, to_flax, _ in
+        vit_keys})
+    add(g, bb + ("vit", "resblocks"), [p for _, p, _, _ in vit_keys])
+    for key, path, to_flax, _ in mk._connector_keys(cfg):
+        g = _Group(key, None, lambda _, key=key, to_flax=to_flax: {(): f32(to_flax(need(key)))})
+        out[bb + path] = (g, ())
+    # LLM
+    m = cfg.llm
+
+    def embeddings(_):
+        table = np.concatenate([f32(need(mk.LLM + "wte.embedding")), f32(need(mk.LLM + "wte.new_embedding"))])
+        return {"embedding": table[:m.vocab_size], "new_embedding": table[m.vocab_size:]}
+
+    add(_Group("embeddings", None, embeddings), bb + ("llm", "wte"), ["embedding", "new_embedding"])
+    out[bb + ("llm", "ln_f", "scale")] = (_Group("ln_f", None, lambda _: {(): f32(need(mk.LLM + "ln_f.weight"))}), ())
+    out[bb + ("llm", "lm_head", "kernel")] = (_Group("lm_head", None, lambda _: {(): f32(mk._t(need(
+        "lm_head.weight")))}), ())
+    llm_names = [p[3:] for p in expected if p[:3] == ("backbone", "llm", "blocks")]
+    g = _Group("llm blocks", m.num_layers,
+               lambda i: {k: f32(val) for k, val in mk._llm_layer_from_hf(need, i, m).items()})
+    add(g, bb + ("llm", "blocks"), llm_names)
+    if not cfg.use_action_expert:
+        return out
+    # action expert (spec 18.2 / action_expert_keys)
+    ae = cfg.action_expert
+    ex = ("action_expert",)
+
+    def linear(pre, shape, n_in, has_bias):
+        k = np.ascontiguousarray(f32(need(pre + ".weight")).T).reshape(shape)
+        res = {"kernel": k}
+        if has_bias:
+            res["bias"] = f32(need(pre + ".bias")).reshape(shape[n_in:])
+        return res
+
+    layer_specs = []
+    for path, name, per_layer, shape, n_in, has_bias in _linear_specs(ae):
+        if per_layer:
+            layer_specs.append((path[1:], name, shape, n_in, has_bias))
+            continue
+        g = _Group(EXPERT + name, None, lambda _, name=name, shape=shape, n_in=n_in, hb=has_bias: linear(
+            EXPERT + name, shape, n_in, hb))
+        add(g, ex + path, ["kernel", "bias"] if has_bias else ["kernel"])
+
+    def expert_layer(e):
+        res = {}
+        for sub, name, shape, n_in, has_bias in layer_specs:
+            for leaf, arr in linear(f"{EXPERT}blocks.{e}.{name}", shape, n_in, has_bias).items():
+                res[sub + (leaf,)] = arr
+        return res
+
+    g = _Group("expert blocks", ae.num_layers, expert_layer)
+    add(g, ex + ("blocks",), [sub + (leaf,) for sub, _, _, _, hb in layer_specs
+                              for leaf in (("kernel", "bias") if hb else ("kernel",))])
+    if ae.depth_gate:
+        if ae.depth_gate_per_layer:
+            g = _Group("depth gate", ae.num_layers, lambda e: {
+                "depth_gate_kernel": np.ascontiguousarray(f32(need(f"{DEPTH_GATE}{e}.weight")).T),
+                "depth_gate_bias": f32(need(f"{DEPTH_GATE}{e}.bias"))})
+        else:
+            g = _Group("depth gate", None, lambda _: {
+                "depth_gate_kernel": np.ascontiguousarray(f32(need(DEPTH_GATE + "weight")).T),
+                "depth_gate_bias": f32(need(DEPTH_GATE + "bias"))})
+        add(g, ex, ["depth_gate_kernel", "depth_gate_bias"])
+    return out
+
+
+def _make_handler(progress):
+    import orbax.checkpoint as ocp
+    import tensorstore as ts
+    from orbax.checkpoint._src.serialization import ocdbt_utils
+    from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+    from orbax.checkpoint._src.multihost import multihost
+
+    class StreamingHandler(ocp.type_handlers.NumpyHandler):
+        """Writes `_Leaf`s in Orbax's numpy layout, a layer slice at a time (chunks of one layer)."""
+
+        def __init__(self):
+            super().__init__(deepcopy_host_arrays=False)
+
+        async def serialize(self, values, infos, args=None):
+            args = args or [ocp.SaveArgs()] * len(values)
+            return [ocp.future.CommitFutureAwaitingContractedSignals(self._write(values, infos, args),
+                                                                     name="molmoact2_hf_import")]
+
+        async def _open(self, leaf, info, arg):
+            await info.await_path_creation()
+            local = (1,) + leaf.shape[1:] if leaf.group.layers is not None else leaf.shape
+            spec = ts_utils.build_array_write_spec(
+                info=info, arg=arg, global_shape=leaf.shape, local_shape=local, dtype=leaf.dtype,
+                use_ocdbt=info.is_ocdbt_checkpoint, process_index=ocdbt_utils.get_process_index_for_subdir(
+                    use_ocdbt=info.is_ocdbt_checkpoint), metadata_key=self._metadata_key)
+            return await ts.open(ts.Spec(spec.json), create=True, open=True, context=info.ts_context)
+
+        async def _write(self, values, infos, args):
+            if multihost.process_index() != 0:
+                return
+            groups: dict = {}
+            for leaf, info, arg in zip(values, infos, args):
+                groups.setdefault(id(leaf.group), (leaf.group, []))[1].append((leaf, info, arg))
+            for group, members in groups.values():
+                stores = [await self._open(leaf, info, arg) for leaf, info, arg in members]
+                for i in ([None] if group.layers is None else range(group.layers)):
+                    arrays = group.fn(i)
+                    for (leaf, _, _), store in zip(members, stores):
+                        a = arrays[leaf.name]
+                        want = leaf.shape if i is None else leaf.shape[1:]
+                        if a.shape != want:
+                            raise ConversionError(f"{group.label}: converted leaf {leaf.name} has shape "
+                                                  f"{a.shape}, expected {want}")
+                        await (store.write(a) if i is None else store[i].write(a))
+                    del arrays
+                    progress.update(1)
+
+    return StreamingHandler
+
+
+def _save_lazy(path, tree, progress):
+    import jax
+    import orbax.checkpoint as ocp
+    reg = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler()), (jax.Array, ocp.type_handlers.ArrayHandler()),
+        (_Leaf, _make_handler(progress)()))
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=reg)) as ckptr:
+        ckptr.save(path, args=ocp.args.PyTreeSave(tree), force=True)  # synchronous
+
+
+def _tqdm(total, desc, enabled):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="t", disable=not enabled, file=sys.stderr, leave=False)
+
+
+# ----------------------------------------------------------------------------------------------- import
+def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
+    """HF MolmoAct2 folder -> params checkpoint (+ assets). Streams tensor by tensor; returns a summary dict."""
+    import ml_collections
+    from molmoact2_jax.training import params_io
+
+    hf = read_config(src_dir)
+    cfg = molmoact2_config_from_hf(hf, os.path.join(src_dir, "config.json"))
+    try:
+        reader = SafetensorsReader(src_dir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(str(e)) from None
+    report = validate_folder(src_dir, reader, cfg)
+
+    rope = None
+    if report["has_inv_freq"]:
+        rope = np.asarray(reader[ROPE_KEY])
+        want = rope_inv_freq(cfg.llm.head_dim, cfg.llm.rope_theta)
+        if not np.allclose(rope.astype(np.float64), want, rtol=1e-5, atol=0):
+            raise ConversionError(f"{src_dir}: tensor {ROPE_KEY!r} does not match text_config rope_theta="
+                                  f"{cfg.llm.rope_theta:g} (max rel diff "
+                                  f"{float(np.max(np.abs(rope / want - 1))):.2e})")
+
+    seen: set = set()
+    bar = _tqdm(report["tensors"], "reading tensors", progress)
+
+    def need(key):
+        if key not in reader:
+            raise ConversionError(f"{src_dir}: missing tensor {key!r}")
+        if key not in seen:
+            seen.add(key)
+            bar.update(1)
+        return reader[key]
+
+    expected = _abstract_params(cfg)
+    leaves = _lazy_groups(cfg, need, expected)
+    if set(leaves) != set(expected):
+        raise RuntimeError(f"internal: leaf mismatch {sorted(set(leaves) ^ set(expected))[:4]}")
+    tree: dict = {}
+    for path, (group, name) in leaves.items():
+        mk._set(tree, path, _Leaf(expected[path], group, name))
+
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    _save_lazy(os.path.join(ckpt_dir, params_io.PARAMS), tree, _NullBar())
+    bar.close()
+    tmp = os.path.join(ckpt_dir, params_io.MODEL_CONFIG + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(ml_collections.ConfigDict(cfg).to_json(indent=2))
+    os.replace(tmp, os.path.join(ckpt_dir, params_io.MODEL_CONFIG))
+
+    assets = _copy_assets(src_dir, os.path.join(ckpt_dir, ASSETS))
+    inv_path = os.path.join(ckpt_dir, INV_FREQ_FILE)
+    if rope is not None:
+        np.save(inv_path, rope)
+    elif os.path.exists(inv_path):
+        os.remove(inv_path)
+    n_params = sum(math.prod(s) for s in expected.values())
+    return {"tensors": report["tensors"], "bytes": report["bytes"], "dtypes": report["dtypes"],
+            "skipped": report["skipped"] + ([ROPE_KEY + " (verified)"] if rope is not None else []),
+            "params": n_params, "leaves": len(expected), "assets": assets, "config": cfg}
+
+
+class _NullBar:
+    def update(self, n=1):
+        pass
+
+
+def _copy_assets(src: str, dst: str) -> list:
+    """Every regular non-weight file of `src` (config.json, norm_stats.json, tokenizer files, ...)."""
+    os.makedirs(dst, exist_ok=True)
+    copied = []
+    for name in sorted(os.listdir(src)):
+        path = os.path.join(src, name)
+        if name.startswith(".") or not os.path.isfile(path) or name.endswith(".safetensors") or name == INDEX:
+            continue
+        shutil.copyfile(path, os.path.join(dst, name))
+        copied.append(name)
+    return copied
+
+
+# ----------------------------------------------------------------------------------------------- export
+def hf_tensors(params, cfg, inv_freq=None):
+    """(HF key, numpy array) pairs for a full MolmoAct2 params tree, one tensor at a time."""
+    from flax.core import meta
+    params = meta.unbox(params)
+    params = params.get("params", params) if hasattr(params, "get") else params
+    for key, arr in mk.backbone_to_hf(params["backbone"], cfg):
+        if key == "lm_head.weight":
+            yield ROPE_KEY, (rope_inv_freq(cfg.llm.head_dim, cfg.llm.rope_theta) if inv_freq is None
+                             else np.asarray(inv_freq, np.float32))
+        yield key, arr
+    if cfg.use_action_expert and "action_expert" in params:
+        # expert_params_to_hf converts the (small, ~10% of the model) expert in one go; hand it out key by key
+        converted = expert_params_to_hf(params["action_expert"], cfg, prefix=EXPERT, depth_gate_prefix=DEPTH_GATE)
+        for key in list(converted):
+            yield key, converted.pop(key)
+
+
+def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+              progress: bool = True) -> dict:
+    """Params checkpoint -> HF MolmoAct2 folder. Returns a summary dict (tensors, bytes, shards, dtype)."""
+    from molmoact2_jax.training import params_io
+
+    if dtype not in ("float32", "bfloat16"):
+        raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"{ckpt_dir}: no such checkpoint folder")
+    if os.path.isdir(out_dir) and any(n.endswith(".safetensors") or n == INDEX for n in os.listdir(out_dir)):
+        raise ConversionError(f"{out_dir}: already holds safetensors files; export into an empty folder")
+    params, cfg = params_io.load_params(ckpt_dir)
+    cfg.use_action_expert = bool(cfg.get("use_action_expert", True))
+    assets = os.path.join(ckpt_dir, ASSETS)
+    original = None
+    if os.path.exists(os.path.join(assets, "config.json")):
+        with open(os.path.join(assets, "config.json")) as f:
+            original = json.load(f)
+    inv = None
+    inv_path = os.path.join(ckpt_dir, INV_FREQ_FILE)
+    if os.path.exists(inv_path):
+        inv = np.load(inv_path)
+        want = rope_inv_freq(cfg.llm.head_dim, cfg.llm.rope_theta)
+        if inv.shape != want.shape or not np.allclose(inv, want, rtol=1e-5, atol=0):
+            inv = None  # rope_theta changed since the import: recompute
+    out_dtype = np.float32 if dtype == "float32" else _bf16()
+    shapes = hf_key_shapes(cfg)
+    bar = _tqdm(len(shapes), "writing tensors", progress)
+    dtypes = set()
+
+    def stream():
+        for key, arr in hf_tensors(params, cfg, inv):
+            if key != ROPE_KEY:  # the RoPE buffer stays fp32
+                arr = np.asarray(arr).astype(out_dtype)
+            dtypes.add(np.dtype(arr.dtype).name)
+            bar.update(1)
+            yield key, arr
+
+    os.makedirs(out_dir, exist_ok=True)
+    summary = write_safetensors(out_dir, stream(), max_shard_bytes)
+    bar.close()
+    hf = hf_molmoact2_config(cfg, original, dtype)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    copied = []
+    if os.path.isdir(assets):
+        for name in sorted(os.listdir(assets)):
+            if name != "config.json" and os.path.isfile(os.path.join(assets, name)):
+                shutil.copyfile(os.path.join(assets, name), os.path.join(out_dir, name))
+                copied.append(name)
+    summary.update(dtype=dtype, dtypes=sorted(dtypes), assets=copied, config_from_original=original is not None)
+    return summary
+
+
+def _bf16():
+    import ml_dtypes
+    return ml_dtypes.bfloat16
+
+
+def format_summary(kind: str, s: dict, src: str, dst: str) -> str:
+    if kind == "import":
+        cfg = s["config"]
+        return (f"imported {s['tensors']} tensors ({s['bytes'] / 1e6:.1f} MB, {'/'.join(s['dtypes'])}) from {src} "
+                f"-> {dst}: {s['leaves']} params leaves, {s['params'] / 1e6:.2f}M params (float32); LLM "
+                f"{cfg.llm.num_layers} layers, ViT {num_built_layers(cfg.vit)} blocks, expert "
+                f"{cfg.action_expert.num_layers} blocks (head_dim {expert_head_dim(cfg.action_expert)}); "
+                f"skipped {len(s['skipped'])}: {', '.join(s['skipped']) or '-'}; assets: "
+                f"{', '.join(s['assets']) or '-'}")
+    return (f"exported {s['tensors']} tensors, {s['bytes'] / 1e6:.1f} MB ({s['dtype']}) in {s['shards']} shard(s) "
+            f"-> {dst}; config.json {'from the preserved original' if s['config_from_original'] else 'generated'}"
+            f"; assets: {', '.join(s['assets']) or '-'}")
