@@ -11,7 +11,10 @@ initial states (episode i uses init state i), its success check, images rotated 
 from __future__ import annotations
 
 import difflib
+import gc
 import os
+import sys
+import warnings
 
 import numpy as np
 
@@ -32,19 +35,31 @@ def ensure_render_backend() -> str:
         raise SimEvalError(f"rendering backend MUJOCO_GL={gl!r} is not one of {list(GL_BACKENDS)} "
                            "(headless: MUJOCO_GL=egl, or osmesa with the libosmesa6 package)")
     try:
-        import mujoco
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import mujoco
     except ImportError:
         raise SimEvalError("mujoco is not installed (pip install mujoco)") from None
     except Exception as e:  # noqa: BLE001 - mujoco raises RuntimeError/ImportError/OSError for GL problems
         raise SimEvalError(f"rendering backend MUJOCO_GL={gl} is unavailable: {type(e).__name__}: {e}") from None
+    err = None
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda *_: None   # a half-built Renderer complains from __del__ otherwise
     try:
-        r = mujoco.Renderer(mujoco.MjModel.from_xml_string("<mujoco/>"), 8, 8)
-        r.close()
-    except Exception as e:  # noqa: BLE001
+        try:
+            with warnings.catch_warnings():      # glfw warns (to stderr) before failing without a display
+                warnings.simplefilter("ignore")
+                r = mujoco.Renderer(mujoco.MjModel.from_xml_string("<mujoco/>"), 8, 8)
+                r.close()
+        except Exception as e:  # noqa: BLE001
+            err = f"{type(e).__name__}: {e}".splitlines()[0]
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    if err is not None:
         hint = {"egl": "install libegl1 (Mesa EGL)", "osmesa": "install libosmesa6",
                 "glfw": "needs a display; use MUJOCO_GL=egl headless"}[gl]
-        raise SimEvalError(f"rendering backend MUJOCO_GL={gl} is unavailable ({hint}): "
-                           f"{type(e).__name__}: {e}".splitlines()[0]) from None
+        raise SimEvalError(f"rendering backend MUJOCO_GL={gl} is unavailable ({hint}): {err}")
     _BACKEND_OK = gl
     return gl
 
@@ -156,8 +171,22 @@ class MetaWorldEnv:
         self.env.close()
 
 
+def _quiet_robosuite():
+    """robosuite logs three warnings to stderr at import unless robosuite.macros_private exists; an empty
+    one changes no macro (it is star-imported over the defaults)."""
+    import importlib.util
+    import sys
+    import types
+    if "robosuite" not in sys.modules and "robosuite.macros_private" not in sys.modules:
+        spec = importlib.util.find_spec("robosuite")     # does not import robosuite
+        dirs = list(spec.submodule_search_locations or ()) if spec is not None else []
+        if spec is not None and not any(os.path.exists(os.path.join(d, "macros_private.py")) for d in dirs):
+            sys.modules["robosuite.macros_private"] = types.ModuleType("robosuite.macros_private")
+
+
 def _import_libero():
     ensure_render_backend()
+    _quiet_robosuite()
     try:
         from libero.libero import benchmark, get_libero_path
         from libero.libero.envs import OffScreenRenderEnv

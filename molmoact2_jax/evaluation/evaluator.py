@@ -35,7 +35,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return lo, hi
 
 
 @dataclasses.dataclass
@@ -91,11 +93,12 @@ def run_episodes(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, vi
 
     def finish(slot):
         task, ti, ep, seed = slot.job
-        res = {"task": task, "episode": ep, "seed": seed, "success": slot.success, "length": slot.steps,
+        res = {"task": task_label(suite, task), "instruction": slot.obs["task"], "episode": ep, "seed": seed,
+               "success": slot.success, "length": slot.steps,
                "queries": slot.queries, "final_distance": slot.distance, "initial_distance": slot.initial_distance,
                "wall_s": round(time.perf_counter() - slot.t0, 3), "policy_s": round(slot.policy_s, 3)}
         if slot.frames is not None and video_dir is not None:
-            path = video_dir / f"{task.replace('/', '_')}_ep{ep}.mp4"
+            path = video_dir / f"{res['task'].replace('/', '_')}_ep{ep}.mp4"
             write_video(slot.frames, path, fps)
             res["video"] = str(path.relative_to(video_dir.parent))
         results[order[slot.job]] = res
@@ -160,6 +163,10 @@ def run_episodes(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, vi
         for w in workers:
             w.close()
     return results
+
+
+def task_label(suite: SuiteSpec, task: str) -> str:
+    return f"{suite.suite}/{task}" if suite.simulator == "libero" else task
 
 
 def _initial_distance(obs, simulator):
@@ -246,7 +253,7 @@ def evaluate(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, out: s
         "episodes_per_task": opts.episodes, "max_steps": opts.max_steps or cfg.max_steps_for(suite.suite),
         "n_action_steps": opts.n_action_steps or cfg.n_action_steps, "workers": opts.workers, "seed": opts.seed,
         "cameras": list(cfg.camera_keys), "image_hw": list(cfg.image_hw),
-        **summarize(results, suite.tasks),
+        **summarize(results, [task_label(suite, t) for t in suite.tasks]),
         "wall_s": round(wall, 2),
         "env_steps_per_s": round(sum(r["length"] for r in results) / wall, 2) if wall > 0 else None,
         "episodes": results,

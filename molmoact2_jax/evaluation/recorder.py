@@ -102,9 +102,14 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
     bar = tqdm(total=len(jobs), unit="ep", desc=f"record {','.join(tasks)}", disable=not opts.progress)
     if opts.workers <= 0:
         _init_worker()
-        for job in jobs:
-            results.append(_record_one(job))
-            bar.update()
+        try:
+            for job in jobs:
+                results.append(_record_one(job))
+                bar.update()
+        finally:
+            for env in _ENVS.values():
+                env.close()
+            _ENVS.clear()
     else:
         ctx = mp.get_context("spawn")
         with ctx.Pool(min(opts.workers, len(jobs)), initializer=_init_worker) as pool:

