@@ -8,8 +8,10 @@ continues to EOS.
 Adaptive depth: the first camera image is compared with the cached previous one cell by cell (320x320 bilinear
 resize, 10x10 cells of 32x32x3, cosine similarity < 0.996 = changed). The grid is walked as maximal runs of
 changed / unchanged cells: a changed run is decoded greedily one code at a time with the logits restricted to the
-depth-code rows; an unchanged run is fed from the cache as teacher-forced multi-token chunks (one
-`Backbone.decode` call per power-of-two piece, so at most 7 chunk shapes are ever compiled). Batch size 1.
+depth-code rows; an unchanged run is fed from the cache as one teacher-forced multi-token chunk (one
+`Backbone.decode` call). Chunks are padded to a bucket (CHUNK_BUCKETS) so only three chunk shapes are ever
+compiled: the padding tokens come after the real ones (causal, so they change nothing), and the cache index,
+next position and validity are rolled back to the real length, so their slots are overwritten later. Batch size 1.
 
 Choices (documented, configurable): `<depth_start>` is appended to the prompt before the prefill (identical to
 feeding it as the first decode step); every generated token, including `<depth_end>`, is fed, so the expert's
@@ -33,6 +35,7 @@ NUM_CELLS = GRID * GRID   # num_depth_codes = 100
 CELL = 32                 # pixels per cell side
 CHANGE_SIZE = GRID * CELL  # 320
 CHANGE_THRESHOLD = 0.996
+CHUNK_BUCKETS = (8, 32, NUM_CELLS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,15 +80,6 @@ def update_spans(mask) -> list[tuple[int, int, bool]]:
     return spans
 
 
-def _pow2_pieces(start: int, end: int) -> list[tuple[int, int]]:
-    out, s = [], start
-    while s < end:
-        size = 1 << ((end - s).bit_length() - 1)
-        out.append((s, s + size))
-        s += size
-    return out
-
-
 def as_depth_cache(cache):
     """None, or a {"image", "depth_bins"} mapping (or an object with those attributes) -> (image, bins | None)."""
     if cache is None:
@@ -106,7 +100,7 @@ class ThinkStats:
     changed_mask: np.ndarray                 # bool [100] (all True without a usable cache)
     predicted_cells: list = dataclasses.field(default_factory=list)   # cells whose code was re-predicted
     forced_cells: list = dataclasses.field(default_factory=list)      # cells fed from the cache
-    chunk_calls: int = 0                     # teacher-forced Backbone.decode calls (t >= 1 tokens each)
+    chunk_calls: int = 0                     # teacher-forced Backbone.decode calls (one per unchanged run)
     tail_tokens: int = 0                     # tokens decoded after the 100 codes (until <depth_end>)
 
     @property
@@ -126,6 +120,7 @@ class ThinkDecoder:
         self.code0, self.num_codes = int(t.depth_token_start), int(t.num_depth_tokens)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_size",))
         self._feed = jax.jit(self._feed_fn)
+        self._feed_chunk = jax.jit(self._feed_chunk_fn)
         self._run_changed = jax.jit(self._run_changed_fn)
         self._greedy = jax.jit(self._greedy_fn, static_argnames=("max_steps",))
         self._expert = jax.jit(self._expert_fn, static_argnames=("num_steps",))
@@ -140,6 +135,16 @@ class ThinkDecoder:
         logits, cache = self.model.backbone.apply({"params": params["backbone"]}, tokens, cache,
                                                   method=Backbone.decode)
         return logits[0, -1], cache
+
+    def _feed_chunk_fn(self, params, tokens, n, cache):
+        """Feeds tokens[:, :n] of a padded chunk [1, bucket]; returns the logits after token n-1."""
+        index, pos = cache["index"], cache["next_position"]
+        logits, new = self.model.backbone.apply({"params": params["backbone"]}, tokens, cache,
+                                                method=Backbone.decode)
+        slots = jnp.arange(new["valid"].shape[1])
+        pad = (slots >= index + n) & (slots < index + tokens.shape[1])
+        new = dict(new, valid=new["valid"] & ~pad[None], index=index + n, next_position=pos + n)
+        return jax.lax.dynamic_index_in_dim(logits[0], n - 1, keepdims=False), new
 
     def _run_changed_fn(self, params, cache, logits, codes, start, n):
         """Greedy restricted decode of codes[start : start+n] (n traced: one compilation for every run)."""
@@ -180,7 +185,7 @@ class ThinkDecoder:
 
     # ---- host orchestration
     def cache_size(self, prompt_len: int, horizon: int, discrete: bool) -> int:
-        need = prompt_len + NUM_CELLS + max(8, horizon) + (16 * horizon if discrete else 0) + 1
+        need = prompt_len + NUM_CELLS + max(8, horizon) + (16 * horizon if discrete else 0) + CHUNK_BUCKETS[-1]
         return -(-need // 64) * 64
 
     def decode_depth(self, params, ids, images, pooled, attn, first_image, depth_cache, horizon: int,
@@ -203,10 +208,11 @@ class ThinkDecoder:
                                                          jnp.int32(e - s))
                 stats.predicted_cells.extend(range(s, e))
             else:
-                for a, b in _pow2_pieces(s, e):
-                    chunk = jnp.asarray((host_bins[a:b] + self.code0)[None].astype(np.int32))
-                    logits, cache = self._feed(params, chunk, cache)
-                    stats.chunk_calls += 1
+                bucket = next(b for b in CHUNK_BUCKETS if b >= e - s)
+                chunk = np.full((1, bucket), self.code0, np.int32)
+                chunk[0, :e - s] = host_bins[s:e] + self.code0
+                logits, cache = self._feed_chunk(params, jnp.asarray(chunk), jnp.int32(e - s), cache)
+                stats.chunk_calls += 1
                 stats.forced_cells.extend(range(s, e))
         tail, n, cache, logits = self._greedy(params, cache, logits, jnp.int32(self.cfg.tokens.depth_end),
                                               max_steps=max(8, int(horizon)))

@@ -1,0 +1,129 @@
+"""MolmoThink: changed-cell detection, adaptive depth decoding (only changed cells re-predicted, unchanged runs
+teacher-forced as chunks, equal to full re-prediction), depth gate, discrete Think; depth VQ-VAE and the
+depth-code companion tool."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from molmoact2_jax.inference import testing as T
+from molmoact2_jax.inference import think
+from molmoact2_jax.inference.policy import Policy
+
+STATE = np.array([0.1, -0.2, 0.3, 0.0, 0.2, -0.1, 0.04])
+
+
+def first_image(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (320, 320, 3), np.uint8)
+
+
+def change_cells(img, cells, seed=99):
+    out = img.copy()
+    rng = np.random.default_rng(seed)
+    for c in cells:
+        r, k = divmod(c, 10)
+        out[r * 32:(r + 1) * 32, k * 32:(k + 1) * 32] = rng.integers(0, 256, (32, 32, 3), np.uint8)
+    return out
+
+
+def test_change_detection_cells():
+    img = first_image()
+    assert not think.changed_cells(img, img).any()
+    cells = [0, 7, 55, 56, 99]
+    assert np.flatnonzero(think.changed_cells(change_cells(img, cells), img)).tolist() == cells
+    black = np.zeros((64, 80, 3), np.uint8)   # |a||b| < 1e-8 -> similarity 1
+    assert not think.changed_cells(black, black).any() and (think.cell_similarity(black, black) == 1).all()
+    # brightness scaling keeps the cosine similarity at 1: not a change
+    assert not think.changed_cells((img // 2).astype(np.uint8) * 2, (img // 2).astype(np.uint8)).any()
+    assert think.update_spans([1, 1, 0, 0, 0, 1]) == [(0, 2, True), (2, 5, False), (5, 6, True)]
+    assert think.as_depth_cache({"image": img, "depth_bins": [1] * 99}) == (None, None)
+
+
+@pytest.fixture(scope="module")
+def think_policy(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("think"))
+    cfg, params, stats, tok, fast = T.make_parts(d, depth_gate=True, num_cameras=2)
+    # the depth gate starts closed-ish (bias -4): open it so depth tokens matter to the expert
+    ae = dict(params["action_expert"])
+    ae["depth_gate_bias"] = ae["depth_gate_bias"] * 0 + 2.0
+    params = dict(params, action_expert=ae)
+    return Policy(cfg, params, stats, tok, fast)
+
+
+def naive_codes_check(policy, result, images, cells):
+    """Teacher-forced full forward (no KV cache) over prompt + <depth_start> + codes: every re-predicted code
+    must be the restricted argmax at its position."""
+    tag = policy.tag(T.TAG)
+    inp = policy.build_inputs(policy.check_images(images, tag), "pick up the block", STATE, tag, think=True)
+    n = inp["prompt_tokens"]
+    c0 = policy.cfg.tokens.depth_token_start
+    ids = np.concatenate([inp["ids"][:, -n:], (result.depth_bins + c0)[None].astype(np.int32)], axis=1)
+    batch = dict(input_ids=ids, attention_mask=np.ones_like(ids, bool), images=inp["images"],
+                 pooled_idx=inp["pooled"])
+    logits = np.asarray(jax.jit(policy.model.context)(policy.params, batch)[0])[0]
+    pred = logits[n - 1:n - 1 + 100, c0:c0 + 128].argmax(-1)
+    np.testing.assert_array_equal(pred[cells], result.depth_bins[cells])
+
+
+def test_adaptive_depth_decoding(think_policy):
+    p = think_policy
+    img0 = first_image(0)
+    imgs = [img0, T.random_images(1, seed=3)[0]]
+    full = p.predict_action(imgs, "pick up the block", STATE, T.TAG, think=True, seed=0)
+    s = full.think_stats
+    assert s.num_predicted == 100 and s.forced_cells == [] and full.depth_bins.shape == (100,)
+    assert full.depth_bins.min() >= 0 and full.depth_bins.max() < 128
+    assert full.depth_cache["depth_bins"].tolist() == full.depth_bins.tolist()
+    assert full.generated_token_ids[0] == p.cfg.tokens.depth_start
+    naive_codes_check(p, full, imgs, np.arange(100))
+
+    # unchanged image: nothing re-predicted, codes fed from the cache in power-of-two chunks
+    same = p.predict_action(imgs, "pick up the block", STATE, T.TAG, think=True, seed=0,
+                            depth_cache=full.depth_cache)
+    assert same.think_stats.num_predicted == 0 and same.think_stats.forced_cells == list(range(100))
+    assert same.think_stats.chunk_calls == 1   # one teacher-forced chunk of 100 codes
+    np.testing.assert_array_equal(same.depth_bins, full.depth_bins)
+    np.testing.assert_allclose(same.actions, full.actions, atol=1e-4)
+
+    # k changed cells: exactly those are re-predicted (against a doctored cache, so the result is visible)
+    cells = [0, 1, 2, 37, 64, 65, 99]
+    cached = {"image": img0, "depth_bins": (full.depth_bins + 5) % 128}
+    imgs_k = [change_cells(img0, cells), imgs[1]]
+    part = p.predict_action(imgs_k, "pick up the block", STATE, T.TAG, think=True, seed=0, depth_cache=cached)
+    st = part.think_stats
+    keep = np.setdiff1d(np.arange(100), cells)
+    assert st.predicted_cells == cells and np.flatnonzero(st.changed_mask).tolist() == cells
+    assert st.chunk_calls == 3 and st.forced_cells == keep.tolist()
+    np.testing.assert_array_equal(part.depth_bins[keep], cached["depth_bins"][keep])
+    naive_codes_check(p, part, imgs_k, np.array(cells))
+
+    # everything changed: identical to full re-prediction without a cache
+    other = first_image(5)
+    allc = p.predict_action([other, imgs[1]], "pick up the block", STATE, T.TAG, think=True, seed=0,
+                            depth_cache=full.depth_cache)
+    fresh = p.predict_action([other, imgs[1]], "pick up the block", STATE, T.TAG, think=True, seed=0)
+    assert allc.think_stats.num_predicted == 100
+    np.testing.assert_array_equal(allc.depth_bins, fresh.depth_bins)
+    np.testing.assert_array_equal(allc.actions, fresh.actions)
+
+
+def test_depth_tokens_reach_the_expert_through_the_gate(think_policy):
+    p = think_policy
+    imgs = [first_image(0), T.random_images(1, seed=3)[0]]
+    full = p.predict_action(imgs, "pick up the block", STATE, T.TAG, think=True, seed=0)
+    fake = {"image": imgs[0], "depth_bins": (full.depth_bins + 64) % 128}
+    forced = p.predict_action(imgs, "pick up the block", STATE, T.TAG, think=True, seed=0, depth_cache=fake)
+    assert forced.think_stats.num_predicted == 0
+    assert not np.allclose(forced.normalized_actions, full.normalized_actions, atol=1e-5)
+
+
+def test_discrete_think(think_policy):
+    imgs = [first_image(0), T.random_images(1, seed=3)[0]]
+    r = think_policy.predict_action(imgs, "pick up the block", STATE, T.TAG, think=True, mode="discrete")
+    t = think_policy.cfg.tokens
+    assert r.actions.shape == (5, 7) and r.depth_bins.shape == (100,)
+    gen = r.generated_token_ids.tolist()
+    assert gen[0] == t.depth_start and all(t.depth_token_start <= g < t.depth_token_start + 128
+                                           for g in gen[1:101])
