@@ -74,6 +74,10 @@ def make(cfg, split: str = "train") -> PipelineIterator:
     inputs = ModelInputs(tok, seq_len=int(d.seq_len), image_size=m.vit.image_size, patch=m.vit.patch_size,
                          openfast=openfast, action_format=m.action_mode)
     sources = d.get("eval_sources") if eval_split and d.get("eval_sources") else d.sources
+    for i, src in enumerate(sources):
+        if not src.get("path"):
+            raise ValueError(f"config.data.sources.{i}.path is empty (tag {src.get('tag', '?')!r}): set it to the "
+                             f"tag's converted shard directory (molmoact2-data convert)")
     pc = PipelineConfig(
         sources=[Source(s["path"], float(s.get("weight", 1.0))) for s in sources],
         norm_stats=d.norm_stats, batch_size=int(d.global_batch_size) // jax.process_count(),

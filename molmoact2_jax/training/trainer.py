@@ -146,6 +146,13 @@ class Setup:
         with self.context():
             return self._create(self.init_rng)
 
+    def state_from_params(self, params):
+        """A fresh train state (new optimizer state) around given params, placed with the param shardings."""
+        params = jax.device_put(params, self.param_shardings)
+        fn = jax.jit(lambda p, rng: init_state(p, self.tx, rng), out_shardings=self.state_shardings)
+        with self.context():
+            return fn(params, jax.random.fold_in(self.init_rng, 1))
+
     def abstract_sharded_state(self):
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
                             self.state_shardings)
@@ -254,6 +261,8 @@ def train(cfg, workdir: str) -> dict:
     if restored is None:
         state = setup.create_state()
         start = 0
+        if cfg.get("init_from"):
+            state = setup.state_from_params(init_params(cfg, jax.device_get(state.params)))
     else:
         start, state, data_state, _ = restored
         data.set_state(checkpointing.from_jsonable(data_state))
@@ -325,6 +334,35 @@ def train(cfg, workdir: str) -> dict:
         if bar is not None:
             bar.close()
     return {"last_metrics": last, "preempted": preempted, "start_step": start, "state": state}
+
+
+def init_params(cfg, fresh_params) -> dict:
+    """Params-only start (fine-tuning, next stage): loads `config.init_from` (a params checkpoint, a trainer step
+    directory, or an imported HF checkpoint) over freshly initialised params. Groups in `config.init_fresh` stay
+    fresh; missing and unexpected keys are reported; a shape mismatch is an error naming the key."""
+    from flax import traverse_util
+    from molmoact2_jax.training import params_io
+    loaded, _ = params_io.load_params(cfg.init_from)
+    fresh_groups = set(cfg.get("init_fresh", ()) or ())
+    have = traverse_util.flatten_dict(fresh_params, sep="/")
+    got = traverse_util.flatten_dict(loaded, sep="/")
+    missing, used = [], 0
+    for key, value in have.items():
+        if any(g in key.split("/") for g in fresh_groups):
+            continue
+        if key not in got:
+            missing.append(key)
+            continue
+        if tuple(got[key].shape) != tuple(value.shape):
+            raise ValueError(f"config.init_from={cfg.init_from}: {key} has shape {tuple(got[key].shape)} there but "
+                             f"{tuple(value.shape)} in this model")
+        have[key] = np.asarray(got[key], value.dtype)
+        used += 1
+    unexpected = sorted(k for k in got if k not in have)
+    log.info("init_from %s: loaded %d tensors; fresh groups %s; missing %d%s; unexpected %d%s", cfg.init_from,
+             used, sorted(fresh_groups) or "none", len(missing), f" {missing[:5]}" if missing else "",
+             len(unexpected), f" {unexpected[:5]}" if unexpected else "")
+    return traverse_util.unflatten_dict(have, sep="/")
 
 
 def state_bytes(state) -> dict:

@@ -1,0 +1,71 @@
+"""Pieces shared by every recipe: the run skeleton (mesh, data, optimizer, checkpoint, trainer, lora fields).
+
+Recipes call `base(variant)` and change what their stage needs. Variant "tiny" is a CPU-sized model on
+synthetic data (fp32); anything else is the full-size model (bf16 compute, fp32 params).
+"""
+import ml_collections
+
+from configs.model import get_model_config
+
+REFERENCE_LR = dict(vit=5e-6, connector=5e-6, llm=1e-5, action_expert=5e-5)   # spec 16.1/16.2
+TINY_LR = dict(vit=1e-3, connector=1e-3, llm=1e-3, action_expert=1e-3)        # so a CPU run visibly learns
+
+# Robot mixture of pre- and post-training (spec 16.3): tag -> sampling rate before the robot/VLM split.
+MOLMOACT2_MIXTURE = (
+    ("yam_dual_molmoact2", 0.30), ("so100_so101_molmoact2", 0.30), ("franka_droid", 0.30),
+    ("franka_molmoact", 0.025), ("google_robot_bc_z", 0.025), ("google_robot_fractal", 0.025),
+    ("widowx_bridge", 0.025),
+)
+
+
+def mixture_sources(mixture) -> list:
+    """`data.sources` entries for a tag mixture; users fill in each tag's converted shard directory (`path`)."""
+    return [ml_collections.ConfigDict(dict(tag=tag, path="", weight=rate)) for tag, rate in mixture]
+
+
+def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
+    tiny = variant == "tiny" or variant.endswith("_tiny")
+    c = ml_collections.ConfigDict()
+    c.recipe, c.variant = recipe, variant
+    c.model = get_model_config("tiny" if tiny else "full")
+    c.seed = 6198                                 # reference train seed
+    c.total_steps = 20 if tiny else 100_000
+    c.init_from = ""                              # params-only start: a params checkpoint or a step directory
+    c.init_fresh = ()                             # groups initialised fresh instead of loaded (e.g. action_expert)
+    # -1 fills with the remaining devices: tiny runs data-parallel, full runs FSDP over every device.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1) if tiny else
+                                       dict(data=1, fsdp=-1, tensor=1))
+    c.data = ml_collections.ConfigDict(dict(
+        source="synthetic",                       # "arrayrecord" once data.sources have paths
+        sources=[], norm_stats="", tokenizer="", openfast="",
+        global_batch_size=4 if tiny else 128,
+        seq_len=256 if tiny else 2100,
+        seed=50189,                               # reference data seed
+        worker_count=0 if tiny else 8,
+        max_cameras=3, augment=True,
+    ))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        b1=0.9, b2=0.95, eps=1e-6, weight_decay=0.0, clip_grad_norm=1.0,
+        warmup_steps=2 if tiny else 200, final_lr_fraction=0.1, freeze=(),
+        lr=ml_collections.ConfigDict(TINY_LR if tiny else REFERENCE_LR),
+    ))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10 if tiny else 1000, keep_last=3, keep_every=0,
+                                                  async_save=True))
+    c.trainer = ml_collections.ConfigDict(dict(
+        grad_accum_steps=1,
+        max_consecutive_bad_steps=5,              # abort after this many non-finite steps in a row
+        eval_every_steps=10 if tiny else 1000,
+        eval_batches=1 if tiny else 8,
+        profile_steps=(),                         # (first_step, num_steps): a jax.profiler trace window
+        peak_tflops_per_device=0.0,               # > 0 enables the MFU metric (e.g. 989 for H100 bf16)
+        compilation_cache_dir="~/.cache/molmoact2_jax/xla",
+    ))
+    c.lora = ml_collections.ConfigDict(dict(enabled=False, rank=64, alpha=16.0, lr=5e-5,
+                                            targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                     "up_proj", "down_proj")))
+    return c
+
+
+def check_variant(recipe: str, variant: str, allowed) -> None:
+    if variant not in allowed:
+        raise ValueError(f"configs/{recipe}.py: unknown variant {variant!r}; choose from {sorted(allowed)}")

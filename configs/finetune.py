@@ -1,0 +1,39 @@
+"""Embodiment fine-tuning from allenai/MolmoAct2 (spec 16.1 stage 3): robot data only, K=8 flow samples, full
+fine-tune with flow gradients flowing into the VLM (no insulation).
+
+  molmoact2-train --config=configs/finetune.py:droid --workdir=DIR --config.init_from=MOLMOACT2_CKPT \
+      --config.data.sources.0.path=DROID_SHARDS --config.data.norm_stats=... --config.data.tokenizer=...
+Variants: droid, yam, so100, libero (full size) and tiny / <embodiment>_tiny (CPU).
+Reference: batch 64, 50K steps (README; the paper trains YAM/DROID/SO 100K), LLM 1e-5, ViT/connector 5e-6,
+expert 5e-5.
+"""
+from configs import common
+
+# embodiment -> (norm tag, horizon, steps)
+EMBODIMENTS = {
+    "droid": ("franka_droid", 15, 100_000),
+    "yam": ("yam_dual_molmoact2", 30, 100_000),
+    "so100": ("so100_so101_molmoact2", 30, 100_000),
+    "libero": ("libero", 10, 50_000),
+}
+
+
+def get_config(arg: str | None = None):
+    variant = arg or "so100"
+    allowed = set(EMBODIMENTS) | {"tiny"} | {f"{e}_tiny" for e in EMBODIMENTS}
+    common.check_variant("finetune", variant, allowed)
+    emb = "so100" if variant == "tiny" else variant.replace("_tiny", "")
+    tag, _, steps = EMBODIMENTS[emb]
+    c = common.base(variant, "finetune")
+    tiny = variant.endswith("tiny")
+    c.embodiment = emb
+    c.model.use_action_expert = True
+    c.model.action_mode = "both"
+    c.model.flow.num_samples = 8
+    c.model.flow.detach_vlm = False
+    if not tiny:
+        c.model.action_expert.max_action_horizon = 30
+    c.data.global_batch_size = 4 if tiny else 64
+    c.total_steps = 20 if tiny else steps
+    c.data.sources = common.mixture_sources(((tag, 1.0),))
+    return c

@@ -1,0 +1,28 @@
+"""MolmoAct2 post-training: adds the flow-matching action expert to MolmoAct2-Pretrain (spec 16.1 stage 2).
+
+  molmoact2-train --config=configs/posttrain.py --workdir=DIR --config.init_from=PRETRAIN_CKPT
+  Think variant (depth reasoning): --config=configs/posttrain.py:think
+  CPU smoke run: --config=configs/posttrain.py:tiny
+Reference: 100K steps, robot seq 2100, batch 128, expert LR 5e-5, K=4 flow samples, knowledge insulation on
+(the paper detaches the VLM K/V from the flow loss; spec gap 20.4), L_LM + L_flow ("both").
+"""
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    variant = arg or "full"
+    common.check_variant("posttrain", variant, ("full", "think", "tiny", "think_tiny"))
+    c = common.base(variant, "posttrain")
+    c.model.use_action_expert = True
+    c.model.action_mode = "both"
+    c.model.flow.num_samples = 4
+    c.model.flow.detach_vlm = True        # knowledge insulation
+    c.init_fresh = ("action_expert",)     # the expert starts fresh from the pretrain checkpoint
+    c.total_steps = 20 if "tiny" in variant else 100_000
+    c.data.sources = common.mixture_sources(common.MOLMOACT2_MIXTURE)
+    c.data.robot_share = 0.9
+    if variant.startswith("think"):
+        c.model.action_expert.depth_gate = True
+        c.model.action_expert.depth_gate_per_layer = True
+        c.data.style_weights = dict(robot_action=1, robot_depth=1, robot_depth_action=1)
+    return c
