@@ -1,0 +1,317 @@
+"""HTTP policy server speaking the reference `/act` wire protocol (spec 19), standard library only.
+
+    molmoact2-serve --checkpoint CKPT_DIR [--host 127.0.0.1] [--port 8000] [--norm-tag TAG] [--mode continuous]
+                    [--think] [--max-request-mb 32] [--warmup]
+
+Routes: `POST /act` (JSON body; arrays json_numpy-encoded or plain nested lists) -> `{"actions": (N, D) float32
+json_numpy, "dt_ms": float, "action_shape": [N, D]}`; `GET /health`, `GET /healthz`, `GET /act` -> `{"status": "ok",
+...}`.
+
+Request keys:
+  images     `images` (list, camera order) | `image` (one) | DROID `external_cam`, `wrist_cam` | YAM `top_cam`,
+             `left_cam`, `right_cam` (fixed order). DROID: when the tag's metadata lists 3 cameras the exterior view
+             is duplicated ([external, external, wrist]), as the DROID fork does with 2 physical views (spec 17).
+  task       `instruction` | `task`
+  state      `state` (raw units)
+  tag        `tag` | `norm_tag` | `normalization_tag` (default: --norm-tag, or the only tag of the checkpoint)
+  optional   `mode` ("continuous"/"discrete"), `num_steps`, `n_action_steps`, `seed`, `reset_depth_cache`;
+             `timestamp` and `enable_cuda_graph` are accepted and ignored.
+
+Every input problem is answered with a 4xx and `{"error": msg}` (400 bad JSON / fields / values, 404 route,
+411 no Content-Length, 413 body over --max-request-mb) and logged as one line on stderr; the server keeps
+serving. It binds 127.0.0.1 unless told otherwise. No pickle anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from molmoact2_jax.inference.client import WireError, dumps, encode_array, loads
+
+DROID_KEYS = ("external_cam", "wrist_cam")
+YAM_KEYS = ("top_cam", "left_cam", "right_cam")
+TAG_KEYS = ("tag", "norm_tag", "normalization_tag")
+TASK_KEYS = ("instruction", "task")
+IGNORED_KEYS = ("timestamp", "enable_cuda_graph")
+MAX_NUM_STEPS = 1000
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _array(value, name: str, dtype=None) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        if not isinstance(value, (list, tuple, int, float)) or isinstance(value, bool):
+            raise RequestError(400, f"{name}: expected an array, got {type(value).__name__}")
+        try:
+            arr = np.asarray(value, dtype=dtype)
+        except (ValueError, TypeError):
+            raise RequestError(400, f"{name}: not a rectangular numeric array") from None
+        if arr.dtype.kind not in "biuf":
+            raise RequestError(400, f"{name}: not a numeric array")
+        if dtype is None and arr.dtype.kind in "iu" and name != "state":
+            arr = arr.astype(np.uint8) if arr.size and arr.min() >= 0 and arr.max() <= 255 else arr
+    return arr
+
+
+def _int_option(payload, key, lo, hi):
+    if key not in payload or payload[key] is None:
+        return None
+    v = payload[key]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+        raise RequestError(400, f"{key}: expected an integer in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+class PolicyService:
+    """Transport-independent request handling around a `Policy`."""
+
+    def __init__(self, policy, default_tag: str | None = None, mode: str = "continuous", think: bool = False,
+                 num_steps: int | None = None):
+        self.policy = policy
+        self.num_steps = num_steps
+        if default_tag is not None:
+            policy.tag(default_tag)   # fail at start-up, not per request
+        elif len(policy.tags) == 1:
+            default_tag = next(iter(policy.tags))
+        self.default_tag, self.mode, self.think = default_tag, mode, think
+        self._depth_cache = None
+        self._lock = threading.Lock()
+        self.served = 0
+        self.rejected = 0
+
+    def health(self) -> dict:
+        return {"status": "ok", "tags": sorted(self.policy.tags), "default_tag": self.default_tag,
+                "mode": self.mode, "think": self.think, "served": self.served, "rejected": self.rejected}
+
+    def parse(self, payload) -> dict:
+        if not isinstance(payload, dict):
+            raise RequestError(400, "request body must be a JSON object")
+        tag = next((payload[k] for k in TAG_KEYS if payload.get(k) is not None), self.default_tag)
+        if tag is None:
+            raise RequestError(400, f"missing norm tag ({' / '.join(TAG_KEYS)}); known tags "
+                                    f"{sorted(self.policy.tags)}")
+        if not isinstance(tag, str) or tag not in self.policy.tags:
+            raise RequestError(400, f"unknown norm tag {tag!r}; known tags {sorted(self.policy.tags)}")
+        info = self.policy.tags[tag]
+        if payload.get("images") is not None:
+            raw = payload["images"]
+            if isinstance(raw, np.ndarray) and raw.ndim == 4:
+                raw = list(raw)
+            if not isinstance(raw, list):
+                raise RequestError(400, "images: expected a list of HxWx3 arrays")
+            images = [_array(im, f"images[{j}]") for j, im in enumerate(raw)]
+        elif payload.get("image") is not None:
+            images = [_array(payload["image"], "image")]
+        elif any(k in payload for k in YAM_KEYS):
+            missing = [k for k in YAM_KEYS if payload.get(k) is None]
+            if missing:
+                raise RequestError(400, f"YAM request missing {missing}")
+            images = [_array(payload[k], k) for k in YAM_KEYS]
+        elif any(k in payload for k in DROID_KEYS):
+            missing = [k for k in DROID_KEYS if payload.get(k) is None]
+            if missing:
+                raise RequestError(400, f"DROID request missing {missing}")
+            ext, wrist = (_array(payload[k], k) for k in DROID_KEYS)
+            images = [ext, ext, wrist] if len(info.camera_keys) == 3 else [ext, wrist]
+        else:
+            raise RequestError(400, "no images: send `images`, `image`, DROID (external_cam, wrist_cam) or YAM "
+                                    "(top_cam, left_cam, right_cam) keys")
+        task = next((payload[k] for k in TASK_KEYS if k in payload), None)
+        if not isinstance(task, str):
+            raise RequestError(400, "missing or non-string `instruction` / `task`")
+        if len(task) > 10000:
+            raise RequestError(400, "instruction longer than 10000 characters")
+        if payload.get("state") is None:
+            raise RequestError(400, "missing `state`")
+        state = _array(payload["state"], "state", None)
+        if state.dtype.kind not in "iuf":
+            raise RequestError(400, f"state: dtype {state.dtype} is not numeric")
+        mode = payload.get("mode", self.mode)
+        if mode not in ("continuous", "discrete"):
+            raise RequestError(400, f"mode must be continuous or discrete, got {mode!r}")
+        return dict(images=images, task=task, state=state, norm_tag=tag, mode=mode,
+                    num_steps=_int_option(payload, "num_steps", 1, MAX_NUM_STEPS) or self.num_steps,
+                    n_action_steps=_int_option(payload, "n_action_steps", 1, info.horizon),
+                    seed=_int_option(payload, "seed", 0, 2 ** 31 - 1),
+                    reset=bool(payload.get("reset_depth_cache", False)))
+
+    def act(self, payload) -> dict:
+        req = self.parse(payload)
+        t0 = time.perf_counter()
+        try:
+            with self._lock:
+                cache = None if req["reset"] else self._depth_cache
+                out = self.policy.predict_action(req["images"], req["task"], req["state"], req["norm_tag"],
+                                                 mode=req["mode"], think=self.think, depth_cache=cache,
+                                                 num_steps=req["num_steps"], n_action_steps=req["n_action_steps"],
+                                                 seed=req["seed"])
+                if self.think:
+                    self._depth_cache = out.depth_cache
+        except ValueError as e:   # the policy's input validation
+            raise RequestError(400, str(e)) from None
+        dt = (time.perf_counter() - t0) * 1000.0
+        actions = np.asarray(out.actions, np.float32)
+        resp = {"actions": encode_array(actions), "dt_ms": dt, "action_shape": list(actions.shape)}
+        if out.mode == "discrete":
+            resp["valid"] = bool(out.valid)
+        return resp
+
+
+def make_handler(service: PolicyService, max_body: int, log=sys.stderr):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 60   # socket timeout: a stalled client cannot hold a thread forever
+        server_version = "molmoact2-serve"
+
+        def log_message(self, fmt, *args):   # no access log; errors are logged one line each by _error
+            pass
+
+        def _send(self, status: int, body: str, close: bool = False):
+            data = body.encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, message: str, close: bool = False):
+            service.rejected += 1
+            msg = " ".join(str(message).split())[:500]
+            try:
+                log.write(f"molmoact2-serve: {status} {self.command} {self.path}: {msg}\n")
+                log.flush()
+            except Exception:  # noqa: BLE001 - logging must never take the server down
+                pass
+            self._send(status, json.dumps({"error": msg}), close=close)
+
+        def do_GET(self):
+            if self.path.split("?")[0] in ("/health", "/healthz", "/act", "/"):
+                self._send(200, json.dumps(service.health()))
+            else:
+                self._error(404, f"no route {self.path}")
+
+        def do_POST(self):
+            if self.path.split("?")[0] != "/act":
+                self._drain()
+                return self._error(404, f"no route {self.path}", close=True)
+            length = self.headers.get("Content-Length")
+            if length is None:
+                return self._error(411, "Content-Length required", close=True)
+            try:
+                n = int(length)
+                if n < 0:
+                    raise ValueError
+            except ValueError:
+                return self._error(400, f"bad Content-Length {length!r}", close=True)
+            if n > max_body:
+                if n <= 4 * max_body:   # drain moderately sized bodies so the client reads the 413 cleanly
+                    self._drain(n)
+                return self._error(413, f"request body of {n} bytes exceeds the {max_body}-byte limit", close=True)
+            try:
+                body = self.rfile.read(n)
+            except OSError as e:
+                return self._error(400, f"could not read the body ({e})", close=True)
+            if len(body) != n:
+                return self._error(400, "truncated body", close=True)
+            try:
+                payload = loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                return self._error(400, f"bad JSON: {e}")
+            except (WireError, RecursionError) as e:
+                return self._error(400, f"bad array: {e}")
+            try:
+                resp = service.act(payload)
+            except RequestError as e:
+                return self._error(e.status, e.message)
+            except Exception as e:  # noqa: BLE001 - inference failure: 500, keep serving
+                return self._error(500, f"inference failed: {type(e).__name__}: {e}")
+            service.served += 1
+            self._send(200, dumps(resp))
+
+        def _drain(self, n=None):
+            if n is None:
+                try:
+                    n = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    return
+            n = min(n, 4 * max_body)
+            while n > 0:
+                chunk = self.rfile.read(min(n, 1 << 20))
+                if not chunk:
+                    break
+                n -= len(chunk)
+
+    return Handler
+
+
+def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 8000,
+                max_request_bytes: int = 32 << 20, log=sys.stderr) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(service, max_request_bytes, log))
+    server.daemon_threads = True
+    return server
+
+
+def warmup(service: PolicyService):
+    """One prediction on dummy inputs per default tag so the first real request does not pay compilation."""
+    tag = service.default_tag
+    if tag is None:
+        return
+    info = service.policy.tags[tag]
+    n = len(info.camera_keys) or 1
+    imgs = [np.zeros((224, 224, 3), np.uint8)] * n
+    service.policy.predict_action(imgs, "warm up", np.zeros(info.state_dim), tag, mode=service.mode,
+                                  think=service.think, seed=0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="molmoact2-serve", description="MolmoAct2 HTTP policy server (POST /act).")
+    ap.add_argument("--checkpoint", required=True, help="params checkpoint / trainer step / HF folder")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start-up)")
+    ap.add_argument("--norm-tag", default=None, help="tag used when a request names none")
+    ap.add_argument("--mode", choices=("continuous", "discrete"), default="continuous")
+    ap.add_argument("--think", action="store_true", help="MolmoThink depth reasoning with the adaptive cache")
+    ap.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: config flow.num_steps)")
+    ap.add_argument("--max-request-mb", type=float, default=32.0)
+    ap.add_argument("--no-strict-cameras", action="store_true",
+                    help="accept any camera count (1..5) instead of the tag's camera_keys count")
+    ap.add_argument("--warmup", action="store_true", help="compile with a dummy request before serving")
+    args = ap.parse_args(argv)
+    from molmoact2_jax.inference.policy import Policy
+    try:
+        policy = Policy.load(args.checkpoint, strict_camera_count=not args.no_strict_cameras)
+        service = PolicyService(policy, args.norm_tag, args.mode, args.think, args.num_steps)
+    except (OSError, ValueError) as e:
+        print(f"molmoact2-serve: error: {e}", file=sys.stderr)
+        return 2
+    if args.warmup:
+        warmup(service)
+    server = make_server(service, args.host, args.port, int(args.max_request_mb * (1 << 20)))
+    host, port = server.server_address[:2]
+    print(f"molmoact2-serve: listening on http://{host}:{port} (tags {sorted(policy.tags)})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
