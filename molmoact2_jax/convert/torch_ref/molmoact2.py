@@ -73,7 +73,9 @@ class MolmoAct2Torch:
     def prefill(self, **hf_inputs):
         """transformers inputs -> (logits [B,T,V], K, V [L, B, T, Hkv*hd]); K after k-norm and RoPE."""
         out = self.backbone(**hf_inputs, use_cache=True)
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.past_key_values
         ks, vs = [], []
         for layer in cache.layers:
             b, h, t, d = layer.keys.shape
