@@ -233,7 +233,7 @@ def plot_summary(report: dict, path: Path) -> Path:
     axes[1].boxplot(lengths, showmeans=True)
     axes[1].set_xticks(x + 1, tasks, rotation=30, ha="right", fontsize=8)
     axes[1].set_ylabel("episode length (policy steps)")
-    axes[1].set_title(f"max {report['max_steps']} steps, {report['n_action_steps']} actions per query")
+    axes[1].set_title(f"max {report['max_steps']} steps, up to {report['n_action_steps']} actions per query")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
