@@ -450,14 +450,18 @@ class _NullBar:
 
 
 def _copy_assets(src: str, dst: str) -> list:
-    """Every regular non-weight file of `src` (config.json, norm_stats.json, tokenizer files, ...)."""
+    """Every non-weight file of `src` (config.json, norm_stats.json, tokenizer files, ...) and asset folders
+    (e.g. an OpenFAST tokenizer in `openfast/`)."""
     os.makedirs(dst, exist_ok=True)
     copied = []
     for name in sorted(os.listdir(src)):
         path = os.path.join(src, name)
-        if name.startswith(".") or not os.path.isfile(path) or name.endswith(".safetensors") or name == INDEX:
+        if name.startswith(".") or name.endswith(".safetensors") or name == INDEX:
             continue
-        shutil.copyfile(path, os.path.join(dst, name))
+        if os.path.isdir(path):
+            shutil.copytree(path, os.path.join(dst, name), dirs_exist_ok=True)
+        else:
+            shutil.copyfile(path, os.path.join(dst, name))
         copied.append(name)
     return copied
 
@@ -527,9 +531,14 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_byt
     copied = []
     if os.path.isdir(assets):
         for name in sorted(os.listdir(assets)):
-            if name != "config.json" and os.path.isfile(os.path.join(assets, name)):
-                shutil.copyfile(os.path.join(assets, name), os.path.join(out_dir, name))
-                copied.append(name)
+            src = os.path.join(assets, name)
+            if name == "config.json":
+                continue  # rebuilt above
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(out_dir, name), dirs_exist_ok=True)
+            else:
+                shutil.copyfile(src, os.path.join(out_dir, name))
+            copied.append(name)
     summary.update(dtype=dtype, dtypes=sorted(dtypes), assets=copied, config_from_original=original is not None)
     return summary
 

@@ -1,0 +1,319 @@
+"""`molmoact2-demo [--workdir DIR]`: the whole stack end to end on a CPU, in a few minutes.
+
+ 1. record MetaWorld scripted-expert episodes as LeRobot v3.0 datasets (train + held-out seeds)
+ 2. convert them to ArrayRecord shards and compute norm_stats.json
+ 3. train a text tokenizer on the instructions and fit an OpenFAST action tokenizer on normalized chunks
+ 4. train the tiny MolmoAct2 (checkpoints, metrics.jsonl, TensorBoard) on the Grain pipeline
+ 5. held-out action error vs the mean-action predictor, and a PNG of predicted vs true trajectories + loss curve
+ 6. export to the Hugging Face MolmoAct2 layout
+ 7. closed-loop MetaWorld table: the trained policy (loaded from the export) vs mean-action and random
+ 8. serve the export over HTTP and answer one request
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ("reach-v3", "push-v3")
+IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens per camera)
+
+
+def stage(n: int, title: str):
+    print(f"\n[{n}/8] {title}", flush=True)
+    return time.perf_counter()
+
+
+def done(t0: float, what: str = ""):
+    print(f"      done in {time.perf_counter() - t0:.1f}s {what}", flush=True)
+
+
+def record_data(wd: Path, tasks, train_eps: int, heldout_eps: int, workers: int):
+    from molmoact2_jax.evaluation.config import get_config, parse_suite
+    from molmoact2_jax.evaluation.recorder import RecordOptions, record
+    cfg = get_config("metaworld", image_hw=(IMAGE, IMAGE))
+    suite = parse_suite("metaworld:" + ",".join(tasks))
+    out = {}
+    for name, eps, seed in (("train", train_eps, 0), ("heldout", heldout_eps, 500)):
+        path = wd / "lerobot" / name
+        if not (path / "meta" / "info.json").exists():
+            s = record(suite, cfg, RecordOptions(episodes=eps, seed=seed, workers=workers, codec="h264",
+                                                 only_success=True), path)
+            rates = {t: f"{v['successes']}/{v['episodes']}" for t, v in s.get("tasks", {}).items()}
+            print(f"      {name}: expert successes {rates}")
+        out[name] = path
+    return cfg, out
+
+
+def convert_data(wd: Path, datasets: dict, horizon: int, workers: int):
+    from data_pipelines.convert import ConvertOptions, convert
+    from data_pipelines.stats import write_norm_stats
+    from molmoact2_jax.evaluation.metaworld_embodiment import register
+    register()
+    shards = {}
+    for name, src in datasets.items():
+        shards[name] = wd / "shards" / name
+        convert(ConvertOptions(source=f"lerobot:{src}", embodiment="metaworld", out=str(shards[name]),
+                               horizon=horizon, image_size=IMAGE, workers=workers))
+    stats_path = wd / "norm_stats.json"
+    write_norm_stats([str(shards["train"])], stats_path)
+    return shards, stats_path
+
+
+def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizon: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from data_pipelines.formats.lerobot_reader import LeRobotDataset
+    from data_pipelines.transforms.normalize import FeatureStats, normalize
+    from molmoact2_jax.tokenizers.openfast import OpenFAST
+
+    ds = LeRobotDataset(train_src)
+    meta = json.loads(stats_path.read_text())["metadata_by_tag"][tag]
+    corpus = [str(meta["setup_type"]), str(meta["control_mode"]), "The task is to . The setup is . The current "
+              "state of the robot is . The expected control mode is . Given these, what action should the robot "
+              "take to complete the task?", "user", "assistant", "Image"]
+    stats = FeatureStats.from_json(meta["action_stats"], "action_stats")
+    chunks = []
+    for ep in range(len(ds.episodes)):
+        corpus.append(ds.task(ep))
+        acts = ds.episode_columns(ep, keys=("action",))["action"]
+        norm = normalize(acts, stats)
+        for t in range(0, len(norm) - horizon + 1, 2):
+            chunks.append(norm[t:t + horizon])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus * 5, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    (wd / "tokenizer").mkdir(exist_ok=True)
+    tok.save(str(wd / "tokenizer" / "tokenizer.json"))
+    fast = OpenFAST.fit(chunks, vocab_size=1024, scale=10)
+    fast.save(wd / "openfast")
+    enc = fast.encode(np.stack(chunks[:200]))
+    print(f"      text vocab {tok.get_vocab_size()}, OpenFAST: {len(chunks)} chunks, "
+          f"{np.mean([len(e) for e in enc]):.1f} tokens per {horizon}x{chunks[0].shape[1]} chunk")
+    return wd / "tokenizer" / "tokenizer.json", wd / "openfast"
+
+
+def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, openfast: Path, steps: int):
+    from configs.finetune import get_config
+    c = get_config("tiny")
+    c.total_steps = steps
+    c.model.vit.image_size = IMAGE
+    c.model.action_mode = "both"
+    c.data.source = "arrayrecord"
+    c.data.sources = [{"path": str(shards["train"]), "weight": 1.0}]
+    c.data.eval_sources = [{"path": str(shards["heldout"]), "weight": 1.0}]
+    c.data.norm_stats, c.data.tokenizer, c.data.openfast = str(stats_path), str(tokenizer), str(openfast)
+    c.data.global_batch_size = 8
+    c.data.seq_len = 320
+    c.data.max_cameras = 2
+    c.optimizer.warmup_steps = 20
+    c.checkpoint.every_steps = max(steps // 2, 1)
+    c.trainer.eval_every_steps = max(steps // 4, 1)
+    c.trainer.eval_batches = 2
+    return c
+
+
+def heldout_error(cfg, params, n_batches: int = 6):
+    """Mean |error| in robot units over valid steps/dims: the model's first-step-of-chunk predictions and the
+    whole chunk, vs predicting the training-set mean action."""
+    import jax
+    from data_pipelines.transforms.normalize import unnormalize, FeatureStats
+    from molmoact2_jax.models.molmoact2 import MolmoAct2
+    from molmoact2_jax.training.data_source import make
+
+    model = MolmoAct2(cfg.model)
+    data = make(cfg, "eval")
+    meta = next(iter(json.loads(Path(cfg.data.norm_stats).read_text())["metadata_by_tag"].values()))
+    stats = FeatureStats.from_json(meta["action_stats"], "action_stats")
+    d = len(meta["action_stats"]["mean"])
+    mean = np.asarray(meta["action_stats"]["mean"], np.float32)
+    sample = jax.jit(lambda p, b, z: model.sample_actions(p, b, noise=z))
+    err_model, err_mean, traj = [], [], []
+    for i in range(n_batches):
+        b = next(data)
+        noise = np.random.default_rng(i).standard_normal(b["actions"].shape).astype(np.float32)
+        pred = np.asarray(sample(params, b, noise))
+        true = unnormalize(b["actions"][..., :d], stats)
+        pred_u = unnormalize(pred[..., :d], stats)
+        valid = b["horizon_valid"][..., None]
+        err_model.append(np.abs(pred_u - true)[np.broadcast_to(valid, true.shape)])
+        err_mean.append(np.abs(mean - true)[np.broadcast_to(valid, true.shape)])
+        traj.append((true[:, 0], pred_u[:, 0]))
+    return float(np.mean(np.concatenate(err_model))), float(np.mean(np.concatenate(err_mean))), traj
+
+
+def plot(wd: Path, traj, metrics_path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(l) for l in open(metrics_path)]
+    true = np.concatenate([t for t, _ in traj])[:60]
+    pred = np.concatenate([p for _, p in traj])[:60]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for k, ax in enumerate(axes[:2]):
+        ax.plot(true[:, k], label="true", color="k")
+        ax.plot(pred[:, k], label="predicted", color="tab:orange", ls="--")
+        ax.set_title(f"held-out action dim {k} (first step of each chunk)")
+        ax.set_xlabel("sample")
+        ax.legend()
+    axes[2].plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+    ev = [(r["step"], r["eval_total_loss"]) for r in rows if "eval_total_loss" in r]
+    if ev:
+        axes[2].plot(*zip(*ev), "o-", label="held-out loss")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("step")
+    axes[2].legend()
+    fig.tight_layout()
+    path = wd / "demo_summary.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_checkpoint(wd: Path, params, cfg, stats_path: Path, tokenizer: Path, openfast: Path) -> Path:
+    import shutil
+    from molmoact2_jax.training import params_io
+    ckpt = wd / "final_checkpoint"
+    params_io.save_params(str(ckpt), params, cfg.model)
+    assets = ckpt / "assets"
+    assets.mkdir(exist_ok=True)
+    shutil.copy(stats_path, assets / "norm_stats.json")
+    shutil.copy(tokenizer, assets / "tokenizer.json")
+    shutil.copytree(openfast, assets / "openfast", dirs_exist_ok=True)
+    return ckpt
+
+
+def closed_loop(wd: Path, export: Path, stats_path: Path, tasks, episodes: int, max_steps: int):
+    from molmoact2_jax.evaluation.config import get_config, parse_suite
+    from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
+    from molmoact2_jax.evaluation.policies import ModelPolicy, make_baseline
+    cfg = get_config("metaworld", image_hw=(IMAGE, IMAGE), norm_stats_path=str(stats_path))
+    suite = parse_suite("metaworld:" + ",".join(tasks))
+    rows = []
+    for name in ("molmoact2-tiny", "mean-action", "random"):
+        policy = (ModelPolicy.load(str(export), cfg) if name == "molmoact2-tiny" else
+                  make_baseline(name, cfg, norm_stats=str(stats_path)))
+        opts = EvalOptions(episodes=episodes, max_steps=max_steps, videos_per_task=1 if name != "random" else 0,
+                           policy_name=name, progress=True, seed=900)
+        report = evaluate(policy, suite, cfg, opts, wd / "closed_loop" / name)
+        for task in tasks:
+            r = report["tasks"][task]
+            dist = r.get("mean_final_distance")
+            rows.append((name, task, r["success_rate"], float("nan") if dist is None else dist))
+    print(f"\n      {'policy':16s} {'task':10s} {'success':>8s} {'final dist (m)':>15s}")
+    for name, task, sr, dist in rows:
+        print(f"      {name:16s} {task:10s} {sr:8.0%} {dist:15.3f}")
+    return rows
+
+
+def serve_one(export: Path, heldout_src: Path, tag: str):
+    import socket
+    from data_pipelines.formats.lerobot_reader import LeRobotDataset
+    from molmoact2_jax.inference.client import PolicyClient
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.inference.server", "--checkpoint", str(export),
+                             "--port", str(port), "--norm-tag", tag], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        client = PolicyClient(f"http://127.0.0.1:{port}", timeout=300)
+        deadline = time.time() + 300
+        while True:
+            try:
+                client.health()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("policy server did not start:\n" + (proc.stdout.read() or ""))
+                time.sleep(0.5)
+        ds = LeRobotDataset(heldout_src)
+        cols = ds.episode_columns(0)
+        images = [ds.frames(0, key, [0])[0] for key in ds.camera_keys]
+        actions = client.act(images=images, instruction=ds.task(0), state=cols["observation.state"][0])
+        print(f"      POST /act -> actions {actions.shape}; first step {np.round(actions[0], 3).tolist()}; "
+              f"expert's first action {np.round(cols['action'][0], 3).tolist()}")
+        return actions
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="molmoact2-demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="molmoact2_demo")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--train-episodes", type=int, default=12, help="per task")
+    ap.add_argument("--heldout-episodes", type=int, default=3, help="per task")
+    ap.add_argument("--steps", type=int, default=400, help="training steps")
+    ap.add_argument("--eval-episodes", type=int, default=3, help="closed-loop episodes per task and policy")
+    ap.add_argument("--max-steps", type=int, default=120, help="closed-loop steps per episode")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    wd = Path(args.workdir).resolve()
+    wd.mkdir(parents=True, exist_ok=True)
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    t_all = time.perf_counter()
+
+    t0 = stage(1, f"record MetaWorld expert episodes ({', '.join(tasks)}) as LeRobot v3.0")
+    sim_cfg, datasets = record_data(wd, tasks, args.train_episodes, args.heldout_episodes, args.workers)
+    done(t0)
+    t0 = stage(2, "convert to ArrayRecord shards + norm_stats.json")
+    shards, stats_path = convert_data(wd, datasets, sim_cfg.action_horizon, args.workers)
+    done(t0)
+    t0 = stage(3, "fit the text tokenizer and the OpenFAST action tokenizer")
+    tokenizer, openfast = fit_tokenizers(wd, datasets["train"], stats_path, sim_cfg.norm_tag, sim_cfg.action_horizon)
+    done(t0)
+
+    t0 = stage(4, f"train the tiny MolmoAct2 for {args.steps} steps")
+    from molmoact2_jax.training import trainer
+    cfg = train_config(wd, shards, stats_path, tokenizer, openfast, args.steps)
+    out = trainer.train(cfg, str(wd / "train"))
+    import jax
+    params = jax.device_get(out["state"].params)
+    done(t0, f"(final loss {out['last_metrics'].get('loss', float('nan')):.4f})")
+
+    t0 = stage(5, "held-out action error and plots")
+    err, err_mean, traj = heldout_error(cfg, params)
+    png = plot(wd, traj, wd / "train" / "metrics.jsonl")
+    print(f"      held-out mean |action error|: model {err:.4f} vs mean-action {err_mean:.4f} "
+          f"({err_mean / max(err, 1e-9):.2f}x better); plot {png}")
+    done(t0)
+
+    t0 = stage(6, "export to the Hugging Face MolmoAct2 layout")
+    from molmoact2_jax.convert.molmoact2_hf import export_hf
+    ckpt = save_checkpoint(wd, params, cfg, stats_path, tokenizer, openfast)
+    export = wd / "hf_export"
+    if export.exists():
+        import shutil
+        shutil.rmtree(export)
+    s = export_hf(str(ckpt), str(export))
+    print(f"      {s}")
+    done(t0)
+
+    t0 = stage(7, "closed-loop MetaWorld evaluation from the export")
+    rows = closed_loop(wd, export, stats_path, tasks, args.eval_episodes, args.max_steps)
+    done(t0)
+
+    t0 = stage(8, "serve the export over HTTP and answer one request")
+    serve_one(export, datasets["heldout"], sim_cfg.norm_tag)
+    done(t0)
+    summary = {"heldout_action_error": err, "mean_action_error": err_mean, "closed_loop": rows,
+               "minutes": (time.perf_counter() - t_all) / 60}
+    (wd / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nmolmoact2-demo: finished in {summary['minutes']:.1f} min; outputs in {wd}")
+    return 0 if err < err_mean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
