@@ -1,6 +1,7 @@
 """MolmoThink: changed-cell detection, adaptive depth decoding (only changed cells re-predicted, unchanged runs
 teacher-forced as chunks, equal to full re-prediction), depth gate, discrete Think; depth VQ-VAE and the
 depth-code companion tool."""
+import dataclasses
 import json
 import os
 
@@ -127,3 +128,72 @@ def test_discrete_think(think_policy):
     gen = r.generated_token_ids.tolist()
     assert gen[0] == t.depth_start and all(t.depth_token_start <= g < t.depth_token_start + 128
                                            for g in gen[1:101])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# depth VQ-VAE and the companion-data tool
+def synthetic_depth(n, size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return [a * xx + b * yy + c * np.exp(-((xx - .5) ** 2 + (yy - .5) ** 2) * 20)
+            for a, b, c in rng.uniform(-1, 1, (n, 3))]
+
+
+@pytest.fixture(scope="module")
+def vq_trained():
+    """Trained at 64 px (fast on CPU); the model is fully convolutional, so the same params serve the 320 px ->
+    10x10 interface."""
+    from molmoact2_jax.inference import depth_vqvae as vq
+    small = vq.VQVAEConfig(image_size=64, channels=(4, 8, 8, 8, 8), code_dim=8)
+    params, hist = vq.train_vqvae(synthetic_depth(2), small, steps=40, batch_size=2, learning_rate=1e-2)
+    return params, hist, dataclasses.replace(small, image_size=320)
+
+
+def test_vqvae_train_encode_decode_save(vq_trained, tmp_path):
+    from molmoact2_jax.inference import depth_vqvae as vq
+    params, hist, cfg = vq_trained
+    assert np.mean([h["recon"] for h in hist[-5:]]) < 0.97 * np.mean([h["recon"] for h in hist[:5]])
+    assert cfg.grid == 10 and cfg.downsample == 32 and cfg.num_codes == 128
+    codes = vq.encode_depth(params, synthetic_depth(3), cfg)
+    assert codes.shape == (3, 100) and codes.dtype == np.int32 and 0 <= codes.min() and codes.max() < 128
+    assert vq.decode_codes(params, codes, cfg).shape == (3, 320, 320)
+    vq.save_vqvae(str(tmp_path / "vq"), params, cfg)
+    p2, cfg2 = vq.load_vqvae(str(tmp_path / "vq"))
+    assert cfg2 == cfg
+    np.testing.assert_array_equal(vq.encode_depth(p2, synthetic_depth(3), cfg2), codes)
+    with pytest.raises(ValueError, match="codes must be ints"):
+        vq.decode_codes(params, np.full((1, 100), 128), cfg)
+    with pytest.raises(ValueError, match="depth map must be HxW"):
+        vq.prepare_depth(np.zeros((4, 4, 3)))
+
+
+def test_depth_codes_tool_npy_and_lerobot(vq_trained, tmp_path, capsys):
+    import pyarrow.parquet as pq
+    from data_pipelines.fixtures import make_fixture
+    from molmoact2_jax.inference import depth_codes as dc
+    from molmoact2_jax.inference import depth_vqvae as vq
+    params, _, cfg = vq_trained
+    vq.save_vqvae(str(tmp_path / "vq"), params, cfg)
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    maps = synthetic_depth(3)
+    for i, m in enumerate([maps[0], maps[0], maps[1]]):   # frame 1 repeats frame 0: nothing updated
+        np.save(npy / f"{i:04d}.npy", m.astype(np.float32))
+    assert dc.main(["--npy-dir", str(npy), "--vqvae", str(tmp_path / "vq"), "--out", str(tmp_path / "o1")]) == 0
+    t = pq.read_table(tmp_path / "o1" / "data" / "episode_000000.parquet").to_pydict()
+    assert len(t["depth_buffer_codes"]) == 3 and all(len(c) == 100 for c in t["depth_buffer_codes"])
+    assert all(t["depth_updated_mask"][0]) and not any(t["depth_updated_mask"][1])
+    assert t["depth_buffer_codes"][0] == t["depth_buffer_codes"][1] and t["file"][2] == "0002.npy"
+
+    root = make_fixture("lerobot-v2.1", "droid", tmp_path / "ds", episodes=2, length=4, image_storage="image")
+    assert dc.main(["--lerobot", str(root), "--vqvae", str(tmp_path / "vq"), "--out", str(tmp_path / "o2")]) == 0
+    for ep in (0, 1):
+        t = pq.read_table(tmp_path / "o2" / "data" / f"episode_{ep:06d}.parquet").to_pydict()
+        assert t["frame_index"] == [0, 1, 2, 3] and t["episode_index"] == [ep] * 4
+        assert all(0 <= c < 128 for row in t["depth_buffer_codes"] for c in row)
+    info = json.loads((tmp_path / "o2" / "meta" / "info.json").read_text())
+    assert info["total_frames"] == 8 and info["estimator"] == "placeholder"
+    capsys.readouterr()
+    assert dc.main(["--npy-dir", str(tmp_path / "nothing"), "--vqvae", str(tmp_path / "vq"),
+                    "--out", str(tmp_path / "o3")]) == 2
+    assert "no .npy depth maps" in capsys.readouterr().err

@@ -1,0 +1,177 @@
+"""Depth-code companion data for MolmoAct2-Think training (spec 14): per frame, `depth_buffer_codes` (the 100
+VQ-VAE codes of the first camera's depth map, row-major 10x10) and `depth_updated_mask` (100 bools: the cells
+that changed since the previous frame of the episode, by the Think change detector; all True on an episode's
+first frame).
+
+Inputs:
+  --npy-dir DIR      a directory of depth maps (*.npy, HxW or HxWx1), read in sorted order as one episode; the
+                     change mask is computed on the depth maps themselves (scaled to 0-255, 3 channels).
+  --lerobot ROOT     a LeRobot dataset (data_pipelines.formats.lerobot_reader.LeRobotDataset); frames of
+                     --camera (default: the first camera) go through a depth estimator and the change mask is
+                     computed on the RGB frames, as at inference.
+Depth estimator (`--estimator module:function`, called as fn(rgb HxWx3 uint8) -> depth HxW float): the real one
+is Depth Anything V2, which cannot be downloaded here. The default `placeholder` estimator is NOT a depth model:
+it returns inverted, smoothed luminance so the tooling can be exercised end to end; do not train on its output.
+VQ-VAE: `--vqvae DIR` (saved by depth_vqvae.save_vqvae) or `--train-steps N` to fit one on the input first
+(saved to OUT/vqvae).
+
+Output (OUT/): data/episode_XXXXXX.parquet with columns episode_index, frame_index, depth_buffer_codes
+(list<int32>[100]), depth_updated_mask (list<bool>[100]) (+ `file` for --npy-dir), and meta/info.json.
+
+    python -m molmoact2_jax.inference.depth_codes --lerobot /data/libero --vqvae vqvae/ --out /data/libero_depth
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib
+import json
+import os
+import sys
+
+import numpy as np
+
+from molmoact2_jax.inference import depth_vqvae as vq
+from molmoact2_jax.inference import think
+
+
+def placeholder_depth_estimator(rgb) -> np.ndarray:
+    """NOT a depth model (see module doc): inverted luminance, box-smoothed. HxWx3 uint8 -> HxW float32."""
+    img = np.asarray(rgb, np.float32)
+    lum = img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
+    k = max(1, min(lum.shape) // 16)
+    pad = np.pad(lum, k, mode="edge")
+    c = np.cumsum(np.cumsum(pad, 0), 1)
+    c = np.pad(c, ((1, 0), (1, 0)))
+    h, w = lum.shape
+    s = c[2 * k + 1:2 * k + 1 + h, 2 * k + 1:2 * k + 1 + w] - c[:h, 2 * k + 1:2 * k + 1 + w] \
+        - c[2 * k + 1:2 * k + 1 + h, :w] + c[:h, :w]
+    return (255.0 - s / (2 * k + 1) ** 2).astype(np.float32)
+
+
+def load_estimator(spec: str | None):
+    if spec in (None, "placeholder"):
+        return placeholder_depth_estimator
+    mod, _, fn = spec.partition(":")
+    if not fn:
+        raise ValueError(f"--estimator must be 'placeholder' or 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def depth_as_image(depth) -> np.ndarray:
+    """Depth map -> HxWx3 uint8 (min-max scaled), for the change detector on depth-only input."""
+    d = np.asarray(depth, np.float32)
+    d = d[..., 0] if d.ndim == 3 else d
+    lo, hi = float(np.nanmin(d)), float(np.nanmax(d))
+    u = np.zeros(d.shape, np.uint8) if hi - lo < 1e-12 else np.clip((d - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
+    return np.repeat(u[..., None], 3, axis=-1)
+
+
+def updated_masks(frames, threshold: float = think.CHANGE_THRESHOLD) -> np.ndarray:
+    """bool [N, 100]: cells changed vs the previous frame; the first frame is all True."""
+    out = np.ones((len(frames), think.NUM_CELLS), bool)
+    for i in range(1, len(frames)):
+        out[i] = think.changed_cells(frames[i], frames[i - 1], threshold)
+    return out
+
+
+def _write_episode(out_dir: str, ep: int, codes: np.ndarray, masks: np.ndarray, files=None) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols = {"episode_index": pa.array(np.full(len(codes), ep, np.int64)),
+            "frame_index": pa.array(np.arange(len(codes), dtype=np.int64)),
+            "depth_buffer_codes": pa.array([c.tolist() for c in codes.astype(np.int32)], pa.list_(pa.int32())),
+            "depth_updated_mask": pa.array([m.tolist() for m in masks.astype(bool)], pa.list_(pa.bool_()))}
+    if files is not None:
+        cols["file"] = pa.array([os.path.basename(f) for f in files])
+    path = os.path.join(out_dir, "data", f"episode_{ep:06d}.parquet")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+def _write_info(out_dir: str, source: str, episodes: int, frames: int, estimator: str | None):
+    os.makedirs(os.path.join(out_dir, "meta"), exist_ok=True)
+    info = {"source": source, "total_episodes": episodes, "total_frames": frames, "estimator": estimator,
+            "features": {"depth_buffer_codes": {"dtype": "int32", "shape": [think.NUM_CELLS]},
+                         "depth_updated_mask": {"dtype": "bool", "shape": [think.NUM_CELLS]}}}
+    with open(os.path.join(out_dir, "meta", "info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
+def codes_for_npy_dir(in_dir: str, out_dir: str, params, cfg: vq.VQVAEConfig) -> dict:
+    files = sorted(glob.glob(os.path.join(in_dir, "*.npy")))
+    if not files:
+        raise FileNotFoundError(f"{in_dir}: no .npy depth maps")
+    depths = [np.load(f, allow_pickle=False) for f in files]
+    codes = vq.encode_depth(params, depths, cfg)
+    masks = updated_masks([depth_as_image(d) for d in depths])
+    _write_episode(out_dir, 0, codes, masks, files)
+    _write_info(out_dir, os.path.abspath(in_dir), 1, len(files), None)
+    return {"episodes": 1, "frames": len(files)}
+
+
+def codes_for_lerobot(root: str, out_dir: str, params, cfg: vq.VQVAEConfig, camera: str | None = None,
+                      estimator=placeholder_depth_estimator, estimator_name: str = "placeholder",
+                      episodes=None) -> dict:
+    from data_pipelines.formats.lerobot_reader import LeRobotDataset
+    ds = LeRobotDataset(root)
+    if not ds.camera_keys:
+        raise ValueError(f"{root}: the dataset has no cameras")
+    camera = camera or ds.camera_keys[0]
+    if camera not in ds.camera_keys:
+        raise ValueError(f"{root}: no camera {camera!r}; cameras are {ds.camera_keys}")
+    eps = range(len(ds.episodes)) if episodes is None else episodes
+    total = 0
+    for ep in eps:
+        frames = ds.episode_video(ep, camera)
+        depths = [estimator(f) for f in frames]
+        codes = vq.encode_depth(params, depths, cfg)
+        _write_episode(out_dir, ep, codes, updated_masks(list(frames)))
+        total += len(frames)
+    _write_info(out_dir, os.path.abspath(root), len(eps), total, estimator_name)
+    return {"episodes": len(eps), "frames": total, "camera": camera}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m molmoact2_jax.inference.depth_codes",
+                                 description="Write depth_buffer_codes / depth_updated_mask companion data.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--npy-dir")
+    src.add_argument("--lerobot")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--camera", default=None)
+    ap.add_argument("--estimator", default="placeholder", help="'placeholder' or module:function")
+    ap.add_argument("--vqvae", default=None, help="directory saved by depth_vqvae.save_vqvae")
+    ap.add_argument("--train-steps", type=int, default=0, help="fit a VQ-VAE on the input first (no --vqvae)")
+    args = ap.parse_args(argv)
+    try:
+        if args.vqvae:
+            params, cfg = vq.load_vqvae(args.vqvae)
+        elif args.train_steps > 0:
+            cfg = vq.VQVAEConfig()
+            if args.npy_dir:
+                maps = [np.load(f, allow_pickle=False) for f in sorted(glob.glob(os.path.join(args.npy_dir, "*.npy")))]
+            else:
+                from data_pipelines.formats.lerobot_reader import LeRobotDataset
+                ds = LeRobotDataset(args.lerobot)
+                est = load_estimator(args.estimator)
+                maps = [est(f) for f in ds.episode_video(0, args.camera or ds.camera_keys[0])]
+            params, _ = vq.train_vqvae(maps, cfg, steps=args.train_steps, log_every=max(1, args.train_steps // 10))
+            vq.save_vqvae(os.path.join(args.out, "vqvae"), params, cfg)
+        else:
+            raise ValueError("pass --vqvae DIR or --train-steps N")
+        if args.npy_dir:
+            summary = codes_for_npy_dir(args.npy_dir, args.out, params, cfg)
+        else:
+            summary = codes_for_lerobot(args.lerobot, args.out, params, cfg, args.camera,
+                                        load_estimator(args.estimator), args.estimator)
+    except (OSError, ValueError) as e:
+        print(f"depth_codes: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
