@@ -161,8 +161,8 @@ def plot(wd: Path, traj, metrics_path: Path) -> Path:
     for k, ax in enumerate(axes[:2]):
         ax.plot(true[:, k], label="true", color="k")
         ax.plot(pred[:, k], label="predicted", color="tab:orange", ls="--")
-        ax.set_title(f"held-out action dim {k} (first step of each chunk)")
-        ax.set_xlabel("sample")
+        ax.set_title(f"held-out episode, action dim {k} (first step of each predicted chunk)")
+        ax.set_xlabel("frame")
         ax.legend()
     axes[2].plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
     ev = [(r["step"], r["eval_total_loss"]) for r in rows if "eval_total_loss" in r]
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--train-episodes", type=int, default=12, help="per task")
     ap.add_argument("--heldout-episodes", type=int, default=3, help="per task")
-    ap.add_argument("--steps", type=int, default=400, help="training steps")
+    ap.add_argument("--steps", type=int, default=800, help="training steps")
     ap.add_argument("--eval-episodes", type=int, default=3, help="closed-loop episodes per task and policy")
     ap.add_argument("--max-steps", type=int, default=120, help="closed-loop steps per episode")
     ap.add_argument("--workers", type=int, default=2)

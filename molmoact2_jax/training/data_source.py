@@ -82,6 +82,7 @@ def make(cfg, split: str = "train") -> PipelineIterator:
         sources=[Source(s["path"], float(s.get("weight", 1.0))) for s in sources],
         norm_stats=d.norm_stats, batch_size=int(d.global_batch_size) // jax.process_count(),
         seed=int(d.seed) + (1 if eval_split else 0), worker_count=int(d.get("worker_count", 0)),
+        shuffle=not eval_split,  # evaluation reads episodes in order (trajectory plots, stable metrics)
         transform=RobotTransformConfig(image_size=m.vit.image_size, max_cameras=int(d.get("max_cameras", 3)),
                                        max_action_horizon=m.action_expert.max_action_horizon,
                                        max_action_dim=m.action_expert.max_action_dim,
