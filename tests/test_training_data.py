@@ -62,3 +62,17 @@ def test_trains_on_converted_lerobot_data_and_resumes_exactly(dataset, tmp_path)
     got = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
     # Same data order after resume (Grain iterator state in the checkpoint) -> the same losses.
     assert [r["loss"] for r in got] == [r["loss"] for r in ref]
+
+    # Run assets travel with the run; a step directory loads straight into the inference Policy.
+    for name in ("norm_stats.json", "tokenizer.json", "openfast"):
+        assert (tmp_path / "full" / "assets" / name).exists()
+    meta = json.load(open(tmp_path / "full" / "checkpoints" / "6" / "meta" / "metadata"))
+    assert set(meta["assets"]) == {"norm_stats.json", "tokenizer.json", "openfast"}
+    from molmoact2_jax.inference import Policy
+    from data_pipelines.formats.lerobot_reader import LeRobotDataset
+    policy = Policy.load(str(tmp_path / "full" / "checkpoints" / "6"))
+    ds = LeRobotDataset(dataset / "so100")
+    cols = ds.episode_columns(0)
+    images = [ds.frames(0, k, [0])[0] for k in ds.camera_keys]
+    res = policy.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
+    assert res.actions.shape == (8, 6) and np.isfinite(res.actions).all()

@@ -268,6 +268,7 @@ def train(cfg, workdir: str) -> dict:
         data.set_state(checkpointing.from_jsonable(data_state))
         log.info("resumed from %s/%d", ckpt.directory, start)
     writer = MetricWriter(workdir, resume_step=start)
+    assets = copy_assets(cfg, workdir) if primary else {}
     if primary:
         write_run_info(workdir, setup, state)
     watcher = PreemptionWatcher()
@@ -321,12 +322,12 @@ def train(cfg, workdir: str) -> dict:
                                           f"gradients (config.trainer.max_consecutive_bad_steps) at step {step + 1}")
                 done = step + 1 == total
                 if watcher.should_stop(step + 1):
-                    ckpt.save(step + 1, state, data.get_state(), cfg, force=True)
+                    ckpt.save(step + 1, state, data.get_state(), cfg, assets, force=True)
                     preempted = True
                     log.warning("preemption requested: saved step %d, exiting", step + 1)
                     break
                 if (every and (step + 1) % every == 0) or done:
-                    ckpt.save(step + 1, state, data.get_state(), cfg, force=done)
+                    ckpt.save(step + 1, state, data.get_state(), cfg, assets, force=done)
     finally:
         ckpt.close()
         writer.close()
@@ -363,6 +364,33 @@ def init_params(cfg, fresh_params) -> dict:
              used, sorted(fresh_groups) or "none", len(missing), f" {missing[:5]}" if missing else "",
              len(unexpected), f" {unexpected[:5]}" if unexpected else "")
     return traverse_util.unflatten_dict(have, sep="/")
+
+
+def copy_assets(cfg, workdir: str) -> dict:
+    """Run assets (norm stats, text tokenizer, OpenFAST tokenizer) copied into WORKDIR/assets/, where inference
+    finds them for any WORKDIR/checkpoints/<step>; each checkpoint's meta lists them with their sha256."""
+    import hashlib
+    import shutil
+    out = {}
+    dst = os.path.join(workdir, "assets")
+    for field, name in (("norm_stats", "norm_stats.json"), ("tokenizer", "tokenizer.json"), ("openfast", "openfast")):
+        src = cfg.data.get(field)
+        if not src:
+            continue
+        if field == "tokenizer" and os.path.isdir(src):
+            src = os.path.join(src, "tokenizer.json")
+        if not os.path.exists(src):
+            raise ValueError(f"config.data.{field}={src}: no such file or folder")
+        os.makedirs(dst, exist_ok=True)
+        target = os.path.join(dst, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, target, dirs_exist_ok=True)
+            out[name] = "dir"
+        else:
+            shutil.copyfile(src, target)
+            with open(target, "rb") as f:
+                out[name] = hashlib.sha256(f.read()).hexdigest()
+    return out
 
 
 def state_bytes(state) -> dict:
