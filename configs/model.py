@@ -6,6 +6,10 @@ importing (ids differ between releases).
 """
 import ml_collections
 
+# The 14 multimodal tokens of spec 3.1 rule 4, in table order (ids vocab_size + i).
+MULTIMODAL_FIELDS = ("image_start", "image_end", "image_patch", "image_col", "low_res_image_start",
+                     "image_placeholder", "image_low", "frame_start", "frame_end", "video_placeholder", "points",
+                     "token_index", "vit_index", "vit_loc")
 NUM_ADDED_EMBEDDINGS = 128  # rows of wte.new_embedding (the 14 multimodal tokens + spare)
 PAD_MULTIPLE = 1024          # embedding_size = vocab + robot tokens rounded up to this
 
@@ -30,9 +34,7 @@ def robot_token_ids(base_vocab: int, pad_multiple: int = PAD_MULTIPLE) -> dict:
     ids["num_added_robot_tokens"] = nxt - base_vocab
     ids["vocab_size"] = embedding_size
     # The 14 multimodal tokens live in the extra table, at embedding_size + i (spec 3.1 rule 4).
-    for i, name in enumerate(("image_start", "image_end", "image_patch", "image_col", "low_res_image_start",
-                              "image_placeholder", "image_low", "frame_start", "frame_end", "video_placeholder",
-                              "points", "token_index", "vit_index", "vit_loc")):
+    for i, name in enumerate(MULTIMODAL_FIELDS):
         ids[name] = embedding_size + i
     return ids
 
@@ -133,3 +135,14 @@ def set_token_layout(model_cfg, layout) -> None:
         elif f.name in model_cfg.tokens:
             model_cfg.tokens[f.name] = getattr(layout, f.name)
     model_cfg.llm.vocab_size = layout.vocab_size
+
+
+def apply_overrides(cfg, overrides: dict):
+    """Sets dotted fields ("flow.detach_vlm": True) on a ConfigDict, as --config.<field> flags do."""
+    for key, value in overrides.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return cfg

@@ -6,7 +6,7 @@ import optax
 import pytest
 import flax.linen as nn
 
-from configs.model import get_model_config
+from configs.model import apply_overrides, get_model_config
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.preprocessing.image import preprocess_images
 
@@ -51,12 +51,7 @@ def make_batch(cfg, seed=0, batch=2, action_dims=(7, 5), with_answer=True):
 
 def setup(**overrides):
     cfg = get_model_config("tiny")
-    for k, v in overrides.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    apply_overrides(cfg, overrides)
     model = MolmoAct2(cfg)
     batch = make_batch(model.cfg)
     params = nn.unbox(model.init(jax.random.PRNGKey(0), batch))

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs.model import apply_overrides
 from configs.pretrain import get_config
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
@@ -23,12 +24,7 @@ def tiny_cfg(**kw):
     c.model.use_action_expert = True
     c.model.action_mode = "both"
     c.trainer.compilation_cache_dir = CACHE
-    for k, v in kw.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    apply_overrides(c, kw)
     return c
 
 

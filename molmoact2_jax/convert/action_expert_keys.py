@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 from flax.core import meta
 
+from molmoact2_jax.convert.molmo2_keys import get_path, set_path
 from molmoact2_jax.models.action_expert import expert_head_dim, expert_mlp_dim
 
 DEFAULT_PREFIX = "model.action_expert."
@@ -63,18 +64,6 @@ def _plain(params) -> dict:
     return params
 
 
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
-def _set(tree, path, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def _kernel_to_torch(k, n_in):
     k = np.asarray(k)
     n_in_size = math.prod(k.shape[:n_in])
@@ -89,7 +78,7 @@ def expert_params_to_hf(params, config, prefix: str = DEFAULT_PREFIX, depth_gate
     p = _plain(params)
     out = {}
     for path, name, per_layer, shape, n_in, has_bias in _linear_specs(ae):
-        mod = _get(p, path)
+        mod = get_path(p, path)
         kernel = np.asarray(mod["kernel"])
         bias = np.asarray(mod["bias"]) if has_bias else None
         if per_layer:
@@ -154,7 +143,7 @@ def hf_to_expert_params(state_dict: Mapping, config, prefix: str = DEFAULT_PREFI
         entry = {"kernel": np.stack(kernels) if per_layer else kernels[0]}
         if has_bias:
             entry["bias"] = np.stack(biases) if per_layer else biases[0]
-        _set(tree, path, entry)
+        set_path(tree, path, entry)
     dp = _depth_prefix(prefix, depth_gate_prefix)
     if ae.depth_gate:
         if ae.depth_gate_per_layer:

@@ -9,28 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.model import get_model_config
+from configs.model import MULTIMODAL_FIELDS, get_model_config
+from molmoact2_jax.tokenizers.text import HF_ID_KEYS
 
-# config.json key -> our config.tokens field (image family; robot ids are read when present).
-_TOKEN_KEYS = {
-    "image_start_token_id": "image_start", "image_end_token_id": "image_end", "image_patch_id": "image_patch",
-    "image_col_id": "image_col", "low_res_image_start_token_id": "low_res_image_start",
-    "frame_start_token_id": "frame_start", "frame_end_token_id": "frame_end", "eos_token_id": "eos_token_id",
-    "pad_token_id": "pad_token_id",
-    # robot families (MolmoAct2 config.json); absent from plain Molmo2 configs
-    "setup_start_token_id": "setup_start", "setup_end_token_id": "setup_end",
-    "control_start_token_id": "control_start", "control_end_token_id": "control_end",
-    "state_start_token_id": "state_start", "state_end_token_id": "state_end",
-    "state_token_start_id": "state_token_start", "action_output_token_id": "action_output",
-    "action_start_token_id": "action_start", "action_end_token_id": "action_end",
-    "action_token_start_id": "action_token_start", "depth_output_token_id": "depth_output",
-    "depth_start_token_id": "depth_start", "depth_end_token_id": "depth_end",
-    "depth_token_start_id": "depth_token_start",
-}
-# rule-3.1 order of the 14 multimodal tokens in the extra table (ids vocab_size + i)
-_MULTIMODAL = ("image_start", "image_end", "image_patch", "image_col", "low_res_image_start", "image_placeholder",
-               "image_low", "frame_start", "frame_end", "video_placeholder", "points", "token_index", "vit_index",
-               "vit_loc")
+# config.json key -> our config.tokens field (the text tokenizer's map, with EOS under its config name).
+_TOKEN_KEYS = {**{k: ("eos_token_id" if v == "eos" else v) for k, v in HF_ID_KEYS.items()},
+               "pad_token_id": "pad_token_id"}
 
 
 def _first(d: dict, *keys, default=None):
@@ -94,7 +78,7 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ml_collection
     t = c.tokens
     t.vocab_size = c.llm.vocab_size
     # Multimodal ids default to their rule-3.1 slots after the vocabulary, then the file overrides them.
-    for i, name in enumerate(_MULTIMODAL):
+    for i, name in enumerate(MULTIMODAL_FIELDS):
         t[name] = c.llm.vocab_size + i
     for key, field in _TOKEN_KEYS.items():
         value = hf.get(key, text.get(key))

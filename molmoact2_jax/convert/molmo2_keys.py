@@ -70,13 +70,13 @@ def _connector_keys(cfg):
     return out
 
 
-def _get(tree, path):
+def get_path(tree, path):
     for p in path:
         tree = tree[p]
     return tree
 
 
-def _set(tree, path, value):
+def set_path(tree, path, value):
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
     tree[path[-1]] = value
@@ -87,15 +87,15 @@ def backbone_from_hf(tensors, cfg) -> dict:
     Returns the Flax `params` tree of molmoact2_jax.models.backbone.Backbone (numpy, float32)."""
     need = lambda k: _require(tensors, k)
     p: dict = {}
-    _set(p, ("vit", "patch_embedding", "kernel"), _t(need(VIT + "patch_embedding.weight")))
-    _set(p, ("vit", "patch_embedding", "bias"), np.asarray(need(VIT + "patch_embedding.bias")))
-    _set(p, ("vit", "positional_embedding"), np.asarray(need(VIT + "positional_embedding")))
+    set_path(p, ("vit", "patch_embedding", "kernel"), _t(need(VIT + "patch_embedding.weight")))
+    set_path(p, ("vit", "patch_embedding", "bias"), np.asarray(need(VIT + "patch_embedding.bias")))
+    set_path(p, ("vit", "positional_embedding"), np.asarray(need(VIT + "positional_embedding")))
     depth = num_built_layers(cfg.vit)
     for suffix, path, to_flax, _ in _vit_block_keys(cfg):
         stacked = np.stack([to_flax(need(f"{VIT}transformer.resblocks.{i}.{suffix}")) for i in range(depth)])
-        _set(p, ("vit", "resblocks") + path, stacked)
+        set_path(p, ("vit", "resblocks") + path, stacked)
     for key, path, to_flax, _ in _connector_keys(cfg):
-        _set(p, path, to_flax(need(key)))
+        set_path(p, path, to_flax(need(key)))
 
     m = cfg.llm
     # Import relies on the concatenation only: transformers' save_pretrained may split the two tables unevenly.
@@ -103,13 +103,13 @@ def backbone_from_hf(tensors, cfg) -> dict:
     if table.shape[0] != m.vocab_size + m.additional_vocab_size:
         raise ValueError(f"embedding tables have {table.shape[0]} rows in total; config expects vocab_size "
                          f"{m.vocab_size} + additional_vocab_size {m.additional_vocab_size}")
-    _set(p, ("llm", "wte", "embedding"), table[:m.vocab_size])
-    _set(p, ("llm", "wte", "new_embedding"), table[m.vocab_size:])
-    _set(p, ("llm", "ln_f", "scale"), np.asarray(need(LLM + "ln_f.weight")))
-    _set(p, ("llm", "lm_head", "kernel"), _t(need("lm_head.weight")))
+    set_path(p, ("llm", "wte", "embedding"), table[:m.vocab_size])
+    set_path(p, ("llm", "wte", "new_embedding"), table[m.vocab_size:])
+    set_path(p, ("llm", "ln_f", "scale"), np.asarray(need(LLM + "ln_f.weight")))
+    set_path(p, ("llm", "lm_head", "kernel"), _t(need("lm_head.weight")))
     layers = [_llm_layer_from_hf(need, i, m) for i in range(m.num_layers)]
     for name in layers[0]:
-        _set(p, ("llm", "blocks") + name, np.stack([l[name] for l in layers]))
+        set_path(p, ("llm", "blocks") + name, np.stack([l[name] for l in layers]))
     return p
 
 
@@ -140,23 +140,23 @@ def backbone_to_hf(params, cfg):
     """Yields (HF key, numpy array) pairs for the backbone, one tensor at a time (export streams them)."""
     p = params
     np_ = lambda x: np.asarray(x)
-    yield VIT + "patch_embedding.weight", _t(_get(p, ("vit", "patch_embedding", "kernel")))
-    yield VIT + "patch_embedding.bias", np_(_get(p, ("vit", "patch_embedding", "bias")))
-    yield VIT + "positional_embedding", np_(_get(p, ("vit", "positional_embedding")))
+    yield VIT + "patch_embedding.weight", _t(get_path(p, ("vit", "patch_embedding", "kernel")))
+    yield VIT + "patch_embedding.bias", np_(get_path(p, ("vit", "patch_embedding", "bias")))
+    yield VIT + "positional_embedding", np_(get_path(p, ("vit", "positional_embedding")))
     for i in range(num_built_layers(cfg.vit)):
         for suffix, path, _, to_hf in _vit_block_keys(cfg):
-            yield f"{VIT}transformer.resblocks.{i}.{suffix}", to_hf(np_(_get(p, ("vit", "resblocks") + path)[i]))
+            yield f"{VIT}transformer.resblocks.{i}.{suffix}", to_hf(np_(get_path(p, ("vit", "resblocks") + path)[i]))
     for key, path, _, to_hf in _connector_keys(cfg):
-        yield key, to_hf(np_(_get(p, path)))
+        yield key, to_hf(np_(get_path(p, path)))
 
     m = cfg.llm
-    yield LLM + "wte.embedding", np_(_get(p, ("llm", "wte", "embedding")))
-    yield LLM + "wte.new_embedding", np_(_get(p, ("llm", "wte", "new_embedding")))
-    blocks = _get(p, ("llm", "blocks"))
+    yield LLM + "wte.embedding", np_(get_path(p, ("llm", "wte", "embedding")))
+    yield LLM + "wte.new_embedding", np_(get_path(p, ("llm", "wte", "new_embedding")))
+    blocks = get_path(p, ("llm", "blocks"))
     flat_in = lambda k: _t(np_(k).reshape(k.shape[0], -1))
     for i in range(m.num_layers):
         b = f"{LLM}blocks.{i}."
-        layer = lambda *path: np_(_get(blocks, path)[i])
+        layer = lambda *path: np_(get_path(blocks, path)[i])
         yield b + "attn_norm.weight", layer("attn_norm", "scale")
         yield b + "ff_norm.weight", layer("ff_norm", "scale")
         yield b + "self_attn.att_proj.weight", np.concatenate(
@@ -168,8 +168,8 @@ def backbone_to_hf(params, cfg):
         yield b + "self_attn.attn_out.weight", _t(o.reshape(-1, o.shape[-1]))
         yield b + "mlp.ff_proj.weight", np.concatenate([_t(layer("up_proj", "kernel")), _t(layer("gate_proj", "kernel"))])
         yield b + "mlp.ff_out.weight", _t(layer("down_proj", "kernel"))
-    yield LLM + "ln_f.weight", np_(_get(p, ("llm", "ln_f", "scale")))
-    yield "lm_head.weight", _t(_get(p, ("llm", "lm_head", "kernel")))
+    yield LLM + "ln_f.weight", np_(get_path(p, ("llm", "ln_f", "scale")))
+    yield "lm_head.weight", _t(get_path(p, ("llm", "lm_head", "kernel")))
 
 
 def _require(tensors, key):

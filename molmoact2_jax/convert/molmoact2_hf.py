@@ -421,7 +421,7 @@ def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
         raise RuntimeError(f"internal: leaf mismatch {sorted(set(leaves) ^ set(expected))[:4]}")
     tree: dict = {}
     for path, (group, name) in leaves.items():
-        mk._set(tree, path, _Leaf(expected[path], group, name))
+        mk.set_path(tree, path, _Leaf(expected[path], group, name))
 
     ckpt_dir = os.path.abspath(ckpt_dir)
     os.makedirs(ckpt_dir, exist_ok=True)

@@ -39,7 +39,7 @@ def train_text_tokenizer(path: str, vocab_size: int = 400) -> str:
 def model_config(variant: str = "tiny", tokenizer=None, depth_gate: bool = False, **overrides):
     """`tiny` = configs.model tiny; `small` = a wider/deeper CPU config for benchmarks. Token ids are taken from
     `tokenizer` (a TextTokenizer) so the model and tokenizer agree."""
-    from configs.model import get_model_config, robot_token_ids
+    from configs.model import apply_overrides, get_model_config, robot_token_ids
     cfg = get_model_config("tiny")
     if variant == "small":
         cfg.vit.update(dict(image_size=112, hidden_size=128, num_heads=4, head_dim=32, mlp_dim=256, num_layers=4))
@@ -61,12 +61,7 @@ def model_config(variant: str = "tiny", tokenizer=None, depth_gate: bool = False
         cfg.tokens.pad_token_id = int(pad if pad is not None else lay.eos)
         cfg.llm.vocab_size = ids["vocab_size"]
     cfg.action_expert.depth_gate = depth_gate
-    for k, v in overrides.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    apply_overrides(cfg, overrides)
     return cfg
 
 

@@ -13,14 +13,11 @@ import dataclasses
 import os
 import re
 
-from configs.model import PAD_MULTIPLE, robot_token_ids
+from configs.model import MULTIMODAL_FIELDS, PAD_MULTIPLE, robot_token_ids
 
 MULTIMODAL = ("<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>", "<im_low>",
               "<frame_start>", "<frame_end>", "<|video|>", "<|points|>", "<|token_index|>", "<|vit_index|>",
               "<|vit_loc|>")
-_MM_FIELDS = ("image_start", "image_end", "image_patch", "image_col", "low_res_image_start", "image_placeholder",
-              "image_low", "frame_start", "frame_end", "video_placeholder", "points", "token_index", "vit_index",
-              "vit_loc")
 # config.json key -> layout field, for the ids a checkpoint may state (spec 3.2 caution: read them, don't assume).
 HF_ID_KEYS = {
     "image_start_token_id": "image_start", "image_end_token_id": "image_end", "image_patch_id": "image_patch",
@@ -121,7 +118,7 @@ class TokenLayout:
         s.update({f"<depth_{k}>": self.depth_token(k) for k in range(self.num_depth_tokens)})
         first_extra = self.depth_token_start + self.num_depth_tokens
         s.update({f"<extra_{i}>": first_extra + i for i in range(max(self.vocab_size - first_extra, 0))})
-        s.update({name: getattr(self, field) for name, field in zip(MULTIMODAL, _MM_FIELDS)})
+        s.update({name: getattr(self, field) for name, field in zip(MULTIMODAL, MULTIMODAL_FIELDS)})
         return s
 
     def image_family(self) -> tuple[int, ...]:
