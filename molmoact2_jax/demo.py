@@ -161,7 +161,7 @@ def plot(wd: Path, traj, metrics_path: Path) -> Path:
     for k, ax in enumerate(axes[:2]):
         ax.plot(true[:, k], label="true", color="k")
         ax.plot(pred[:, k], label="predicted", color="tab:orange", ls="--")
-        ax.set_title(f"held-out episode, action dim {k} (first step of each predicted chunk)")
+        ax.set_title(f"held-out episode: action[{k}], first step of each chunk", fontsize=10)
         ax.set_xlabel("frame")
         ax.legend()
     axes[2].plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
