@@ -38,6 +38,8 @@ def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic",                       # "arrayrecord" once data.sources have paths
         sources=[], norm_stats="", tokenizer="", openfast="",
+        vlm_sources=[],                           # .parquet/.jsonl VLM rehearsal files (data_pipelines vlm.py)
+        robot_share=1.0,                          # with vlm_sources: share of robot batches
         global_batch_size=4 if tiny else 128,
         seq_len=256 if tiny else 2100,
         seed=50189,                               # reference data seed

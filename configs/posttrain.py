@@ -20,7 +20,7 @@ def get_config(arg: str | None = None):
     c.init_fresh = ("action_expert",)     # the expert starts fresh from the pretrain checkpoint
     c.total_steps = 20 if "tiny" in variant else 100_000
     c.data.sources = common.mixture_sources(common.MOLMOACT2_MIXTURE)
-    c.data.robot_share = 0.9
+    c.data.robot_share = 0.9              # the remaining 10% is VLM rehearsal data (data.vlm_sources)
     if variant.startswith("think"):
         c.model.action_expert.depth_gate = True
         c.model.action_expert.depth_gate_per_layer = True

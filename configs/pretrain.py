@@ -18,5 +18,5 @@ def get_config(arg: str | None = None):
     if variant != "tiny":
         c.data.seq_len = 4200
     c.data.sources = common.mixture_sources(common.MOLMOACT2_MIXTURE)
-    c.data.robot_share = 0.9              # the remaining 10% is VLM rehearsal data
+    c.data.robot_share = 0.9              # the remaining 10% is VLM rehearsal data (data.vlm_sources)
     return c

@@ -76,3 +76,15 @@ def test_trains_on_converted_lerobot_data_and_resumes_exactly(dataset, tmp_path)
     images = [ds.frames(0, k, [0])[0] for k in ds.camera_keys]
     res = policy.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
     assert res.actions.shape == (8, 6) and np.isfinite(res.actions).all()
+
+
+def test_vlm_rehearsal_batches_mix_in(dataset, tmp_path):
+    from data_pipelines.pipeline.vlm import write_vlm_fixture
+    cfg = data_cfg(dataset, total_steps=8, **{"checkpoint.every_steps": 0})
+    cfg.data.vlm_sources = [str(write_vlm_fixture(tmp_path / "vqa.parquet", n=16))]
+    cfg.data.robot_share = 0.5
+    trainer.train(cfg, str(tmp_path / "run"))
+    rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+    vlm = [r for r in rows if r["flow_loss"] == 0.0]   # VLM batches carry no actions
+    robot = [r for r in rows if r["flow_loss"] > 0.0]
+    assert vlm and robot and all(np.isfinite(r["loss"]) and r["loss_tokens"] > 0 for r in rows)

@@ -6,6 +6,9 @@ config.data (when `source == "arrayrecord"`):
   tokenizer      path to a tokenizer.json / folder (the checkpoint's text tokenizer)
   openfast       OpenFAST tokenizer folder (needed when model.action_mode is "discrete" or "both")
   seq_len, global_batch_size, seed, worker_count, augment, max_cameras
+  vlm_sources    optional .parquet/.jsonl vision-language files (data_pipelines/pipeline/vlm.py) for rehearsal;
+                 each batch is robot data with probability `robot_share` (0.9 in the reference), else VLM data,
+                 drawn from (seed, batch index) so the choice sequence is reproducible and resumable
 Each process reads only its shard of every epoch (grain sharding by jax.process_index()); the iterator's state is
 checkpointed with the train state, so a resumed run sees exactly the remaining batches.
 """
@@ -51,7 +54,56 @@ class PipelineIterator:
         self.it.set_state(state)
 
 
-def make(cfg, split: str = "train") -> PipelineIterator:
+def vlm_to_model_batch(b: dict, model_cfg) -> dict:
+    """A VLM batch (uint8 images, no actions) in the model's batch layout: flow terms switched off."""
+    from molmoact2_jax.preprocessing.image import preprocess_images
+    v, ae = model_cfg.vit, model_cfg.action_expert
+    masks = np.asarray(b["image_mask"], bool)
+    n_max = masks.shape[1]
+    patches, pooled = [], []
+    for images, mask in zip(np.asarray(b["images"]), masks):
+        p, idx = preprocess_images(list(images[mask]) or [images[0]], v.image_size, v.patch_size)
+        n_tok = idx.shape[0] // len(p)
+        full_p = np.zeros((n_max,) + p.shape[1:], np.float32)
+        full_i = np.full((n_max * n_tok, idx.shape[1]), -1, np.int32)
+        if mask.any():
+            full_p[:len(p)], full_i[:len(idx)] = p, idx
+        patches.append(full_p)
+        pooled.append(full_i)
+    n = masks.shape[0]
+    out = to_model_batch(dict(b, image_patches=np.stack(patches), pooled_idx=np.stack(pooled),
+                              actions=np.zeros((n, ae.max_action_horizon, ae.max_action_dim), np.float32),
+                              action_dim_is_pad=np.ones((n, ae.max_action_dim), bool),
+                              action_is_pad=np.ones((n, ae.max_action_horizon), bool)))
+    out["has_actions"] = np.zeros(n, bool)
+    return out
+
+
+class MixedIterator:
+    """Robot batches with probability `robot_share`, else VLM rehearsal batches (per batch, reproducible)."""
+
+    def __init__(self, robot, vlm, robot_share: float, seed: int, model_cfg):
+        self.robot, self.vlm, self.share, self.seed, self.model_cfg = robot, vlm, robot_share, seed, model_cfg
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        use_robot = np.random.default_rng([self.seed, self.index]).random() < self.share
+        self.index += 1
+        return next(self.robot) if use_robot else vlm_to_model_batch(next(self.vlm), self.model_cfg)
+
+    def get_state(self):
+        return {"index": self.index, "robot": self.robot.get_state(), "vlm": self.vlm.get_state()}
+
+    def set_state(self, state):
+        self.index = int(state["index"])
+        self.robot.set_state(state["robot"])
+        self.vlm.set_state(state["vlm"])
+
+
+def make(cfg, split: str = "train"):
     from data_pipelines.pipeline.model_inputs import ModelInputs
     from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
     from data_pipelines.pipeline.robot_transform import RobotTransformConfig
@@ -88,4 +140,11 @@ def make(cfg, split: str = "train") -> PipelineIterator:
                                        max_action_dim=m.action_expert.max_action_dim,
                                        augment=bool(d.get("augment", True)) and not eval_split),
         model_inputs=inputs)
-    return PipelineIterator(iter(build_robot_dataset(pc)))
+    robot = PipelineIterator(iter(build_robot_dataset(pc)))
+    if not d.get("vlm_sources") or eval_split:
+        return robot
+    from data_pipelines.pipeline.vlm import VLMConfig, VLMTransformConfig, build_vlm_dataset
+    vc = VLMConfig(paths=[str(p) for p in d.vlm_sources], batch_size=pc.batch_size, seed=int(d.seed) + 2,
+                   transform=VLMTransformConfig(image_size=m.vit.image_size, max_images=int(d.get("max_cameras", 3)),
+                                                seq_len=int(d.seq_len)), tokenizer=tok)
+    return MixedIterator(robot, iter(build_vlm_dataset(vc)), float(d.get("robot_share", 0.9)), int(d.seed), m)
