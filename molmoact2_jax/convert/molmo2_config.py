@@ -10,14 +10,15 @@ from __future__ import annotations
 import ml_collections
 
 from configs.model import MULTIMODAL_FIELDS, get_model_config
-from molmoact2_jax.tokenizers.text import HF_ID_KEYS
+from molmoact2_jax.tokenizers.text import HF_ID_KEYS, hf_token_ids
 
 # config.json key -> our config.tokens field (the text tokenizer's map, with EOS under its config name).
-_TOKEN_KEYS = {**{k: ("eos_token_id" if v == "eos" else v) for k, v in HF_ID_KEYS.items()},
+TOKEN_KEYS = {**{k: ("eos_token_id" if v == "eos" else v) for k, v in HF_ID_KEYS.items()},
                "pad_token_id": "pad_token_id"}
 
 
-def _first(d: dict, *keys, default=None):
+def first_of(d: dict, *keys, default=None):
+    """The first of `keys` that `d` holds with a non-None value (configs spell fields several ways)."""
     for k in keys:
         if k in d and d[k] is not None:
             return d[k]
@@ -35,18 +36,18 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ml_collection
                          f"vit_config, adapter_config)") from None
     c = get_model_config("full")
     c.dtype = "float32"
-    image_size = _first(vis, "image_size", "image_default_input_size", default=[378, 378])
+    image_size = first_of(vis, "image_size", "image_default_input_size", default=[378, 378])
     image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
     c.vit.update(dict(
         image_size=int(image_size),
-        patch_size=int(_first(vis, "patch_size", "image_patch_size", default=14)),
-        hidden_size=int(_first(vis, "hidden_size", "image_emb_dim")),
-        num_heads=int(_first(vis, "num_attention_heads", "image_num_heads")),
-        head_dim=int(_first(vis, "head_dim", "image_head_dim")),
-        mlp_dim=int(_first(vis, "intermediate_size", "image_mlp_dim")),
-        num_layers=int(_first(vis, "num_hidden_layers", "image_num_layers")),
-        layer_norm_eps=float(_first(vis, "layer_norm_eps", "image_norm_eps", default=1e-6)),
-        feature_layers=tuple(int(x) for x in _first(adapter, "vision_feature_layer", "vit_layers",
+        patch_size=int(first_of(vis, "patch_size", "image_patch_size", default=14)),
+        hidden_size=int(first_of(vis, "hidden_size", "image_emb_dim")),
+        num_heads=int(first_of(vis, "num_attention_heads", "image_num_heads")),
+        head_dim=int(first_of(vis, "head_dim", "image_head_dim")),
+        mlp_dim=int(first_of(vis, "intermediate_size", "image_mlp_dim")),
+        num_layers=int(first_of(vis, "num_hidden_layers", "image_num_layers")),
+        layer_norm_eps=float(first_of(vis, "layer_norm_eps", "image_norm_eps", default=1e-6)),
+        feature_layers=tuple(int(x) for x in first_of(adapter, "vision_feature_layer", "vit_layers",
                                                       default=[-3, -9])),
     ))
     c.connector.update(dict(
@@ -65,8 +66,8 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ml_collection
         mlp_dim=int(text["intermediate_size"]),
         vocab_size=int(text["vocab_size"]),
         additional_vocab_size=int(text.get("additional_vocab_size", 128)),
-        rope_theta=float(_first(rope, "rope_theta", default=text.get("rope_theta", 1_000_000.0))),
-        rms_norm_eps=float(_first(text, "rms_norm_eps", "layer_norm_eps", default=1e-6)),
+        rope_theta=float(first_of(rope, "rope_theta", default=text.get("rope_theta", 1_000_000.0))),
+        rms_norm_eps=float(first_of(text, "rms_norm_eps", "layer_norm_eps", default=1e-6)),
         qk_norm=True,
     ))
     if text.get("qk_norm_type", "qwen3") != "qwen3":
@@ -80,15 +81,11 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ml_collection
     # Multimodal ids default to their rule-3.1 slots after the vocabulary, then the file overrides them.
     for i, name in enumerate(MULTIMODAL_FIELDS):
         t[name] = c.llm.vocab_size + i
-    for key, field in _TOKEN_KEYS.items():
-        value = hf.get(key, text.get(key))
-        if isinstance(value, list):
-            value = value[0]
-        if value is not None:
-            t[field] = int(value)
-    for n in ("state", "action", "depth"):
-        if hf.get(f"num_{n}_tokens") is not None:
-            t[f"num_{n}_tokens"] = int(hf[f"num_{n}_tokens"])
+    for field, value in hf_token_ids(hf).items():
+        t["eos_token_id" if field == "eos" else field] = value
+    pad = hf.get("pad_token_id", text.get("pad_token_id"))
+    if pad is not None:
+        t.pad_token_id = int(pad)
     if hf.get("setup_start_token_id") is not None:  # the robot tokens start right after the base tokenizer
         t.base_vocab = t.setup_start
         t.num_added_robot_tokens = t.depth_token_start + t.num_depth_tokens - t.base_vocab

@@ -16,20 +16,14 @@ import copy
 import ml_collections
 
 from molmoact2_jax.convert import molmo2_config
+from molmoact2_jax.convert.molmo2_config import first_of as _first
 from molmoact2_jax.models.vit import num_built_layers
 
 TOKEN_ID_KEYS = {  # config.json key -> our config.tokens field
-    **molmo2_config._TOKEN_KEYS,
+    **molmo2_config.TOKEN_KEYS,
     "image_high_res_id": "image_patch",  # spec 21.2: equals image_patch_id
 }
 COUNT_KEYS = ("num_state_tokens", "num_action_tokens", "num_depth_tokens")
-
-
-def _first(d: dict, *keys, default=None):
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    return default
 
 
 def molmoact2_config_from_hf(hf: dict, source: str = "config.json") -> ml_collections.ConfigDict:

@@ -34,6 +34,23 @@ HF_ID_KEYS = {
 }
 
 
+def hf_token_ids(hf_config: dict) -> dict[str, int]:
+    """TokenLayout field -> id for every id a config.json states (top level or text_config; lists take the
+    first entry), plus the num_{state,action,depth}_tokens counts."""
+    text = hf_config.get("text_config", {})
+    out = {}
+    for key, field in HF_ID_KEYS.items():
+        value = hf_config.get(key, text.get(key))
+        if isinstance(value, list):
+            value = value[0]
+        if value is not None:
+            out[field] = int(value)
+    for n in ("state", "action", "depth"):
+        if hf_config.get(f"num_{n}_tokens") is not None:
+            out[f"num_{n}_tokens"] = int(hf_config[f"num_{n}_tokens"])
+    return out
+
+
 @dataclasses.dataclass
 class TokenLayout:
     """Every special id the model and the data pipelines use."""
@@ -82,16 +99,7 @@ class TokenLayout:
     def with_overrides(self, hf_config: dict) -> "TokenLayout":
         """Ids stated in a checkpoint's config.json (top level or text_config) replace computed ones."""
         text = hf_config.get("text_config", {})
-        updates = {}
-        for key, field in HF_ID_KEYS.items():
-            value = hf_config.get(key, text.get(key))
-            if isinstance(value, list):
-                value = value[0]
-            if value is not None:
-                updates[field] = int(value)
-        for n in ("state", "action", "depth"):
-            if f"num_{n}_tokens" in hf_config:
-                updates[f"num_{n}_tokens"] = int(hf_config[f"num_{n}_tokens"])
+        updates = hf_token_ids(hf_config)
         if "vocab_size" in text:
             updates["vocab_size"] = int(text["vocab_size"])
         return dataclasses.replace(self, **updates)
