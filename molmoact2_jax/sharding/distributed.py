@@ -41,3 +41,12 @@ def _cpu_collectives():
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms in ("", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Waits for every process on the coordination service (not a device collective). Used after compiling, so
+    a process that compiles slower does not make the others' first collective time out (gloo waits ~30 s)."""
+    if jax.process_count() <= 1:
+        return
+    from jax._src import distributed as _dist
+    _dist.global_state.client.wait_at_barrier(f"molmoact2_{name}", int(timeout_s * 1000))

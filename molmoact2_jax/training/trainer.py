@@ -22,6 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from molmoact2_jax.models.molmoact2 import MolmoAct2
+from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
 from molmoact2_jax.training import checkpointing, lora
@@ -122,6 +123,7 @@ class Setup:
         with self.context():
             self.abstract_state = jax.eval_shape(create, rng)
         self._create = jax.jit(create, out_shardings=self.state_shardings)
+        self._compiled: dict = {}
         self.init_rng = rng
         step_fn = make_train_step(self.loss_fn, self.tx, self.labels, int(cfg.trainer.grad_accum_steps))
         self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings),
@@ -142,16 +144,24 @@ class Setup:
         stack.enter_context(nn.logical_axis_rules(self.rules))
         return stack
 
+    def compiled(self, name: str, jitted, *args):
+        """AOT-compiles `jitted` for `args` once; all processes then meet at a barrier, so a slower compile in one
+        process cannot make the others' first collective time out."""
+        if name not in self._compiled:
+            with self.context():
+                self._compiled[name] = jitted.lower(*args).compile()
+            distributed.barrier(f"{name}_compiled")
+        return self._compiled[name]
+
     def create_state(self):
-        with self.context():
-            return self._create(self.init_rng)
+        return self.compiled("create", self._create, self.init_rng)(self.init_rng)
 
     def state_from_params(self, params):
         """A fresh train state (new optimizer state) around given params, placed with the param shardings."""
         params = jax.device_put(params, self.param_shardings)
         fn = jax.jit(lambda p, rng: init_state(p, self.tx, rng), out_shardings=self.state_shardings)
-        with self.context():
-            return fn(params, jax.random.fold_in(self.init_rng, 1))
+        rng = jax.random.fold_in(self.init_rng, 1)
+        return self.compiled("state_from_params", fn, params, rng)(params, rng)
 
     def abstract_sharded_state(self):
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
@@ -293,7 +303,7 @@ def train(cfg, workdir: str) -> dict:
                 local = next(data)
                 batch = global_batch(local, setup.batch_shardings, gb)
                 if compiled is None:  # compile once (AOT) and read the FLOP count from the same executable
-                    compiled = setup.train_step.lower(state, batch).compile()
+                    compiled = setup.compiled("train_step", setup.train_step, state, batch)
                     flops = _flops(compiled)
                 t0 = time.perf_counter()
                 state, metrics = compiled(state, batch)
@@ -419,8 +429,8 @@ def evaluate(cfg, setup: Setup, state) -> dict:
     n = int(cfg.trainer.get("eval_batches", 1))
     sums: dict = {}
     for _ in range(n):
-        m = jax.device_get(setup.eval_step(state, global_batch(next(data), setup.batch_shardings,
-                                                              int(cfg.data.global_batch_size))))
+        batch = global_batch(next(data), setup.batch_shardings, int(cfg.data.global_batch_size))
+        m = jax.device_get(setup.compiled("eval_step", setup.eval_step, state, batch)(state, batch))
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + float(v) / n
     return {f"eval_{k}": v for k, v in sums.items()}
