@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before mujoco is imported
+
 TASKS = ("reach-v3", "push-v3")
 IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens per camera)
 
@@ -259,7 +261,6 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=120, help="closed-loop steps per episode")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    os.environ.setdefault("MUJOCO_GL", "egl")
     wd = Path(args.workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t)

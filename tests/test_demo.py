@@ -1,7 +1,10 @@
 """Smoke run of `molmoact2-demo` at a toy size: every stage runs and writes its outputs."""
 import json
+import os
 
 import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
 
 
 def test_demo_end_to_end_small(tmp_path):
