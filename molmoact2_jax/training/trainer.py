@@ -264,7 +264,9 @@ def train(cfg, workdir: str) -> dict:
         from molmoact2_jax.tokenizers.text import TextTokenizer
         set_token_layout(cfg.model, TextTokenizer.from_file(cfg.data.tokenizer).layout)
     data = make_data(cfg)
-    example = next(iter(make_data(cfg)))
+    start_state = data.get_state()
+    example = next(data)  # shapes for Setup; the iterator is rewound so training still starts at this batch
+    data.set_state(start_state)
     setup = Setup(cfg, example)
     ckpt = checkpointing.Checkpointer(workdir, cfg.checkpoint, async_save=bool(cfg.checkpoint.get("async_save", True)))
     restored = ckpt.restore_latest(setup.abstract_sharded_state())
