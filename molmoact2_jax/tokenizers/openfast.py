@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 from scipy.fft import dct, idct
 from tokenizers import ByteLevelBPETokenizer, Tokenizer
 from tokenizers.trainers import BpeTrainer
+
+from molmoact2_jax.tokenizers import bytelevel_bpe
 
 MAX_ACTION_DIM = 32  # the released tokenizer was trained for dims up to 32 (spec 22.6)
 PROCESSOR_CLASS = "UniversalActionProcessor"
@@ -70,6 +73,48 @@ def _checked_ids(seq, vocab: int) -> list[int] | None:
     return ids.tolist()
 
 
+def _flatten_checked(tokens, vocab: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model output -> (indices of well-formed rows, their ids concatenated int64, ids per row).
+
+    Well-formed: a non-empty 1-D sequence of integers in [0, vocab). Lists / tuples / 1-D arrays of ints (what
+    generation returns) are checked in one numpy pass; a batch with anything else is checked row by row.
+    """
+    n = len(tokens)
+    if all(type(r) in (list, tuple) or (type(r) is np.ndarray and r.ndim == 1) for r in tokens):
+        counts = np.fromiter(map(len, tokens), np.int64, n)
+        try:
+            flat = np.array(list(chain.from_iterable(tokens)))
+        except (ValueError, TypeError, OverflowError):
+            flat = None
+        if flat is not None and flat.ndim == 1 and (flat.dtype.kind in "iu" or flat.size == 0):
+            flat = flat.astype(np.int64)  # uint64 beyond int64 wraps negative, i.e. stays out of range
+            row_of = np.repeat(np.arange(n), counts)
+            bad = np.bincount(row_of, (flat < 0) | (flat >= vocab), minlength=n) > 0
+            keep = ~bad & (counts > 0)
+            return np.flatnonzero(keep), flat[keep[row_of]], counts[keep]
+    rows, id_lists = [], []
+    for b, seq in enumerate(tokens):
+        ids = _checked_ids(seq, vocab)
+        if ids is not None:
+            rows.append(b)
+            id_lists.append(ids)
+    counts = np.fromiter(map(len, id_lists), np.int64, len(id_lists))
+    return np.asarray(rows, np.int64), np.fromiter(chain.from_iterable(id_lists), np.int64), counts
+
+
+def _decode_with_tokenizer(tokenizer: Tokenizer, flat: np.ndarray, counts: np.ndarray,
+                           length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The general path: `tokenizers` decodes; rows must give `length` characters and no U+FFFD."""
+    id_lists = [part.tolist() for part in np.split(flat, np.cumsum(counts)[:-1])] if len(counts) else []
+    codes = np.zeros((len(id_lists), length), np.uint32)
+    ok = np.zeros(len(id_lists), bool)
+    for r, text in enumerate(tokenizer.decode_batch(id_lists, skip_special_tokens=False)):
+        if len(text) == length and chr(_REPLACEMENT_CHAR) not in text:
+            codes[r] = np.frombuffer(text.encode("utf-32-le"), "<u4")
+            ok[r] = True
+    return codes, ok
+
+
 def _fresh_iter(chunks) -> Iterator:
     if callable(chunks):
         return iter(chunks())
@@ -117,6 +162,8 @@ class OpenFAST:
         self.time_horizon = time_horizon
         self.action_dim = action_dim
         self.bpe_vocab_size = tokenizer.get_vocab_size()
+        # table-driven batch path for the released kind of tokenizer; identical ids and text (bytelevel_bpe.py)
+        self._tables = bytelevel_bpe.ByteLevelBPETables(tokenizer) if bytelevel_bpe.supports(tokenizer) else None
 
     # ---- fitting ----
     @classmethod
@@ -172,13 +219,17 @@ class OpenFAST:
                 by_shape.setdefault(a.shape, []).append(i)
             groups = [(idx, np.stack([arrays[i] for i in idx])) for idx in by_shape.values()]
         strings: list[str | None] = [None] * sum(len(idx) for idx, _ in groups)
+        max_code = 0
         for idx, arr in groups:
             _check_dim(arr.shape[2])
             q = quantized_dct(arr, self.scale)
             # no upper clamp: values above the fitted range fall out of the vocab, as in the reference
             codes = np.maximum(q.reshape(len(q), -1) - self.min_token, 0).astype(np.int64)
+            max_code = max(max_code, int(codes.max(initial=0)))
             for i, s in zip(idx, _codes_to_strings(codes)):
                 strings[i] = s
+        if self._tables is not None:
+            return self._tables.encode(strings, max_code)
         return [e.ids for e in self.tokenizer.encode_batch_fast(strings)]
 
     def decode(self, tokens: Sequence[Sequence[int]], horizon: int | None = None,
@@ -195,27 +246,21 @@ class OpenFAST:
         horizon, action_dim = int(horizon), int(action_dim)
         _check_dim(action_dim)
         n, length = len(tokens), horizon * action_dim
+        rows, flat, counts = _flatten_checked(tokens, self.bpe_vocab_size)
+        if self._tables is not None:
+            codes, ok = self._tables.decode_codes(flat, counts, length)
+        else:
+            codes, ok = _decode_with_tokenizer(self.tokenizer, flat, counts, length)
+        good = rows[ok]
+        if not ok.all():
+            codes = codes[ok]
+        coeffs = (codes.reshape(len(good), horizon, action_dim).astype(np.float64) + self.min_token) / self.scale
         valid = np.zeros(n, dtype=bool)
-        id_lists, rows = [], []
-        for b, seq in enumerate(tokens):
-            ids = _checked_ids(seq, self.bpe_vocab_size)
-            if ids is not None:
-                id_lists.append(ids)
-                rows.append(b)
-        good, texts = [], []
-        for b, text in zip(rows, self.tokenizer.decode_batch(id_lists, skip_special_tokens=False)):
-            if len(text) == length:
-                good.append(b)
-                texts.append(text)
+        valid[good] = True
+        if len(good) == n:  # the usual case: no scatter into a zero array
+            return idct(coeffs, axis=1, norm="ortho"), valid
         actions = np.zeros((n, horizon, action_dim), dtype=np.float64)
-        if good:
-            codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype="<u4").reshape(len(good), horizon,
-                                                                                         action_dim)
-            ok = ~(codes == _REPLACEMENT_CHAR).any(axis=(1, 2))
-            good = np.asarray(good)[ok]
-            coeffs = (codes[ok].astype(np.int64) + self.min_token) / self.scale
-            actions[good] = idct(coeffs, axis=1, norm="ortho")
-            valid[good] = True
+        actions[good] = idct(coeffs, axis=1, norm="ortho")
         return actions, valid
 
     # ---- released folder layout (spec 22.1) ----
