@@ -67,6 +67,7 @@ def bench(variant: str, repeats: int) -> dict:
                                                       depth_cache=base.depth_cache), repeats)
         res[f"think_{int(frac * 100)}pct"] = ms
         res[f"think_{int(frac * 100)}pct_predicted"] = out.think_stats.num_predicted
+        res[f"think_{int(frac * 100)}pct_width"] = out.think_stats.width
     return res
 
 
@@ -89,6 +90,8 @@ def main(argv=None):
               "".join(f"{rows[v]['think_full'] / rows[v][f'think_{pct}pct']:11.2f}x" for v in rows))
     print(f"{'cells re-predicted at 0/30/100%':34s}" + "".join(
         f"{'%d/%d/%d' % tuple(rows[v][f'think_{p}pct_predicted'] for p in (0, 30, 100)):>12s}" for v in rows))
+    print(f"{'step width chosen at 0/30/100%':34s}" + "".join(
+        f"{'%d/%d/%d' % tuple(rows[v][f'think_{p}pct_width'] for p in (0, 30, 100)):>12s}" for v in rows))
 
 
 if __name__ == "__main__":

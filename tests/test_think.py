@@ -38,7 +38,19 @@ def test_change_detection_cells():
     assert not think.changed_cells(black, black).any() and (think.cell_similarity(black, black) == 1).all()
     # brightness scaling keeps the cosine similarity at 1: not a change
     assert not think.changed_cells((img // 2).astype(np.uint8) * 2, (img // 2).astype(np.uint8)).any()
-    assert think.update_spans([1, 1, 0, 0, 0, 1]) == [(0, 2, True), (2, 5, False), (5, 6, True)]
+    mask = np.array([1, 1, 0, 0, 0, 1], bool)
+    assert think.plan_steps(mask, 1) == [(0, 1, True), (1, 1, True), (2, 1, False), (3, 1, False), (4, 1, False),
+                                         (5, 1, True)]
+    assert think.plan_steps(mask, 2) == [(0, 1, True), (1, 2, True), (3, 2, False), (5, 1, True)]
+    assert think.plan_steps(mask, 100) == [(0, 1, True), (1, 4, True), (5, 1, True)]
+    assert think.choose_width(np.zeros(100, bool)) == 100 and think.choose_width(np.ones(100, bool)) == 1
+    scattered = np.zeros(100, bool)
+    scattered[::3] = True
+    assert think.choose_width(scattered) == 4  # 34 steps of 4 slots beat 100 single steps and 34 wider ones
+    assert think.choose_width(scattered, step_cost=(1, 1, 1, 1)) == 4  # ties go to the narrower chunk
+    few = np.zeros(100, bool)
+    few[[0, 1, 2, 37, 64, 65, 99]] = True  # 100 / 29 / 12 / 7 steps
+    assert think.choose_width(few) == 4 and think.choose_width(few, step_cost=(1, 1, 1, 1)) == 100
     assert think.as_depth_cache({"image": img, "depth_bins": [1] * 99}) == (None, None)
 
 
@@ -80,11 +92,11 @@ def test_adaptive_depth_decoding(think_policy):
     assert full.generated_token_ids[0] == p.cfg.tokens.depth_start
     naive_codes_check(p, full, imgs, np.arange(100))
 
-    # unchanged image: nothing re-predicted, codes fed from the cache in power-of-two chunks
+    # unchanged image: nothing re-predicted, codes fed from the cache in one chunk
     same = p.predict_action(imgs, "pick up the block", STATE, T.TAG, think=True, seed=0,
                             depth_cache=full.depth_cache)
     assert same.think_stats.num_predicted == 0 and same.think_stats.forced_cells == list(range(100))
-    assert same.think_stats.chunk_calls == 1   # one teacher-forced chunk of 100 codes
+    assert same.think_stats.steps == 1 and same.think_stats.width == 100   # one teacher-forced chunk of 100 codes
     np.testing.assert_array_equal(same.depth_bins, full.depth_bins)
     np.testing.assert_allclose(same.actions, full.actions, atol=1e-4)
 
@@ -96,9 +108,20 @@ def test_adaptive_depth_decoding(think_policy):
     st = part.think_stats
     keep = np.setdiff1d(np.arange(100), cells)
     assert st.predicted_cells == cells and np.flatnonzero(st.changed_mask).tolist() == cells
-    assert st.chunk_calls == 3 and st.forced_cells == keep.tolist()
+    assert st.forced_cells == keep.tolist() and st.steps == len(think.plan_steps(st.changed_mask, st.width)) < 100
     np.testing.assert_array_equal(part.depth_bins[keep], cached["depth_bins"][keep])
     naive_codes_check(p, part, imgs_k, np.array(cells))
+    default_cost = p.think.step_cost
+    try:  # every chunk width walks the same grid: identical codes, actions equal to float tolerance
+        for width, cost in [(1, (1, 99, 99, 99)), (16, (99, 99, 1, 99)), (100, (99, 99, 99, 1))]:
+            p.think.step_cost = cost
+            other_width = p.predict_action(imgs_k, "pick up the block", STATE, T.TAG, think=True, seed=0,
+                                           depth_cache=cached)
+            assert other_width.think_stats.width == width
+            np.testing.assert_array_equal(other_width.depth_bins, part.depth_bins)
+            np.testing.assert_allclose(other_width.actions, part.actions, atol=1e-4)
+    finally:
+        p.think.step_cost = default_cost
 
     # everything changed: identical to full re-prediction without a cache
     other = first_image(5)

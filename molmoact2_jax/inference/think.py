@@ -6,12 +6,16 @@ of prompt + depth tokens (with the depth gate when the checkpoint has one), or, 
 continues to EOS.
 
 Adaptive depth: the first camera image is compared with the cached previous one cell by cell (320x320 bilinear
-resize, 10x10 cells of 32x32x3, cosine similarity < 0.996 = changed). The grid is walked as maximal runs of
-changed / unchanged cells: a changed run is decoded greedily one code at a time with the logits restricted to the
-depth-code rows; an unchanged run is fed from the cache as one teacher-forced multi-token chunk (one
-`Backbone.decode` call). Chunks are padded to a bucket (CHUNK_BUCKETS) so only three chunk shapes are ever
-compiled: the padding tokens come after the real ones (causal, so they change nothing), and the cache index,
-next position and validity are rolled back to the real length, so their slots are overwritten later. Batch size 1.
+resize, 10x10 cells of 32x32x3, cosine similarity < 0.996 = changed). Changed cells are re-predicted greedily (logits
+restricted to the depth-code rows); unchanged cells are teacher-forced from the cache. The walk over the grid is one
+compiled loop of uniform steps: each step feeds one chunk of `width` slots whose first cell is re-predicted when it
+changed and whose other cells are the unchanged cells that follow it (plan_steps). Padding slots come after the real
+tokens (causal, so they change nothing) and the cache index, next position and validity are rolled back to the real
+length, so those slots are overwritten later. The width is chosen per call from STEP_WIDTHS to minimise
+steps x STEP_COST (relative cost of one step: a wider chunk costs more on a CPU, about the same on an accelerator;
+pass `step_cost` to ThinkDecoder to tune). One program per width and no host round trip per run of cells: a host
+loop over runs, or a `lax.cond` per run (it copies the KV cache), made scattered changes slower than full
+re-prediction. Batch size 1.
 
 Choices (documented, configurable): `<depth_start>` is appended to the prompt before the prefill (identical to
 feeding it as the first decode step); every generated token, including `<depth_end>`, is fed, so the expert's
@@ -35,7 +39,8 @@ NUM_CELLS = GRID * GRID   # num_depth_codes = 100
 CELL = 32                 # pixels per cell side
 CHANGE_SIZE = GRID * CELL  # 320
 CHANGE_THRESHOLD = 0.996
-CHUNK_BUCKETS = (8, 32, NUM_CELLS)
+STEP_WIDTHS = (1, 4, 16, NUM_CELLS)
+STEP_COST = (1.0, 1.3, 3.2, 16.0)  # relative cost of one step, measured on 2 CPU cores (the `small` bench model)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,15 +74,22 @@ def changed_cells(current, previous, threshold: float = CHANGE_THRESHOLD) -> np.
     return cell_similarity(current, previous) < threshold
 
 
-def update_spans(mask) -> list[tuple[int, int, bool]]:
-    """Maximal runs [(start, end, changed), ...] of a flat bool mask, in index order."""
-    m = np.asarray(mask, bool).reshape(-1)
-    spans, start = [], 0
-    for i in range(1, len(m) + 1):
-        if i == len(m) or m[i] != m[start]:
-            spans.append((start, i, bool(m[start])))
-            start = i
-    return spans
+def plan_steps(mask, width: int) -> list[tuple[int, int, bool]]:
+    """Decode steps [(start, count, predict_first), ...] for a changed-cell mask and a chunk width: a changed cell
+    starts a step; an unchanged cell joins the current step while it has room, else starts one."""
+    steps: list[list] = []
+    for i, changed in enumerate(np.asarray(mask, bool).reshape(-1).tolist()):
+        if changed or not steps or steps[-1][1] >= width:
+            steps.append([i, 1, changed])
+        else:
+            steps[-1][1] += 1
+    return [tuple(s) for s in steps]
+
+
+def choose_width(mask, step_cost=STEP_COST) -> int:
+    """The step width with the least estimated cost (steps x relative cost per step) for this mask."""
+    costs = [len(plan_steps(mask, w)) * c for w, c in zip(STEP_WIDTHS, step_cost)]
+    return STEP_WIDTHS[int(np.argmin(costs))]
 
 
 def as_depth_cache(cache):
@@ -100,7 +112,8 @@ class ThinkStats:
     changed_mask: np.ndarray                 # bool [100] (all True without a usable cache)
     predicted_cells: list = dataclasses.field(default_factory=list)   # cells whose code was re-predicted
     forced_cells: list = dataclasses.field(default_factory=list)      # cells fed from the cache
-    chunk_calls: int = 0                     # teacher-forced Backbone.decode calls (one per unchanged run)
+    width: int = 1                           # chunk slots per decode step (choose_width)
+    steps: int = 0                           # Backbone.decode steps for the 100 codes (plan_steps)
     tail_tokens: int = 0                     # tokens decoded after the 100 codes (until <depth_end>)
 
     @property
@@ -112,16 +125,17 @@ class ThinkStats:
 class ThinkDecoder:
     """Jitted pieces of the Think decode for one `MolmoAct2`; compiled once per shape and reused."""
 
-    def __init__(self, model, threshold: float = CHANGE_THRESHOLD):
+    def __init__(self, model, threshold: float = CHANGE_THRESHOLD, step_cost=STEP_COST):
         self.model = model
         self.cfg = model.cfg
         self.threshold = float(threshold)
+        if len(step_cost) != len(STEP_WIDTHS):
+            raise ValueError(f"step_cost needs one relative cost per width {STEP_WIDTHS}, got {step_cost}")
+        self.step_cost = tuple(float(c) for c in step_cost)
         t = self.cfg.tokens
         self.code0, self.num_codes = int(t.depth_token_start), int(t.num_depth_tokens)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_size",))
-        self._feed = jax.jit(self._feed_fn)
-        self._feed_chunk = jax.jit(self._feed_chunk_fn)
-        self._run_changed = jax.jit(self._run_changed_fn)
+        self._walk = jax.jit(self._walk_fn, static_argnames=("width",), donate_argnums=(1,))
         self._greedy = jax.jit(self._greedy_fn, static_argnames=("max_steps",))
         self._expert = jax.jit(self._expert_fn, static_argnames=("num_steps",))
 
@@ -146,16 +160,25 @@ class ThinkDecoder:
         new = dict(new, valid=new["valid"] & ~pad[None], index=index + n, next_position=pos + n)
         return jax.lax.dynamic_index_in_dim(logits[0], n - 1, keepdims=False), new
 
-    def _run_changed_fn(self, params, cache, logits, codes, start, n):
-        """Greedy restricted decode of codes[start : start+n] (n traced: one compilation for every run)."""
-        def body(i, s):
-            cache, logits, codes = s
-            code = jnp.argmax(jax.lax.dynamic_slice_in_dim(logits, self.code0, self.num_codes)).astype(jnp.int32)
-            codes = codes.at[start + i].set(code)
-            logits, cache = self._feed_fn(params, (self.code0 + code)[None, None], cache)
-            return cache, logits, codes
-        cache, logits, codes = jax.lax.fori_loop(0, n, body, (cache, logits, codes))
-        return codes, cache, logits
+    def _walk_fn(self, params, cache, logits, codes, starts, counts, predict, num_steps, width):
+        """Steps j < num_steps (plan_steps, padded to 100): feed cells [starts[j], starts[j] + counts[j]) as one
+        chunk of `width` slots; the first is the restricted argmax when predict[j], the rest come from `codes`."""
+        padded = jnp.concatenate([codes, jnp.zeros(width, jnp.int32)])  # chunk slices never clamp
+
+        def step(j, s):
+            cache, logits, padded = s
+            start = starts[j]
+            guess = jnp.argmax(jax.lax.dynamic_slice_in_dim(logits, self.code0, self.num_codes)).astype(jnp.int32)
+            padded = padded.at[start].set(jnp.where(predict[j], guess, padded[start]))
+            chunk = (jax.lax.dynamic_slice_in_dim(padded, start, width) + self.code0)[None]
+            if width == 1:
+                logits, cache = self._feed_fn(params, chunk, cache)
+            else:
+                logits, cache = self._feed_chunk_fn(params, chunk, counts[j], cache)
+            return cache, logits, padded
+
+        cache, logits, padded = jax.lax.fori_loop(0, num_steps, step, (cache, logits, padded))
+        return padded[:NUM_CELLS], cache, logits
 
     def _greedy_fn(self, params, cache, logits, stop_id, max_steps):
         """Greedy over the full vocabulary, feeding each token, until `stop_id` (fed too) or max_steps."""
@@ -185,7 +208,7 @@ class ThinkDecoder:
 
     # ---- host orchestration
     def cache_size(self, prompt_len: int, horizon: int, discrete: bool) -> int:
-        need = prompt_len + NUM_CELLS + max(8, horizon) + (16 * horizon if discrete else 0) + CHUNK_BUCKETS[-1]
+        need = prompt_len + NUM_CELLS + max(8, horizon) + (16 * horizon if discrete else 0) + STEP_WIDTHS[-1]
         return -(-need // 64) * 64
 
     def decode_depth(self, params, ids, images, pooled, attn, first_image, depth_cache, horizon: int,
@@ -200,20 +223,17 @@ class ThinkDecoder:
             mask = changed_cells(first_image, prev_image, self.threshold)
         stats = ThinkStats(changed_mask=mask)
         logits, cache = self._prefill(params, ids, images, pooled, attn, cache_size=cache_size)
-        codes = jnp.asarray(prev_bins if prev_bins is not None else np.zeros(NUM_CELLS, np.int32))
-        host_bins = None if prev_bins is None else prev_bins
-        for s, e, changed in update_spans(mask):
-            if changed:
-                codes, cache, logits = self._run_changed(params, cache, logits, codes, jnp.int32(s),
-                                                         jnp.int32(e - s))
-                stats.predicted_cells.extend(range(s, e))
-            else:
-                bucket = next(b for b in CHUNK_BUCKETS if b >= e - s)
-                chunk = np.full((1, bucket), self.code0, np.int32)
-                chunk[0, :e - s] = host_bins[s:e] + self.code0
-                logits, cache = self._feed_chunk(params, jnp.asarray(chunk), jnp.int32(e - s), cache)
-                stats.chunk_calls += 1
-                stats.forced_cells.extend(range(s, e))
+        codes = np.zeros(NUM_CELLS, np.int32) if prev_bins is None else prev_bins
+        width = choose_width(mask, self.step_cost)
+        steps = plan_steps(mask, width)
+        table = np.zeros((3, NUM_CELLS), np.int32)  # start, count, predict; columns past len(steps) unused
+        table[:, :len(steps)] = np.array(steps, np.int32).T
+        codes, cache, logits = self._walk(params, cache, logits, jnp.asarray(codes), jnp.asarray(table[0]),
+                                          jnp.asarray(table[1]), jnp.asarray(table[2] > 0), jnp.int32(len(steps)),
+                                          width=width)
+        stats.width, stats.steps = width, len(steps)
+        stats.predicted_cells = np.flatnonzero(mask).tolist()
+        stats.forced_cells = np.flatnonzero(~mask).tolist()
         tail, n, cache, logits = self._greedy(params, cache, logits, jnp.int32(self.cfg.tokens.depth_end),
                                               max_steps=max(8, int(horizon)))
         n = int(n)
