@@ -5,8 +5,9 @@ most of a decode in building per-token strings. Action strings are made of a few
 directions can be served from tables:
 
 * encode: split with an equivalent Python regex whose character classes are read off the tokenizer's own
-  pre-tokenizer (probing each code point), then look each word up in a word -> ids cache; only words never seen
-  before go to `tokenizers` (the BPE itself is always theirs).
+  pre-tokenizer (probing each code point), then look each word up in a word -> ids cache. A row with a word never
+  seen before is encoded whole by `tokenizers` (the BPE is always theirs), and its ids fill the cache. So
+  chunks seen before (later epochs, repeated frames) skip BPE; new chunks cost what `tokenizers` costs.
 * decode: a vocabulary -> bytes table gathered with numpy; rows of pure ASCII bytes need no UTF-8 decoding,
   others are decoded strictly per row (what `from_utf8_lossy` keeps without U+FFFD).
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import chain
+from itertools import accumulate, chain
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -74,7 +75,7 @@ class ByteLevelBPETables:
         self._probed = 0
         self._classes: dict[str, list[int]] = {"L": [], "N": [], "O": [], "S": []}
         self._split = None
-        self._words: dict[str, tuple[int, ...]] = {}
+        self._words: dict[str, list[int]] = {}
         self._byte_table()
 
     # ---- encode ----
@@ -106,17 +107,36 @@ class ByteLevelBPETables:
             self._probe(max(MIN_PROBED, 1 << int(max_code).bit_length()))
         words = [self._split(s) for s in strings]
         cache = self._words
-        missing = set(chain.from_iterable(words)).difference(cache)
-        if missing:
-            if len(cache) + len(missing) > MAX_CACHED_WORDS:
-                cache.clear()
-                missing = set(chain.from_iterable(words))
-            missing = list(missing)
-            # a word re-splits to itself, so the full pipeline on one word is the BPE of that word
-            for word, enc in zip(missing, self.tokenizer.encode_batch_fast(missing)):
-                cache[word] = tuple(enc.ids)
         lookup = cache.__getitem__
-        return [list(chain.from_iterable(map(lookup, row))) for row in words]
+        out: list = [None] * len(strings)
+        misses = []
+        for r, row in enumerate(words):
+            try:
+                out[r] = list(chain.from_iterable(map(lookup, row)))
+            except KeyError:
+                misses.append(r)
+        if misses:  # `tokenizers` encodes these rows whole; their words then go into the cache
+            if len(cache) > MAX_CACHED_WORDS:
+                cache.clear()
+            ascii_only = max_code < 0x80
+            for r, enc in zip(misses, self.tokenizer.encode_batch_fast([strings[r] for r in misses])):
+                out[r] = enc.ids
+                self._remember(words[r], out[r], ascii_only)
+        return out
+
+    def _remember(self, words: list[str], ids: list[int], ascii_only: bool) -> None:
+        """Caches each word's ids: a word ends where the running byte count of the row's tokens reaches the
+        running byte count of its words (BPE tokens never cross a word). Rows with a token missing from the byte
+        table, or a word end that falls inside a token, are not cached."""
+        sizes = list(map(self._sizes.__getitem__, ids))
+        if 0 in sizes:
+            return
+        token_index = dict(zip(accumulate(sizes), range(1, len(sizes) + 1)))  # byte end -> tokens so far
+        word_bytes = map(len, words) if ascii_only else (len(w.encode("utf-8")) for w in words)
+        cuts = [0] + [token_index.get(end) for end in accumulate(word_bytes)]
+        if None in cuts or cuts[-1] != len(ids):
+            return
+        self._words.update(zip(words, map(ids.__getitem__, map(slice, cuts, cuts[1:]))))  # lists, never mutated
 
     # ---- decode ----
     def _byte_table(self) -> None:
@@ -139,6 +159,7 @@ class ByteLevelBPETables:
         self._lengths = lengths
         self._usable = usable  # ids missing from the vocab or with odd characters go to `tokenizers`
         self._non_ascii = np.array([any(b >= 0x80 for b in raw) for raw in per_id], bool)
+        self._sizes = np.where(usable, lengths, 0).tolist()  # bytes per id; 0 = not in the byte table
 
     def _gather(self, ids: np.ndarray) -> np.ndarray:
         """The bytes of token ids, concatenated (uint8)."""
