@@ -76,9 +76,20 @@ def test_encode_matches_tokenizers(tok):
     batches = [chunks(rng, 200, 30, 14), chunks(rng, 100, 15, 8, amp=3.0), chunks(rng, 50, 10, 7, amp=9.0),
                [chunks(rng, 1, t, d)[0] for t, d in [(4, 3), (30, 14), (12, 32), (4, 3)]],
                rng.uniform(-1, 1, (40, 20, 6)), np.full((2, 30, 14), 40.0)]  # far off range: 3-byte characters
-    for batch in batches + batches:  # the second pass reads words from the cache
+    for batch in batches:
         assert tok.encode(batch) == plain.encode(batch)
     assert len(tok._tables._words) > 0
+
+    class NoBPE:  # the second pass must be served from the word cache alone
+        def __getattr__(self, name):
+            raise AssertionError(f"tokenizers called on cached chunks ({name})")
+
+    real, tok._tables.tokenizer = tok._tables.tokenizer, NoBPE()
+    try:
+        for batch in (batches[0], batches[3], batches[4]):  # inside every fixture's fitted range (elsewhere BPE
+            assert tok.encode(batch) == plain.encode(batch)   # drops unknown bytes, so rows cannot be cut into words)
+    finally:
+        tok._tables.tokenizer = real
 
 
 def test_word_cache_is_bounded(tok, monkeypatch):
