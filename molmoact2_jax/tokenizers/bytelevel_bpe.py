@@ -1,8 +1,7 @@
 """Batch fast path for a plain byte-level BPE `tokenizers.Tokenizer` (the OpenFAST tokenizer's kind).
 
-`tokenizers` spends most of an OpenFAST encode in its GPT-2 split regex and in building `Encoding` objects, and
-most of a decode in building per-token strings. Action strings are made of a few hundred characters, so both
-directions can be served from tables:
+Action strings are a few hundred characters from a small alphabet, so much of the work around the BPE can be
+served from tables:
 
 * encode: split with an equivalent Python regex whose character classes are read off the tokenizer's own
   pre-tokenizer (probing each code point), then look each word up in a word -> ids cache. A row with a word never
@@ -25,7 +24,7 @@ from tokenizers import Tokenizer
 
 MIN_PROBED = 256  # Latin-1 at least, so every character class below is non-empty
 MAX_CODE = 0xD800  # surrogates and above never come from OpenFAST strings
-MAX_CACHED_WORDS = 1 << 18  # cleared when it would grow past this: at most ~50 MB of words and ids
+MAX_CACHED_WORDS = 1 << 18  # the word cache is cleared once past this: about 50 MB at most
 
 
 def _gpt2_byte_chars() -> dict[str, int]:
@@ -143,7 +142,6 @@ class ByteLevelBPETables:
         byte_of = _gpt2_byte_chars()
         vocab = self.tokenizer.get_vocab(with_added_tokens=False)
         size = max(vocab.values(), default=-1) + 1
-        data, lengths = [], np.zeros(size, np.int64)
         usable = np.zeros(size, bool)
         per_id = [b""] * size
         for token, i in vocab.items():
@@ -151,15 +149,13 @@ class ByteLevelBPETables:
             if None not in raw:
                 per_id[i] = bytes(raw)
                 usable[i] = True
-        for i, raw in enumerate(per_id):
-            data.append(raw)
-            lengths[i] = len(raw)
-        self._bytes = np.frombuffer(b"".join(data), np.uint8)
-        self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        lengths = np.array([len(raw) for raw in per_id], np.int64)
+        self._bytes = np.frombuffer(b"".join(per_id), np.uint8)
+        self._starts = np.cumsum(lengths) - lengths
         self._lengths = lengths
         self._usable = usable  # ids missing from the vocab or with odd characters go to `tokenizers`
         self._non_ascii = np.array([any(b >= 0x80 for b in raw) for raw in per_id], bool)
-        self._sizes = np.where(usable, lengths, 0).tolist()  # bytes per id; 0 = not in the byte table
+        self._sizes = lengths.tolist()  # bytes per id as a list for the encode path; 0 = not in the byte table
 
     def _gather(self, ids: np.ndarray) -> np.ndarray:
         """The bytes of token ids, concatenated (uint8)."""
