@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,12 +67,26 @@ def free_port() -> int:
 
 
 def run_multiprocess(workdir: str, overrides, num_processes: int, devices_per_process: int, timeout: int = 400):
+    """Starts `num_processes` trainers on one coordinator; returns (exit codes, outputs). Each process writes to
+    its own file, not a pipe, so a talkative process can never block on a full pipe while another is waited on."""
     port = free_port()
-    procs = []
+    procs, logs = [], []
     for pid in range(num_processes):
         extra = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                  f"--process_id={pid}"]
+        logs.append(tempfile.TemporaryFile(mode="w+"))
         procs.append(subprocess.Popen(command(workdir, overrides, extra), env=env_for(devices_per_process),
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    return [p.returncode for p in procs], outs
+                                      stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
+    deadline = time.time() + timeout
+    try:
+        codes = [p.wait(timeout=max(deadline - time.time(), 1)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = []
+    for log in logs:
+        log.seek(0)
+        outs.append(log.read())
+        log.close()
+    return codes, outs
