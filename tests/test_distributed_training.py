@@ -50,3 +50,42 @@ def test_two_processes_match_single_process_eight_devices(tmp_path):
     np.testing.assert_allclose(losses(two), losses(one), rtol=RTOL)
     info = json.load(open(os.path.join(two, "run_info.json")))
     assert info["processes"] == 2 and info["devices"] == 8
+
+
+@pytest.fixture(scope="module")
+def source_checkpoint(tmp_path_factory):
+    """A 1-process run's step directory: what a lab fine-tunes from."""
+    wd = str(tmp_path_factory.mktemp("source"))
+    r = run(wd, ["--config.total_steps=2", "--config.data.global_batch_size=8", "--config.checkpoint.every_steps=2"],
+            devices=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return os.path.join(wd, "checkpoints", "2")
+
+
+INIT_STEPS = ["--config.total_steps=1", "--config.data.global_batch_size=8", "--config.checkpoint.every_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def init_from_one_device(source_checkpoint, tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("init1"))
+    r = run(wd, INIT_STEPS + [f"--config.init_from={source_checkpoint}"], devices=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "init_from" in r.stderr and "missing 0" in r.stderr and "unexpected 0" in r.stderr, r.stderr[-2000:]
+    fresh = str(tmp_path_factory.mktemp("fresh1"))
+    r = run(fresh, INIT_STEPS, devices=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return losses(wd)[0], losses(fresh)[0]
+
+
+@pytest.mark.parametrize("mesh", [["--config.mesh.data=1", "--config.mesh.fsdp=8"],
+                                  ["--config.mesh.data=2", "--config.mesh.fsdp=4"]], ids=["fsdp8", "data2_fsdp4"])
+def test_two_processes_init_from_match_one_device(source_checkpoint, init_from_one_device, mesh, tmp_path):
+    """A params-only start restores straight into the multi-process shardings (nothing gathered on a host)."""
+    one, fresh = init_from_one_device
+    codes, outs = run_multiprocess(str(tmp_path), INIT_STEPS + mesh + [f"--config.init_from={source_checkpoint}"],
+                                   num_processes=2, devices_per_process=4)
+    assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    got = losses(str(tmp_path))[0]
+    print(f"first-step loss: 1 device init_from {one:.7f}, 2 processes {got:.7f}, fresh init {fresh:.7f}")
+    assert abs(one - fresh) > 1e-3 * abs(fresh)  # the checkpoint was really loaded
+    np.testing.assert_allclose(got, one, rtol=1e-5)

@@ -88,5 +88,51 @@ def _params_from_train_state(path: str, target=None):
     return out["params"]
 
 
+def saved_param_metadata(ckpt_dir: str) -> dict:
+    """{"a/b/kernel": (shape, dtype)} of every saved parameter, read from the checkpoint's metadata only (no
+    tensor is loaded), for either layout (params checkpoint or trainer step directory)."""
+    from flax import traverse_util
+    path, prefix = _params_location(ckpt_dir)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    if prefix:
+        if prefix not in tree:
+            raise ValueError(f"{path}: the saved state has no {prefix}")
+        tree = tree[prefix]
+    flat = traverse_util.flatten_dict(_plain_dict(tree), sep="/")
+    return {k: (tuple(m.shape), np.dtype(m.dtype)) for k, m in flat.items()}
+
+
+def restore_params_sharded(ckpt_dir: str, target: dict) -> dict:
+    """Restores the parameters named in `target` (a nested dict of jax.ShapeDtypeStruct with `.sharding`, a
+    subset of the saved tree) straight into those shardings: each process reads only the slices its devices
+    hold, and no full copy of the tree exists on any host. Saved dtypes are cast to the target's."""
+    path, prefix = _params_location(ckpt_dir)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    item, args = (target, restore_args) if not prefix else ({prefix: target}, {prefix: restore_args})
+    with ocp.PyTreeCheckpointer() as ckptr:
+        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
+    return out[prefix] if prefix else out
+
+
+def _params_location(ckpt_dir: str) -> tuple[str, str]:
+    """(Orbax item directory, key of the params inside it or "")."""
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    if is_training_step(ckpt_dir):
+        return os.path.join(ckpt_dir, "state"), "params"
+    path = os.path.join(ckpt_dir, PARAMS)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{ckpt_dir}: no {PARAMS}/ directory (not a params checkpoint or step directory)")
+    return path, ""
+
+
+def _plain_dict(tree):
+    if hasattr(tree, "items"):
+        return {k: _plain_dict(v) for k, v in tree.items()}
+    return tree
+
+
 def to_numpy(tree):
     return jax.tree.map(np.asarray, tree)

@@ -274,7 +274,7 @@ def train(cfg, workdir: str) -> dict:
         state = setup.create_state()
         start = 0
         if cfg.get("init_from"):
-            state = setup.state_from_params(init_params(cfg, jax.device_get(state.params)))
+            state = setup.state_from_params(init_params(cfg, state.params))
     else:
         start, state, data_state, _ = restored
         data.set_state(checkpointing.from_jsonable(data_state))
@@ -351,29 +351,33 @@ def train(cfg, workdir: str) -> dict:
 
 def init_params(cfg, fresh_params) -> dict:
     """Params-only start (fine-tuning, next stage): loads `config.init_from` (a params checkpoint, a trainer step
-    directory, or an imported HF checkpoint) over freshly initialised params. Groups in `config.init_fresh` stay
+    directory, or an imported HF checkpoint) over `fresh_params` (the sharded params of a new state).
+
+    Every loaded tensor is restored straight into the sharding of the fresh one it replaces, so this works on any
+    mesh and any number of processes and never holds a full copy on a host. Groups in `config.init_fresh` stay
     fresh; missing and unexpected keys are reported; a shape mismatch is an error naming the key."""
     from flax import traverse_util
     from molmoact2_jax.training import params_io
-    loaded, _ = params_io.load_params(cfg.init_from)
+    saved = params_io.saved_param_metadata(cfg.init_from)
     fresh_groups = set(cfg.get("init_fresh", ()) or ())
     have = traverse_util.flatten_dict(fresh_params, sep="/")
-    got = traverse_util.flatten_dict(loaded, sep="/")
-    missing, used = [], 0
+    target, missing = {}, []
     for key, value in have.items():
         if any(g in key.split("/") for g in fresh_groups):
             continue
-        if key not in got:
+        if key not in saved:
             missing.append(key)
             continue
-        if tuple(got[key].shape) != tuple(value.shape):
-            raise ValueError(f"config.init_from={cfg.init_from}: {key} has shape {tuple(got[key].shape)} there but "
+        if saved[key][0] != tuple(value.shape):
+            raise ValueError(f"config.init_from={cfg.init_from}: {key} has shape {saved[key][0]} there but "
                              f"{tuple(value.shape)} in this model")
-        have[key] = np.asarray(got[key], value.dtype)
-        used += 1
-    unexpected = sorted(k for k in got if k not in have)
+        target[key] = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=value.sharding)
+    if target:
+        loaded = params_io.restore_params_sharded(cfg.init_from, traverse_util.unflatten_dict(target, sep="/"))
+        have.update(traverse_util.flatten_dict(loaded, sep="/"))
+    unexpected = sorted(k for k in saved if k not in have)
     log.info("init_from %s: loaded %d tensors; fresh groups %s; missing %d%s; unexpected %d%s", cfg.init_from,
-             used, sorted(fresh_groups) or "none", len(missing), f" {missing[:5]}" if missing else "",
+             len(target), sorted(fresh_groups) or "none", len(missing), f" {missing[:5]}" if missing else "",
              len(unexpected), f" {unexpected[:5]}" if unexpected else "")
     return traverse_util.unflatten_dict(have, sep="/")
 
