@@ -33,8 +33,9 @@ def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
     c.init_from = ""                              # params-only start: a params checkpoint or a step directory
     c.init_fresh = ()                             # groups initialised fresh instead of loaded (e.g. action_expert)
     # -1 fills with the remaining devices: tiny runs data-parallel, full runs FSDP over every device.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1) if tiny else
-                                       dict(data=1, fsdp=-1, tensor=1))
+    # slice: the DCN axis of multi-slice runs (one slice per pod slice; ICI axes are per slice).
+    c.mesh = ml_collections.ConfigDict(dict(slice=1, data=-1, fsdp=1, tensor=1) if tiny else
+                                       dict(slice=1, data=1, fsdp=-1, tensor=1))
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic",                       # "arrayrecord" once data.sources have paths
         sources=[], norm_stats="", tokenizer="", openfast="",

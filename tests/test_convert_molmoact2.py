@@ -330,3 +330,12 @@ def test_import_peak_memory_is_bounded(tmp_path):
     k = "model.transformer.blocks.11.mlp.ff_out.weight"
     np.testing.assert_array_equal(np.asarray(params["backbone"]["llm"]["blocks"]["down_proj"]["kernel"][11]).T,
                                   SafetensorsReader(hf)[k])
+
+
+
+def test_load_hf_in_memory_equals_import(release):
+    """molmoact2_hf.load_hf (what Policy.load uses on a release folder) writes nothing and gives import-hf's params."""
+    params, cfg = molmoact2_hf.load_hf(release["hf0"])
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params, release["params"])
+    assert cfg.llm.to_dict() == release["cfg"].llm.to_dict()
+    assert cfg.tokens.to_dict() == release["cfg"].tokens.to_dict()

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from train_harness import losses, run, run_multiprocess
+from train_harness import losses, read_metrics, run, run_multiprocess
 
 STEPS = ["--config.total_steps=5", "--config.data.global_batch_size=8", "--config.checkpoint.every_steps=0"]
 # Different meshes reduce in different orders (fp32): after 5 Adam steps losses agree to ~1e-6 relative.
@@ -32,6 +32,11 @@ def test_meshes_match_single_device(single_device, mesh, tmp_path):
     np.testing.assert_allclose(got, single_device, rtol=RTOL)
     info = json.load(open(tmp_path / "run_info.json"))
     assert info["devices"] == 8
+    mem = info["train_step_memory_per_device"]  # the compiled step's plan, as molmoact2-compile reports it
+    assert mem["total"] == mem["argument"] + mem["output"] + mem["temp"] - mem["alias"] > 0
+    row = read_metrics(str(tmp_path))[0]
+    assert row["flops_per_step_per_device"] == pytest.approx(info["hardware_flops_per_step"] / 8, rel=1e-12)
+    assert 0 < row["model_flops_per_step_per_device"] < row["flops_per_step_per_device"]
     if "--config.mesh.fsdp=8" in mesh:
         s = info["params_and_optimizer"]
         print(f"fsdp=8: {s['max_bytes_per_device']} bytes on the fullest device of {s['total_bytes']} in total")

@@ -46,6 +46,7 @@ CASES = {
     "tiny_expert_K4_vit_connector_frozen": dict(size="tiny", expert=True, samples=4, freeze=("vit", "connector")),
     "small_expert_K4": dict(size="small", expert=True, samples=4),
     "small_expert_K4_remat_full_detach": dict(size="small", expert=True, samples=4, remat="full", detach=True),
+    "small_expert_K4_remat_dots_no_batch": dict(size="small", expert=True, samples=4, remat="dots_no_batch"),
 }
 
 

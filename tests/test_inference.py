@@ -182,3 +182,25 @@ def test_load_checkpoint_with_assets(parts, policy, tmp_path):
     if importlib.util.find_spec("molmoact2_jax.convert.molmoact2_hf") is None:
         with pytest.raises(ValueError, match="import-hf"):
             Policy.load(str(hf))
+
+
+def test_load_hf_folder_matches_and_leaves_no_temp_files(parts, policy, tmp_path):
+    """Policy.load on an HF export converts in memory: same actions, and the temp dir holds nothing afterwards."""
+    import subprocess
+    import sys
+    from molmoact2_jax.convert import molmoact2_hf
+    d, cfg, params, stats, tok, fast = parts
+    ckpt = T.save_checkpoint(str(tmp_path / "ckpt"), cfg, params, stats, os.path.join(d, "tokenizer.json"), fast)
+    hf = str(tmp_path / "hf")
+    molmoact2_hf.export_hf(ckpt, hf, progress=False)
+    a = Policy.load(hf).predict_action(IMGS, "pick up the red block", STATE, T.TAG, seed=5)
+    b = policy.predict_action(IMGS, "pick up the red block", STATE, T.TAG, seed=5)
+    np.testing.assert_allclose(a.actions, b.actions, rtol=1e-6, atol=1e-6)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = "import sys; from molmoact2_jax.inference import Policy; Policy.load(sys.argv[1])"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code, hf], env=dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=root),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.listdir(tmp) == []

@@ -382,11 +382,9 @@ def _tqdm(total, desc, enabled):
 
 
 # ----------------------------------------------------------------------------------------------- import
-def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
-    """HF MolmoAct2 folder -> params checkpoint (+ assets). Streams tensor by tensor; returns a summary dict."""
-    import ml_collections
-    from molmoact2_jax.training import params_io
-
+def _lazy_tree(src_dir: str, progress: bool):
+    """Reads and validates an HF folder's config and safetensors headers; returns (model config, validation report,
+    stored inv_freq or None, {path: _Leaf} of lazily converted leaves, progress bar)."""
     hf = read_config(src_dir)
     cfg = molmoact2_config_from_hf(hf, os.path.join(src_dir, "config.json"))
     try:
@@ -419,9 +417,46 @@ def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
     leaves = _lazy_groups(cfg, need, expected)
     if set(leaves) != set(expected):
         raise RuntimeError(f"internal: leaf mismatch {sorted(set(leaves) ^ set(expected))[:4]}")
+    return cfg, report, rope, {path: _Leaf(expected[path], g, name) for path, (g, name) in leaves.items()}, bar
+
+
+def load_hf(src_dir: str, progress: bool = False):
+    """HF MolmoAct2 folder -> (params as numpy fp32, model config) in memory, writing nothing to disk (Policy.load
+    and molmoact2-serve on a release folder). Converts group by group, one layer at a time, into preallocated
+    arrays: peak memory is the params plus about one layer's source tensors."""
+    cfg, _, _, leaves, bar = _lazy_tree(src_dir, progress)
+    out = {path: np.empty(leaf.shape, np.float32) for path, leaf in leaves.items()}
+    groups: dict = {}
+    for path, leaf in leaves.items():
+        groups.setdefault(id(leaf.group), (leaf.group, []))[1].append((path, leaf))
+    for group, members in groups.values():
+        for i in ([None] if group.layers is None else range(group.layers)):
+            arrays = group.fn(i)
+            for path, leaf in members:
+                a = arrays[leaf.name]
+                want = leaf.shape if i is None else leaf.shape[1:]
+                if a.shape != want:
+                    raise ConversionError(f"{group.label}: converted leaf {leaf.name} has shape {a.shape}, "
+                                          f"expected {want}")
+                out[path][... if i is None else i] = a
+            del arrays
+    bar.close()
     tree: dict = {}
-    for path, (group, name) in leaves.items():
-        mk.set_path(tree, path, _Leaf(expected[path], group, name))
+    for path, value in out.items():
+        mk.set_path(tree, path, value)
+    return tree, cfg
+
+
+def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
+    """HF MolmoAct2 folder -> params checkpoint (+ assets). Streams tensor by tensor; returns a summary dict."""
+    import ml_collections
+    from molmoact2_jax.training import params_io
+
+    cfg, report, rope, leaves, bar = _lazy_tree(src_dir, progress)
+    expected = {path: leaf.shape for path, leaf in leaves.items()}
+    tree: dict = {}
+    for path, leaf in leaves.items():
+        mk.set_path(tree, path, leaf)
 
     ckpt_dir = os.path.abspath(ckpt_dir)
     os.makedirs(ckpt_dir, exist_ok=True)

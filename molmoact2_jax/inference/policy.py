@@ -208,19 +208,9 @@ class Policy:
 
     @staticmethod
     def _import_hf(hf_dir: str):
-        try:
-            from molmoact2_jax.convert import molmoact2_hf
-        except ImportError:
-            raise ValueError(f"{hf_dir} is a Hugging Face MolmoAct2 folder, but the HF importer "
-                             f"(molmoact2_jax.convert.molmoact2_hf) is not available; convert it first with "
-                             f"`molmoact2-convert import-hf` and load the output directory") from None
-        import tempfile
-        from molmoact2_jax.training.params_io import load_params
-        out = tempfile.mkdtemp(prefix="molmoact2_hf_import_")
-        result = molmoact2_hf.import_hf(hf_dir, out)
-        if isinstance(result, tuple) and len(result) == 2:
-            return result
-        return load_params(out)
+        """Converts the release folder in memory: nothing is written, so nothing is left behind."""
+        from molmoact2_jax.convert import molmoact2_hf
+        return molmoact2_hf.load_hf(hf_dir)
 
     def _check_layout(self):
         lay, t = self.tokenizer.layout, self.cfg.tokens

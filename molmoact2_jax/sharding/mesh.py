@@ -38,13 +38,19 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     sizes = mesh_shape(mesh_cfg, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
     types = (AxisType.Auto,) * len(MESH_AXES)
-    if sizes["slice"] > 1 and hasattr(devices[0], "slice_index"):
-        from jax.experimental import mesh_utils
+    from jax.experimental import mesh_utils
+    if sizes["slice"] > 1 and getattr(devices[0], "slice_index", None) is not None:
         ici = (1,) + shape[1:]
         dcn = (sizes["slice"], 1, 1, 1)
-        arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices, allow_split_physical_axes=True)
         return Mesh(arr, MESH_AXES, axis_types=types)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=types, devices=devices)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=types, devices=devices)
+    except NotImplementedError:
+        # An axis that is not a product of whole physical axes (e.g. fsdp=128 x tensor=2 on a 16x16 slice):
+        # split a physical axis instead of failing; neighbours along each mesh axis stay ICI neighbours.
+        arr = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(arr, MESH_AXES, axis_types=types)
 
 
 def data_parallel_size(mesh: Mesh) -> int:
