@@ -38,16 +38,11 @@ def test_json_numpy_codec():
             decode_array(b)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("serve"))
-    cfg, params, stats, tok, fast = T.make_parts(d)
-    bi = T.norm_stats(tag=BI, action_dim=14, state_dim=14, num_cameras=3, horizon=8, n_action_steps=8, seed=1)
-    stats["metadata_by_tag"].update(bi["metadata_by_tag"])
-    ckpt = T.save_checkpoint(os.path.join(d, "ckpt"), cfg, params, stats, os.path.join(d, "tokenizer.json"), fast)
+def start_server(ckpt, *args):
+    """Starts molmoact2-serve on `ckpt` on a free port; returns (url, process, stderr lines)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.inference.server", "--checkpoint", ckpt,
-                             "--port", "0", "--norm-tag", T.TAG, "--max-request-mb", "1", "--num-steps", "4"],
+                             "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
@@ -64,12 +59,51 @@ def server(tmp_path_factory):
         if "listening on" in line:
             url = line.split("listening on ")[1].split()[0]
     assert url, "server did not start: " + "".join(errors)
-    yield url, proc, errors
+    return url, proc, errors
+
+
+def stop_server(proc):
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("serve"))
+    cfg, params, stats, tok, fast = T.make_parts(d)
+    bi = T.norm_stats(tag=BI, action_dim=14, state_dim=14, num_cameras=3, horizon=8, n_action_steps=8, seed=1)
+    stats["metadata_by_tag"].update(bi["metadata_by_tag"])
+    ckpt = T.save_checkpoint(os.path.join(d, "ckpt"), cfg, params, stats, os.path.join(d, "tokenizer.json"), fast)
+    url, proc, errors = start_server(ckpt, "--norm-tag", T.TAG, "--max-request-mb", "1", "--num-steps", "4")
+    yield url, proc, errors
+    stop_server(proc)
+
+
+@pytest.mark.parametrize("recipe", ["pretrain.py:tiny", "posttrain.py:tiny"])
+def test_checkpoint_of_a_synthetic_run_serves(tmp_path, recipe):
+    """A run on synthetic data writes its assets (norm stats, tokenizer, OpenFAST) into every step directory."""
+    wd = str(tmp_path / "run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.train", f"--config={REPO}/configs/{recipe}",
+                        f"--workdir={wd}", "--config.total_steps=2", "--config.trainer.eval_every_steps=0"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    step = os.path.join(wd, "checkpoints", "2")
+    assert sorted(os.listdir(os.path.join(step, "assets"))) == ["norm_stats.json", "openfast", "tokenizer.json"]
+    url, proc, errors = start_server(step)
+    try:
+        payload = {"image": np.zeros((64, 64, 3), np.uint8), "instruction": "move to the square",
+                   "state": np.zeros(1, np.float32)}
+        status, body = post_raw(url, dumps(payload).encode())
+        assert status == 200, body + "".join(errors)
+        reply = loads(body)
+        actions = np.asarray(reply["actions"])
+        assert actions.ndim == 2 and actions.shape[1] == 4 and np.isfinite(actions).all()
+    finally:
+        stop_server(proc)
 
 
 def post_raw(url, body: bytes, path="/act", headers=None):

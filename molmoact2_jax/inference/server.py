@@ -284,7 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start-up)")
     ap.add_argument("--norm-tag", default=None, help="tag used when a request names none")
-    ap.add_argument("--mode", choices=("continuous", "discrete"), default="continuous")
+    ap.add_argument("--mode", choices=("continuous", "discrete"), default=None,
+                    help="default: continuous when the checkpoint has an action expert, else discrete")
     ap.add_argument("--think", action="store_true", help="MolmoThink depth reasoning with the adaptive cache")
     ap.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: config flow.num_steps)")
     ap.add_argument("--max-request-mb", type=float, default=32.0)
@@ -295,7 +296,8 @@ def main(argv=None) -> int:
     from molmoact2_jax.inference.policy import Policy
     try:
         policy = Policy.load(args.checkpoint, strict_camera_count=not args.no_strict_cameras)
-        service = PolicyService(policy, args.norm_tag, args.mode, args.think, args.num_steps)
+        mode = args.mode or ("continuous" if policy.model.expert is not None else "discrete")
+        service = PolicyService(policy, args.norm_tag, mode, args.think, args.num_steps)
     except (OSError, ValueError) as e:
         print(f"molmoact2-serve: error: {e}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ Each step directory holds the items
   state/               TrainState (params, optimizer state, step, RNG key, bad-step counters), sharded arrays
   data/                the data iterator's state (JSON), so a resumed run sees exactly the remaining batches
   meta/                the run config (JSON) and run assets (norm stats, tokenizer files) by name
+  assets/              a copy of WORKDIR/assets (norm_stats.json, tokenizer.json, openfast/), made once the step
+                       has committed, so the step directory serves on its own (copied elsewhere, too)
 so a step directory is self-describing (molmoact2_jax.training.params_io reads params + model config from it).
 
 Orbax writes each step to a temporary directory and renames it on commit, so a crash mid-save leaves no
@@ -27,8 +29,9 @@ log = logging.getLogger("molmoact2_jax.checkpointing")
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, ckpt_cfg, async_save: bool = True):
+    def __init__(self, workdir: str, ckpt_cfg, async_save: bool = True, assets_dir: str | None = None):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.assets_dir = assets_dir
         opts = ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_cfg.get("keep_last", 3)) or None,
             keep_period=ckpt_cfg.get("keep_every") or None,
@@ -38,6 +41,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data", "meta"), options=opts)
 
     def save(self, step: int, state, data_state: dict, config, assets: dict | None = None, force=False) -> bool:
+        self._copy_assets()
         meta = {"config": json.loads(ml_collections.ConfigDict(config).to_json()),
                 "assets": assets or {}, "saved_at": time.time()}
         saved = self.manager.save(step, args=ocp.args.Composite(
@@ -47,6 +51,22 @@ class Checkpointer:
 
     def wait(self):
         self.manager.wait_until_finished()
+        self._copy_assets()
+
+    def _copy_assets(self):
+        """Copies the run's assets into every committed step directory that lacks them (process 0). A step is
+        only copied into after Orbax has committed it, so the copy never races the rename."""
+        if not self.assets_dir or not os.path.isdir(self.assets_dir) or jax.process_index() != 0:
+            return
+        for step in self.manager.all_steps():
+            step_dir = os.path.join(self.directory, str(step))
+            target = os.path.join(step_dir, "assets")
+            if not os.path.isdir(step_dir) or os.path.exists(target):
+                continue
+            tmp = target + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.assets_dir, tmp)
+            os.replace(tmp, target)
 
     def all_steps(self):
         return sorted(self.manager.all_steps())

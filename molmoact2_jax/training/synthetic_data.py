@@ -76,3 +76,65 @@ class SyntheticRobotData:
         return dict(input_ids=ids, attention_mask=ids >= 0, target_ids=target_ids, loss_mask=loss_mask,
                     images=patches, pooled_idx=pooled, actions=chunk, action_dim_valid=dim_valid,
                     horizon_valid=np.ones(self.horizon, bool), has_actions=np.array(True))
+
+
+# ---------------------------------------------------------------- assets of a synthetic run
+SYNTHETIC_TAG = "synthetic"
+
+
+def synthetic_norm_stats(action_dim: int, horizon: int) -> dict:
+    """norm_stats.json (spec 13 schema) of the synthetic embodiment: actions and the one-dim state are already in
+    [-1, 1], so q01/q99 = -1/1 make normalization the identity; one camera; no gripper pass-through."""
+    def feature(dim, name):
+        return {"min": [-1.0] * dim, "max": [1.0] * dim, "mean": [0.0] * dim, "std": [0.5] * dim,
+                "q01": [-1.0] * dim, "q99": [1.0] * dim, "mask": [True] * dim,
+                "names": [f"{name}_{i}" for i in range(dim)], "count": 0}
+    meta = {"action_key": "action", "state_keys": ["observation.state"], "camera_keys": ["observation.images.image"],
+            "normalize_gripper": True, "action_dim": int(action_dim), "action_horizon": int(horizon),
+            "n_action_steps": int(horizon), "setup_type": "synthetic bright-square task (no robot)",
+            "control_mode": "normalized synthetic actions",
+            "action_stats": feature(action_dim, "action"), "state_stats": feature(1, "state")}
+    return {"format": "molmoact2_norm_stats.v1", "norm_mode": "q01_q99", "metadata_by_tag": {SYNTHETIC_TAG: meta}}
+
+
+def write_synthetic_tokenizer(tokens_cfg, path: str) -> str:
+    """A byte-level BPE tokenizer.json with exactly `base_vocab` entries whose `<|endoftext|>` / `<|im_end|>` sit at
+    the model's pad / EOS ids, so the run's token layout is reproduced by TextTokenizer.from_file. It has no merges
+    (every byte is a token): the synthetic model never saw text, so any encoding of the task will do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    base, pad, eos = int(tokens_cfg.base_vocab), int(tokens_cfg.pad_token_id), int(tokens_cfg.eos_token_id)
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    fixed = {pad: "<|endoftext|>", eos: "<|im_end|>"}
+    if base < len(byte_chars) + 3 or len(fixed) != 2 or max(fixed) >= base:
+        raise ValueError(f"config.model.tokens: base_vocab={base}, pad={pad}, eos={eos} cannot hold a byte-level "
+                         f"tokenizer (need base_vocab >= {len(byte_chars) + 3} and distinct pad/eos below it)")
+    fill = iter(sorted(byte_chars) + ["<|im_start|>"] + [f"<|synthetic_{i}|>" for i in range(base)])
+    vocab = {fixed[i] if i in fixed else next(fill): i for i in range(base)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok.save(path)
+    return path
+
+
+def write_synthetic_assets(cfg, dst: str) -> list[str]:
+    """Writes what serving a synthetic run needs into `dst`: norm_stats.json, tokenizer.json and, when the model
+    predicts discrete actions, an OpenFAST tokenizer fitted on the synthetic action chunks. Returns the names."""
+    import json
+    import os
+    m = cfg.model
+    action_dim = int(cfg.data.get("synthetic_action_dim", 4))
+    data = SyntheticRobotData(m, 1, int(cfg.data.seq_len), int(cfg.data.seed), action_dim=action_dim)
+    os.makedirs(dst, exist_ok=True)
+    with open(os.path.join(dst, "norm_stats.json"), "w") as f:
+        json.dump(synthetic_norm_stats(action_dim, data.horizon), f, indent=1)
+    write_synthetic_tokenizer(m.tokens, os.path.join(dst, "tokenizer.json"))
+    names = ["norm_stats.json", "tokenizer.json"]
+    if m.action_mode in ("discrete", "both"):
+        from molmoact2_jax.tokenizers.openfast import OpenFAST
+        chunks = [data.make_global_batch(i)["actions"][0, :, :action_dim] for i in range(128)]
+        vocab = min(512, int(m.tokens.num_action_tokens))
+        OpenFAST.fit(chunks, vocab_size=vocab).save(os.path.join(dst, "openfast"))
+        names.append("openfast")
+    return names

@@ -290,7 +290,8 @@ def train(cfg, workdir: str) -> dict:
     example = next(data)  # shapes for Setup; the iterator is rewound so training still starts at this batch
     data.set_state(start_state)
     setup = Setup(cfg, example)
-    ckpt = checkpointing.Checkpointer(workdir, cfg.checkpoint, async_save=bool(cfg.checkpoint.get("async_save", True)))
+    ckpt = checkpointing.Checkpointer(workdir, cfg.checkpoint, async_save=bool(cfg.checkpoint.get("async_save", True)),
+                                      assets_dir=os.path.join(workdir, "assets"))
     restored = ckpt.restore_latest(setup.abstract_sharded_state())
     if restored is None:
         state = setup.create_state()
@@ -414,12 +415,18 @@ def init_params(cfg, fresh_params) -> dict:
 
 
 def copy_assets(cfg, workdir: str) -> dict:
-    """Run assets (norm stats, text tokenizer, OpenFAST tokenizer) copied into WORKDIR/assets/, where inference
-    finds them for any WORKDIR/checkpoints/<step>; each checkpoint's meta lists them with their sha256."""
+    """Run assets (norm stats, text tokenizer, OpenFAST tokenizer) copied into WORKDIR/assets/; the checkpointer
+    copies that folder into every step directory, so each checkpoint serves on its own, and each checkpoint's meta
+    lists them with their sha256. A run on synthetic data writes the synthetic embodiment's assets instead of the
+    ones it has no file for (training/synthetic_data.py), so its checkpoints serve too."""
     import hashlib
     import shutil
     out = {}
     dst = os.path.join(workdir, "assets")
+    synthetic = cfg.data.get("source", "synthetic") == "synthetic"
+    if synthetic and not any(cfg.data.get(f) for f in ("norm_stats", "tokenizer", "openfast")):
+        from molmoact2_jax.training.synthetic_data import write_synthetic_assets
+        write_synthetic_assets(cfg, dst)
     for field, name in (("norm_stats", "norm_stats.json"), ("tokenizer", "tokenizer.json"), ("openfast", "openfast")):
         src = cfg.data.get(field)
         if not src:
@@ -432,10 +439,14 @@ def copy_assets(cfg, workdir: str) -> dict:
         target = os.path.join(dst, name)
         if os.path.isdir(src):
             shutil.copytree(src, target, dirs_exist_ok=True)
-            out[name] = "dir"
         else:
             shutil.copyfile(src, target)
-            with open(target, "rb") as f:
+    for name in sorted(os.listdir(dst)) if os.path.isdir(dst) else ():
+        path = os.path.join(dst, name)
+        if os.path.isdir(path):
+            out[name] = "dir"
+        else:
+            with open(path, "rb") as f:
                 out[name] = hashlib.sha256(f.read()).hexdigest()
     return out
 
