@@ -204,3 +204,51 @@ def test_load_hf_folder_matches_and_leaves_no_temp_files(parts, policy, tmp_path
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.listdir(tmp) == []
+
+
+def _official_tokenizer(base_path, out_path, layout):
+    """The official layout: a small base vocabulary, then the robot tokens as added tokens in rule-3.1 order,
+    `<extra_i>` padding up to the embedding size, then the 14 multimodal strings (found by name, spec 21.7)."""
+    from tokenizers import AddedToken, Tokenizer
+    tok = Tokenizer.from_file(base_path)
+    strings = sorted(layout.special_strings().items(), key=lambda kv: kv[1])
+    for s, i in strings:
+        assert tok.add_tokens([AddedToken(s, special=False, normalized=False)]) == 1
+        assert tok.token_to_id(s) == i, (s, i, tok.token_to_id(s))
+    tok.save(out_path)
+    return tok
+
+
+def test_official_folder_with_its_own_tokenizer_loads(parts, tmp_path):
+    """config.json states only the ids the official config states (not setup/control); the rest come from the
+    folder's tokenizer by name. Policy.load and import-hf derive the same layout, and prompt ids equal the
+    tokenizer's own encoding."""
+    import json
+    from molmoact2_jax.convert import molmoact2_hf
+    from molmoact2_jax.training import params_io
+    d, cfg, params, stats, tok, fast = parts
+    ckpt = T.save_checkpoint(str(tmp_path / "ckpt"), cfg, params, stats, os.path.join(d, "tokenizer.json"), fast)
+    hf = tmp_path / "hf"
+    molmoact2_hf.export_hf(ckpt, str(hf), progress=False)
+    backend = _official_tokenizer(os.path.join(d, "tokenizer.json"), str(hf / "tokenizer.json"), tok.layout)
+    config = json.loads((hf / "config.json").read_text())
+    for key in ("setup_start_token_id", "setup_end_token_id", "control_start_token_id", "control_end_token_id"):
+        config.pop(key, None)
+    (hf / "config.json").write_text(json.dumps(config))
+    policy = Policy.load(str(hf))
+    assert policy.cfg.tokens.setup_start == backend.token_to_id("<setup_start>") == tok.layout.setup_start
+    text = ("The setup is <setup_start>single arm<setup_end>; <control_start>absolute joint pose<control_end> "
+            "<state_start><state_3><state_255><state_end><|im_end|><action_output><action_start><action_7>"
+            "<action_end><depth_start><depth_9><depth_end>")
+    assert policy.tokenizer.encode(text) == backend.encode(text, add_special_tokens=False).ids
+    molmoact2_hf.import_hf(str(hf), str(tmp_path / "imported"), progress=False)
+    imported = params_io.load_model_config(str(tmp_path / "imported"))
+    assert imported.tokens.to_dict() == policy.cfg.tokens.to_dict()
+    assert imported.tokens.control_end == backend.token_to_id("<control_end>")
+
+    config["state_start_token_id"] = config["state_start_token_id"] + 1  # the folder now contradicts itself
+    (hf / "config.json").write_text(json.dumps(config))
+    for load in (lambda: Policy.load(str(hf)), lambda: molmoact2_hf.import_hf(str(hf), str(tmp_path / "x"))):
+        with pytest.raises(ValueError, match=r"config\.json states state_start_token_id=\d+ but .*tokenizer\.json "
+                                             r"has <state_start> = \d+"):
+            load()

@@ -21,7 +21,8 @@ def read_hf_config(folder: str) -> dict:
 
 def import_molmo2(src_dir: str, ckpt_dir: str | None = None):
     """HF Molmo2 folder -> (params, model config); also saved as a params checkpoint when `ckpt_dir` is given."""
-    cfg = molmo2_config.model_config_from_hf(read_hf_config(src_dir), os.path.join(src_dir, "config.json"))
+    cfg = molmo2_config.model_config_from_hf(read_hf_config(src_dir), os.path.join(src_dir, "config.json"),
+                                             os.path.join(src_dir, "tokenizer.json"))
     params = {"params": molmo2_keys.backbone_from_hf(SafetensorsReader(src_dir), cfg)}
     if ckpt_dir:
         params_io.save_params(ckpt_dir, params, cfg)

@@ -7,9 +7,11 @@ Writes the transformers spelling, so `Molmo2ForConditionalGeneration.from_pretra
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
-from configs.model import MULTIMODAL_FIELDS, get_model_config
+from configs.model import MULTIMODAL_FIELDS, get_model_config, set_token_layout
 from molmoact2_jax.tokenizers.text import HF_ID_KEYS, hf_token_ids
 
 # config.json key -> our config.tokens field (the text tokenizer's map, with EOS under its config name).
@@ -25,8 +27,11 @@ def first_of(d: dict, *keys, default=None):
     return default
 
 
-def model_config_from_hf(hf: dict, source: str = "config.json") -> ml_collections.ConfigDict:
-    """Builds our model config from a parsed HF config.json (`source` names the file in errors)."""
+def model_config_from_hf(hf: dict, source: str = "config.json", tokenizer_file: str | None = None
+                         ) -> ml_collections.ConfigDict:
+    """Builds our model config from a parsed HF config.json (`source` names the file in errors). With the folder's
+    `tokenizer_file`, the token layout is the folder's own (tokenizers.text.resolve_layout): config ids win, the
+    rest come from the tokenizer's tokens by name, rule 3.1 fills the gaps."""
     try:
         text = hf["text_config"]
         vis = hf.get("vision_config") or hf["vit_config"]
@@ -86,9 +91,23 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ml_collection
     pad = hf.get("pad_token_id", text.get("pad_token_id"))
     if pad is not None:
         t.pad_token_id = int(pad)
-    if hf.get("setup_start_token_id") is not None:  # the robot tokens start right after the base tokenizer
+    if tokenizer_file is not None and os.path.exists(tokenizer_file):
+        from tokenizers import Tokenizer
+        from molmoact2_jax.tokenizers.text import resolve_layout
+        try:
+            backend = Tokenizer.from_file(tokenizer_file)
+        except Exception as e:  # noqa: BLE001 - the library raises bare Exceptions on bad JSON
+            raise ValueError(f"{tokenizer_file}: not a valid Hugging Face tokenizer.json ({e})") from None
+        layout = resolve_layout(hf, backend, source, tokenizer_file)
+        set_token_layout(c, layout)
+        if pad is None and backend.token_to_id("<|endoftext|>") is not None:
+            t.pad_token_id = int(backend.token_to_id("<|endoftext|>"))
+        if layout.vocab_size != c.llm.vocab_size:
+            raise ValueError(f"{source}: text_config.vocab_size={c.llm.vocab_size} but the token layout of "
+                             f"{tokenizer_file} needs {layout.vocab_size} rows")
+    elif hf.get("setup_start_token_id") is not None:  # the robot tokens start right after the base tokenizer
         t.base_vocab = t.setup_start
-        t.num_added_robot_tokens = t.depth_token_start + t.num_depth_tokens - t.base_vocab
+    t.num_added_robot_tokens = t.depth_token_start + t.num_depth_tokens - t.base_vocab
     return c
 
 

@@ -26,9 +26,11 @@ TOKEN_ID_KEYS = {  # config.json key -> our config.tokens field
 COUNT_KEYS = ("num_state_tokens", "num_action_tokens", "num_depth_tokens")
 
 
-def molmoact2_config_from_hf(hf: dict, source: str = "config.json") -> ml_collections.ConfigDict:
-    """Our model config from a parsed MolmoAct2 config.json. Errors name `source` and the offending key."""
-    c = molmo2_config.model_config_from_hf(hf, source)
+def molmoact2_config_from_hf(hf: dict, source: str = "config.json", tokenizer_file: str | None = None
+                             ) -> ml_collections.ConfigDict:
+    """Our model config from a parsed MolmoAct2 config.json (and the folder's tokenizer.json, which supplies the
+    token ids config.json does not state). Errors name `source` and the offending key."""
+    c = molmo2_config.model_config_from_hf(hf, source, tokenizer_file)
     text = hf["text_config"]
     if text.get("rope_scaling"):
         raise ValueError(f"{source}: text_config.rope_scaling={text['rope_scaling']!r} is not supported "

@@ -386,7 +386,8 @@ def _lazy_tree(src_dir: str, progress: bool):
     """Reads and validates an HF folder's config and safetensors headers; returns (model config, validation report,
     stored inv_freq or None, {path: _Leaf} of lazily converted leaves, progress bar)."""
     hf = read_config(src_dir)
-    cfg = molmoact2_config_from_hf(hf, os.path.join(src_dir, "config.json"))
+    cfg = molmoact2_config_from_hf(hf, os.path.join(src_dir, "config.json"),
+                                   os.path.join(src_dir, "tokenizer.json"))
     try:
         reader = SafetensorsReader(src_dir)
     except FileNotFoundError as e:

@@ -135,6 +135,62 @@ class TokenLayout:
                 self.image_end, self.frame_end, self.image_low)
 
 
+# Token strings a tokenizer may carry -> the layout field whose id they are (family starts stand for the family).
+NAMED_FIELDS = {
+    "<setup_start>": "setup_start", "<setup_end>": "setup_end", "<control_start>": "control_start",
+    "<control_end>": "control_end", "<state_start>": "state_start", "<state_end>": "state_end",
+    "<state_0>": "state_token_start", "<action_output>": "action_output", "<action_start>": "action_start",
+    "<action_end>": "action_end", "<action_0>": "action_token_start", "<depth_output>": "depth_output",
+    "<depth_start>": "depth_start", "<depth_end>": "depth_end", "<depth_0>": "depth_token_start",
+    **dict(zip(MULTIMODAL, MULTIMODAL_FIELDS)),
+}
+_ROBOT_OFFSETS = {k: v for k, v in robot_token_ids(0).items() if k not in ("num_added_robot_tokens", "vocab_size")}
+
+
+def _hf_key_of(field: str) -> str:
+    return next((k for k, f in HF_ID_KEYS.items() if f == field), field)
+
+
+def resolve_layout(hf_config: dict | None = None, backend=None, config_source: str = "config.json",
+                   tokenizer_source: str = "tokenizer.json", eos_token: str = "<|im_end|>") -> "TokenLayout":
+    """The whole token layout of a checkpoint folder, the way the official code reads it: ids stated in
+    config.json win, the rest come from the tokenizer's own tokens by name (`backend`: a `tokenizers.Tokenizer`),
+    and rule 3.1 fills only what neither states, counted from the first robot id either of them gives (else from
+    the base vocabulary). Where both state an id they must agree; a disagreement names both files and the key."""
+    stated = hf_token_ids(hf_config or {})
+    text = (hf_config or {}).get("text_config", {})
+    named = {}
+    if backend is not None:
+        for string, field in NAMED_FIELDS.items():
+            i = backend.token_to_id(string)
+            if i is not None:
+                named[field] = int(i)
+        if backend.token_to_id(eos_token) is not None:
+            named["eos"] = int(backend.token_to_id(eos_token))
+    for field in sorted(set(stated) & set(named)):
+        if stated[field] != named[field]:
+            string = next((k for k, f in NAMED_FIELDS.items() if f == field), eos_token)
+            raise ValueError(f"{config_source} states {_hf_key_of(field)}={stated[field]} but {tokenizer_source} "
+                             f"has {string} = {named[field]}: the folder's config and tokenizer disagree")
+    known = {**named, **stated}
+    anchor = next((f for f in _ROBOT_OFFSETS if f in known), None)
+    if anchor is not None:
+        base = known[anchor] - _ROBOT_OFFSETS[anchor]
+    elif backend is not None:
+        base = backend.get_vocab_size(with_added_tokens=True)
+    else:
+        raise ValueError(f"{config_source}: no robot token id and no tokenizer to count the base vocabulary from")
+    if "eos" not in known:
+        raise ValueError(f"{tokenizer_source}: no {eos_token!r} token to use as EOS/BOS, and {config_source} "
+                         f"states no eos_token_id")
+    counts = {k: known.pop(k) for k in ("num_state_tokens", "num_action_tokens", "num_depth_tokens") if k in known}
+    layout = dataclasses.replace(TokenLayout.compute(base, known["eos"]), **counts)
+    if "vocab_size" in text:
+        layout = dataclasses.replace(layout, vocab_size=int(text["vocab_size"]))
+    multimodal = {f: layout.vocab_size + i for i, f in enumerate(MULTIMODAL_FIELDS)}  # rule 3.1.4 after vocab
+    return dataclasses.replace(layout, **{**multimodal, **known})
+
+
 class TextTokenizer:
     """Encodes text containing the layout's special strings; everything else goes to the base tokenizer."""
 
@@ -166,13 +222,10 @@ class TextTokenizer:
             except Exception as e:  # noqa: BLE001 - the library raises bare Exceptions on bad JSON
                 raise ValueError(f"{path}: not a valid Hugging Face tokenizer.json ({e})") from None
             kind = "hf"
-            # Tokens the file itself already carries from our layout do not count towards the base vocabulary.
-            base = backend.get_vocab_size(with_added_tokens=True)
-            if backend.token_to_id("<setup_start>") is not None:
-                base = backend.token_to_id("<setup_start>")
-            eos = backend.token_to_id(eos_token)
-            if eos is None:
-                raise ValueError(f"{path}: no {eos_token!r} token to use as EOS/BOS")
+            layout = resolve_layout(hf_config, backend, "config.json", path, eos_token)
+            tok = cls(backend, layout, kind)
+            tok._check_backend_agrees(path)
+            return tok
         layout = TokenLayout.compute(base, eos)
         if hf_config is not None:
             layout = layout.with_overrides(hf_config)

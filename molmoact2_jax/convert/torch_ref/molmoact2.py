@@ -50,7 +50,8 @@ class MolmoAct2Torch:
 
         with open(os.path.join(folder, "config.json")) as f:
             self.hf_config = json.load(f)
-        self.cfg = molmoact2_config_from_hf(self.hf_config, os.path.join(folder, "config.json"))
+        self.cfg = molmoact2_config_from_hf(self.hf_config, os.path.join(folder, "config.json"),
+                                            os.path.join(folder, "tokenizer.json"))
         if self.cfg.action_expert.depth_gate:
             raise NotImplementedError("torch reference: depth-gated checkpoints are not supported")
         self._scratch = tempfile.TemporaryDirectory(prefix="molmoact2_torch_")
