@@ -71,12 +71,17 @@ def stop_server(proc):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served_checkpoint(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("serve"))
     cfg, params, stats, tok, fast = T.make_parts(d)
     bi = T.norm_stats(tag=BI, action_dim=14, state_dim=14, num_cameras=3, horizon=8, n_action_steps=8, seed=1)
     stats["metadata_by_tag"].update(bi["metadata_by_tag"])
-    ckpt = T.save_checkpoint(os.path.join(d, "ckpt"), cfg, params, stats, os.path.join(d, "tokenizer.json"), fast)
+    return T.save_checkpoint(os.path.join(d, "ckpt"), cfg, params, stats, os.path.join(d, "tokenizer.json"), fast)
+
+
+@pytest.fixture(scope="module")
+def server(served_checkpoint):
+    ckpt = served_checkpoint
     url, proc, errors = start_server(ckpt, "--norm-tag", T.TAG, "--max-request-mb", "1", "--num-steps", "4")
     yield url, proc, errors
     stop_server(proc)
@@ -228,3 +233,29 @@ def test_server_200_requests_with_20_malformed(server):
     # the client raises with the server's message
     with pytest.raises(PolicyServerError, match="unknown norm tag"):
         client.act(images=[np.zeros((8, 8, 3), np.uint8)] * 2, instruction="x", state=np.zeros(7), norm_tag="nope")
+
+
+def test_replies_equal_policy_predict_action(server, served_checkpoint):
+    """The actions of /act are Policy.predict_action's on the same observation and seed (or explicit noise)."""
+    from molmoact2_jax.inference.policy import Policy
+    url = server[0]
+    policy = Policy.load(served_checkpoint)
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(2)]
+    state = rng.uniform(-1, 1, 7).astype(np.float32)
+    noise = rng.standard_normal((8, 32)).astype(np.float32)
+    cases = [dict(seed=0), dict(seed=11, n_action_steps=3), dict(seed=5, mode="discrete"), dict(noise=noise)]
+    for extra in cases:
+        payload = {"images": imgs, "instruction": "open the drawer", "state": state, "tag": T.TAG, **extra}
+        status, body = post_raw(url, dumps(payload).encode())
+        assert status == 200, body
+        got = np.asarray(loads(body)["actions"])
+        kw = {k: v for k, v in extra.items() if k != "mode"}
+        want = policy.predict_action(imgs, "open the drawer", state, T.TAG, mode=extra.get("mode", "continuous"),
+                                     num_steps=4, **kw).actions
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(list(extra)))
+    again = np.asarray(loads(post_raw(url, dumps(payload).encode())[1])["actions"])
+    np.testing.assert_array_equal(again, got)  # explicit noise: reproducible
+    bad = dict(payload, noise=np.zeros((3, 32), np.float32))
+    status, body = post_raw(url, dumps(bad).encode())
+    assert status == 400 and "noise" in body

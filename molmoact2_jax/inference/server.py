@@ -141,7 +141,12 @@ class PolicyService:
         mode = payload.get("mode", self.mode)
         if mode not in ("continuous", "discrete"):
             raise RequestError(400, f"mode must be continuous or discrete, got {mode!r}")
-        return dict(images=images, task=task, state=state, norm_tag=tag, mode=mode,
+        noise = None
+        if payload.get("noise") is not None:  # explicit flow noise, (horizon, 32): the same reply every time
+            noise = _array(payload["noise"], "noise", None)
+            if noise.dtype.kind != "f":
+                raise RequestError(400, f"noise: dtype {noise.dtype} is not floating point")
+        return dict(images=images, task=task, state=state, norm_tag=tag, mode=mode, noise=noise,
                     num_steps=_int_option(payload, "num_steps", 1, MAX_NUM_STEPS) or self.num_steps,
                     n_action_steps=_int_option(payload, "n_action_steps", 1, info.horizon),
                     seed=_int_option(payload, "seed", 0, 2 ** 31 - 1),
@@ -156,7 +161,7 @@ class PolicyService:
                 out = self.policy.predict_action(req["images"], req["task"], req["state"], req["norm_tag"],
                                                  mode=req["mode"], think=self.think, depth_cache=cache,
                                                  num_steps=req["num_steps"], n_action_steps=req["n_action_steps"],
-                                                 seed=req["seed"])
+                                                 seed=req["seed"], noise=req["noise"])
                 if self.think:
                     self._depth_cache = out.depth_cache
         except ValueError as e:   # the policy's input validation
