@@ -126,10 +126,13 @@ def sample_actions_from_context(expert: ActionExpert, params, ctx, noise, action
     times = jnp.asarray(np.array([i / n for i in range(n)], np.float32))  # t = k/N, rounded once to fp32
     dt = 1.0 / n
     x = x * dim_f
+    # The time conditioning of every step at once (it does not depend on x): batched, not N matrix-vector passes.
+    cond = expert.apply(variables, jnp.broadcast_to(times[:, None], (n, b)), method=ActionExpert.conditioning)
 
     def step(i, x):
         t = jnp.full((b,), times[i], jnp.float32)
-        v = expert.apply(variables, ctx, x, t, horizon_valid, method=ActionExpert.velocity) * dim_f
+        step_cond = jax.tree.map(lambda a: a[i], cond)
+        v = expert.apply(variables, ctx, x, t, horizon_valid, step_cond, method=ActionExpert.velocity) * dim_f
         return (x + dt * v) * dim_f
 
     return jax.lax.fori_loop(0, n, step, x)

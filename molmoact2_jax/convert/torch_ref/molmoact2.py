@@ -45,7 +45,9 @@ def encoder_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens, 
 
 
 class MolmoAct2Torch:
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, attn_implementation: str = "eager"):
+        """`attn_implementation`: "eager" (the bit-comparable path of the tests) or "sdpa" (what transformers
+        runs by default, for benchmarks)."""
         from transformers import Molmo2ForConditionalGeneration
 
         with open(os.path.join(folder, "config.json")) as f:
@@ -62,7 +64,7 @@ class MolmoAct2Torch:
             if name.endswith(".safetensors") or name == INDEX:
                 os.symlink(os.path.abspath(os.path.join(folder, name)), os.path.join(scratch, name))
         self.backbone = Molmo2ForConditionalGeneration.from_pretrained(
-            scratch, attn_implementation="eager", dtype=torch.float32).float().eval()
+            scratch, attn_implementation=attn_implementation, dtype=torch.float32).float().eval()
 
         reader = SafetensorsReader(folder)
         self.expert = ActionExpertRef.from_config(self.cfg.action_expert).float().eval()
