@@ -1,6 +1,8 @@
 """Inference latency of Policy.predict_action on random tiny and small MolmoAct2 configs (CPU or whatever JAX
-device is present): continuous, discrete, and Think with 0% / 30% / 100% of the depth cells changed, plus the Think
-speed-up of the adaptive cache vs full depth re-prediction. Not a test.
+device is present): continuous, discrete, and Think with 0% / 30% / 100% of the depth cells changed. Baselines,
+measured in the same run: continuous against the PyTorch reference path (transformers Molmo2 with SDPA + the
+official-code expert, `convert/torch_ref`) on an HF export of the same weights; discrete against transformers'
+`generate` on that backbone, made to emit as many tokens; Think against full depth re-prediction. Not a test.
 
     python benchmarks/inference_bench.py [--variants tiny small] [--repeats 5]
 
@@ -42,6 +44,32 @@ def timed(fn, repeats):
     return float(np.median(ts)) * 1000.0, out
 
 
+def torch_baselines(d, cfg, params, stats, fast, policy, images, task, state, n_tokens, repeats) -> dict:
+    """The PyTorch reference on the same weights. The depth gate only acts on depth tokens, which a non-Think
+    prompt has none of, so the export drops it (the torch reference does not model it)."""
+    import ml_collections
+    import torch
+    from benchmarks.policy_vs_torch_bench import torch_inputs
+    from molmoact2_jax.convert import molmoact2_hf
+    from molmoact2_jax.convert.torch_ref.molmoact2 import MolmoAct2Torch
+    plain = ml_collections.ConfigDict(cfg.to_dict())
+    plain.action_expert.depth_gate = False
+    ae = {k: v for k, v in params["action_expert"].items() if not k.startswith("depth_gate")}
+    ckpt = T.save_checkpoint(os.path.join(d, "plain"), plain, dict(params, action_expert=ae), stats,
+                             os.path.join(d, "tokenizer.json"), fast)
+    molmoact2_hf.export_hf(ckpt, os.path.join(d, "plain_hf"), progress=False)
+    ref = MolmoAct2Torch(os.path.join(d, "plain_hf"), attn_implementation="sdpa")
+    tag = policy.tag(T.TAG)
+    hf_in = torch_inputs(policy, policy.build_inputs(images, task, state, tag))
+    noise = torch.randn(1, tag.horizon, 32)
+    dim = torch.tensor(np.arange(32) < tag.action_dim)[None]
+    with torch.inference_mode():
+        cont, _ = timed(lambda: ref.sample_actions(noise, dim, **hf_in), repeats)
+        disc, _ = timed(lambda: ref.backbone.generate(**hf_in, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+                                                      do_sample=False), repeats)
+    return {"torch_continuous": cont, "torch_discrete": disc}
+
+
 def bench(variant: str, repeats: int) -> dict:
     d = tempfile.mkdtemp(prefix=f"infbench_{variant}_")
     t0 = time.perf_counter()
@@ -58,6 +86,8 @@ def bench(variant: str, repeats: int) -> dict:
     res["discrete"], out = timed(lambda: policy.predict_action([first, wrist], task, state, T.TAG, mode="discrete"),
                                  repeats)
     res["discrete_tokens"] = len(out.generated_token_ids)
+    res.update(torch_baselines(d, cfg, params, stats, fast, policy, [first, wrist], task, state, res["discrete_tokens"],
+                               repeats))
     base = policy.predict_action([first, wrist], task, state, T.TAG, think=True, seed=0)
     res["think_full"], _ = timed(lambda: policy.predict_action([first, wrist], task, state, T.TAG, think=True,
                                                                seed=0), repeats)
@@ -77,7 +107,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     import jax
-    print(f"device: {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), jax {jax.__version__}")
+    import torch
+    torch.set_num_threads(os.cpu_count())
+    print(f"device: {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), jax {jax.__version__}; "
+          f"torch {torch.__version__} with {torch.get_num_threads()} threads")
     rows = {v: bench(v, args.repeats) for v in args.variants}
     print(f"{'latency (ms, median of %d)' % args.repeats:34s}" + "".join(f"{v:>12s}" for v in rows))
     for key, label in [("continuous", "continuous (flow, 10 steps)"), ("discrete", "discrete (OpenFAST greedy)"),
@@ -85,6 +118,11 @@ def main(argv=None):
                        ("think_30pct", "think, 30% cells changed"), ("think_100pct", "think, 100% cells changed")]:
         print(f"{label:34s}" + "".join(f"{rows[v][key]:12.1f}" for v in rows))
     print(f"{'discrete tokens generated':34s}" + "".join(f"{rows[v]['discrete_tokens']:12d}" for v in rows))
+    print(f"{'torch reference, continuous':34s}" + "".join(f"{rows[v]['torch_continuous']:12.1f}" for v in rows))
+    print(f"{'transformers generate, same tokens':34s}" + "".join(f"{rows[v]['torch_discrete']:12.1f}" for v in rows))
+    for mode in ("continuous", "discrete"):
+        print(f"{'speed-up vs torch, ' + mode:34s}" +
+              "".join(f"{rows[v]['torch_' + mode] / rows[v][mode]:11.2f}x" for v in rows))
     for pct in (0, 30, 100):
         print(f"{'think speed-up vs full, %d%%' % pct:34s}" +
               "".join(f"{rows[v]['think_full'] / rows[v][f'think_{pct}pct']:11.2f}x" for v in rows))

@@ -137,7 +137,7 @@ def _is_hf_folder(path: str) -> bool:
 class Policy:
     """MolmoAct2 inference policy (batch size 1). Thread-safe: calls are serialized by a lock."""
 
-    def __init__(self, model_cfg, params, norm_stats, tokenizer, action_tokenizer=None, *, prompt_bucket: int = 64,
+    def __init__(self, model_cfg, params, norm_stats, tokenizer, action_tokenizer=None, *, prompt_bucket: int = 16,
                  use_col_tokens: bool = False, max_images: int = MAX_IMAGES, strict_camera_count: bool = True,
                  normalize_language: bool = True, change_threshold: float = think_lib.CHANGE_THRESHOLD):
         self.cfg = ml_collections.FrozenConfigDict(model_cfg)
