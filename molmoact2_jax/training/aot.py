@@ -40,6 +40,9 @@ def topology_devices(topology: str, num_slices: int = 1):
         import libtpu  # noqa: F401
     except ImportError:
         raise SystemExit("molmoact2-compile --topology needs libtpu: pip install 'molmoact2-jax[tpu-aot]'") from None
+    # Only a description of the chips is needed: let several such processes (parallel tests, a table of pods)
+    # load libtpu at once instead of failing on its single-process lock file.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=int(num_slices))
     return list(desc.devices), TPU_CHIPS[gen]
