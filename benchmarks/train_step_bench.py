@@ -72,11 +72,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--no-compile-times", action="store_true")
     args = ap.parse_args()
     jax.config.update("jax_compilation_cache_dir", None)
 
     peak = matmul_peak()
     cfg = small_config(args.width, 4)
+    cfg.data.seq_len = args.seq_len
     setup, state, batch, data = build(cfg)
     with setup.context():
         compiled = setup.train_step.lower(state, batch).compile()
@@ -104,6 +107,8 @@ def main():
     print(f"  XLA cost_analysis of the scanned step: {xla_scanned / 1e9:.2f} GFLOP "
           f"({hw / xla_scanned:.1f}x under the executed count)")
 
+    if args.no_compile_times:
+        return
     rows = []
     for layers, unroll in ((4, False), (36, False), (4, True), (36, True)):
         rows.append((layers, unroll, compile_seconds(small_config(64, layers, unroll))))
