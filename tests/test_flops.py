@@ -44,6 +44,7 @@ CASES = {
     "tiny_no_expert": dict(size="tiny", expert=False),
     "tiny_expert_K4": dict(size="tiny", expert=True, samples=4),
     "tiny_expert_K4_vit_connector_frozen": dict(size="tiny", expert=True, samples=4, freeze=("vit", "connector")),
+    "small_no_expert": dict(size="small", expert=False),
     "small_expert_K4": dict(size="small", expert=True, samples=4),
     "small_expert_K4_remat_full_detach": dict(size="small", expert=True, samples=4, remat="full", detach=True),
     "small_expert_K4_remat_dots_no_batch": dict(size="small", expert=True, samples=4, remat="dots_no_batch"),
