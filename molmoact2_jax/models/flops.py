@@ -227,8 +227,7 @@ def train_step_flops(cfg, batch, *, trainable=GROUP_ORDER, lora: bool = False) -
     kw = dict(num_flow_samples=int(m.flow.num_samples), trainable=trainable, lora=lora,
               detach_vlm=bool(m.flow.detach_vlm))
     hardware = step_flops(m, dense_counts(m, batch), remat_policy=m.remat_policy, **kw)["total"]
-    try:
+    model = None
+    if hasattr(batch["input_ids"], "__array__"):  # host or device arrays: the masks can be read
         model = step_flops(m, masked_counts(m, batch), remat_policy="none", elementwise=False, **kw)["total"]
-    except (TypeError, ValueError):  # abstract shapes: no masks to read
-        model = None
     return {"hardware": hardware, "model": model}
