@@ -13,11 +13,16 @@ RTOL = 2e-5
 
 
 @pytest.fixture(scope="module")
-def single_device(tmp_path_factory):
+def single_device_run(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("single"))
     r = run(wd, STEPS, devices=1)
     assert r.returncode == 0, r.stderr[-3000:]
-    return losses(wd)
+    return wd, losses(wd)
+
+
+@pytest.fixture(scope="module")
+def single_device(single_device_run):
+    return single_device_run[1]
 
 
 @pytest.mark.parametrize("mesh", [["--config.mesh.data=1", "--config.mesh.fsdp=8"],
@@ -58,28 +63,21 @@ def test_two_processes_match_single_process_eight_devices(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def source_checkpoint(tmp_path_factory):
-    """A 1-process run's step directory: what a lab fine-tunes from."""
-    wd = str(tmp_path_factory.mktemp("source"))
-    r = run(wd, ["--config.total_steps=2", "--config.data.global_batch_size=8", "--config.checkpoint.every_steps=2"],
-            devices=1)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return os.path.join(wd, "checkpoints", "2")
+def source_checkpoint(single_device_run):
+    """A 1-process run's last step directory: what a lab fine-tunes from."""
+    return os.path.join(single_device_run[0], "checkpoints", "5")
 
 
 INIT_STEPS = ["--config.total_steps=1", "--config.data.global_batch_size=8", "--config.checkpoint.every_steps=0"]
 
 
 @pytest.fixture(scope="module")
-def init_from_one_device(source_checkpoint, tmp_path_factory):
+def init_from_one_device(source_checkpoint, single_device, tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("init1"))
     r = run(wd, INIT_STEPS + [f"--config.init_from={source_checkpoint}"], devices=1)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "init_from" in r.stderr and "missing 0" in r.stderr and "unexpected 0" in r.stderr, r.stderr[-2000:]
-    fresh = str(tmp_path_factory.mktemp("fresh1"))
-    r = run(fresh, INIT_STEPS, devices=1)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return losses(wd)[0], losses(fresh)[0]
+    return losses(wd)[0], single_device[0]  # a fresh start's first step sees the same batch
 
 
 @pytest.mark.parametrize("mesh", [["--config.mesh.data=1", "--config.mesh.fsdp=8"],
