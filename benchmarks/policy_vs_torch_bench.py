@@ -66,6 +66,17 @@ def stats(ts):
     return min(ts) * 1e3, float(np.median(ts)) * 1e3
 
 
+def alternate(ours, ref, repeats: int):
+    """Calls the two alternately, `repeats` times each: ((min, median) ms of ours, (min, median) ms of ref)."""
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, ts in zip((ours, ref), times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return stats(times[0]), stats(times[1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=11)
@@ -106,13 +117,7 @@ def main(argv=None):
     a, b = run_ours(), run_ref()
     rel = float(np.abs(a - b).max() / np.abs(b).max())
     print(f"actions agree: max |ours - torch| / max |torch| = {rel:.1e}")
-    t_ours, t_ref = [], []
-    for _ in range(args.repeats):
-        for fn, ts in ((run_ours, t_ours), (run_ref, t_ref)):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    (om, omed), (rm, rmed) = stats(t_ours), stats(t_ref)
+    (om, omed), (rm, rmed) = alternate(run_ours, run_ref, args.repeats)
     print(f"continuous predict_action: ours min {om:.1f} / median {omed:.1f} ms; torch reference min {rm:.1f} / "
           f"median {rmed:.1f} ms -> ours {rm / om:.2f}x faster (medians {rmed / omed:.2f}x)")
 
@@ -128,13 +133,7 @@ def main(argv=None):
             return ref.backbone.generate(**hf_in, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
 
     run_ref_discrete()
-    d_ours, d_ref = [], []
-    for _ in range(args.repeats):
-        for fn, ts in ((run_ours_discrete, d_ours), (run_ref_discrete, d_ref)):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    (dm, dmed), (drm, drmed) = stats(d_ours), stats(d_ref)
+    (dm, dmed), (drm, drmed) = alternate(run_ours_discrete, run_ref_discrete, args.repeats)
     print(f"discrete predict_action ({n_new} tokens): ours min {dm:.1f} / median {dmed:.1f} ms; transformers generate "
           f"min {drm:.1f} / median {drmed:.1f} ms -> ours {drm / dm:.2f}x faster (medians {drmed / dmed:.2f}x)")
 
