@@ -89,12 +89,15 @@ def main(argv=None):
         if bool(topo.value) == bool(n_cpu):
             print("molmoact2-compile: give exactly one of --topology or --devices=cpu:N", file=sys.stderr)
             return 2
-        if topo.value:
-            devices, chip = aot.topology_devices(topo.value, slices.value)
-            name = topo.value + (f" x {slices.value} slices" if slices.value > 1 else "")
-        else:
-            devices, chip, name = jax.devices("cpu")[:n_cpu], aot.cpu_chip(n_cpu), f"cpu:{n_cpu}"
+        if out.value and not os.path.isdir(os.path.dirname(os.path.abspath(out.value))):
+            print(f"molmoact2-compile: error: --out={out.value}: no such directory", file=sys.stderr)
+            return 2
         try:
+            if topo.value:
+                devices, chip = aot.topology_devices(topo.value, slices.value)
+                name = topo.value + (f" x {slices.value} slices" if slices.value > 1 else "")
+            else:
+                devices, chip, name = jax.devices("cpu")[:n_cpu], aot.cpu_chip(n_cpu), f"cpu:{n_cpu}"
             report = aot.compile_report(cfg_flag.value, devices, chip, name)
         except ValueError as e:
             print(f"molmoact2-compile: error: {e}", file=sys.stderr)

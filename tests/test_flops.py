@@ -91,5 +91,7 @@ def test_masked_counts_follow_the_attention_masks():
     c = flops.masked_counts(cfg, batch)
     assert c.llm_pairs == 16 + 9
     assert c.tokens == 10 and c.action_examples == 0
+    unpacked = flops.masked_counts(cfg, dict(input_ids=ids[:1], attention_mask=ids[:1] >= 0))
+    assert unpacked.llm_pairs == 16  # the vectorised path for rows without segments
     dense = flops.dense_counts(cfg, batch)
     assert dense.llm_pairs == 2 * 36 and dense.tokens == 12

@@ -194,23 +194,26 @@ def masked_counts(cfg, batch) -> Counts:
     family = np.array([cfg.tokens[f] for f in IMAGE_FAMILY])
     image = np.isin(ids, family) & valid
     segments = batch.get("segment_ids")
-    pairs = 0.0
-    for i in range(b):
-        seg = np.zeros(t, np.int64) if segments is None else np.asarray(segments[i])
-        for s in np.unique(seg[valid[i]]):
-            sel = valid[i] & (seg == s)
-            causal = np.cumsum(sel)[sel]                    # keys at or before each valid query
-            img = image[i][sel]
-            later_images = img.sum() - np.cumsum(img)       # image keys after an image query
-            pairs += float(causal.sum() + later_images[img].sum())
+    if segments is None:  # one sequence per row: keys at or before each valid query, plus later image keys
+        later_images = image.sum(-1, keepdims=True) - np.cumsum(image, -1)
+        pairs = float((np.cumsum(valid, -1) * valid).sum() + (later_images * image).sum())
+    else:                 # packed rows: the same within each segment
+        pairs = 0.0
+        for i in range(b):
+            seg = np.asarray(segments[i])
+            for s in np.unique(seg[valid[i]]):
+                sel = valid[i] & (seg == s)
+                img = image[i][sel]
+                pairs += float(np.cumsum(sel)[sel].sum() + (img.sum() - np.cumsum(img))[img].sum())
     patches, n_img, n_tok = 0, 0.0, 0.0
     if batch.get("images") is not None:  # only the shape of the pixels is read (they may be abstract)
         n_per, patches = _shape(batch["images"])[1:3]
         pooled = np.asarray(batch["pooled_idx"])
         n_tok = float((pooled >= 0).any(-1).sum())
-        for i in range(b):
-            used = np.unique(pooled[i][pooled[i] >= 0] // patches)
-            n_img += float(len(used[used < n_per]))
+        used = np.zeros((b, n_per + 1), bool)  # images some pooled token reads (last column: out of range)
+        rows = np.broadcast_to(np.arange(b)[:, None, None], pooled.shape)
+        used[rows[pooled >= 0], np.minimum(pooled[pooled >= 0] // patches, n_per)] = True
+        n_img = float(used[:, :n_per].sum())
     has = np.asarray(batch.get("has_actions", np.ones(b, bool)), bool) if "actions" in batch else np.zeros(b, bool)
     h = _shape(batch["actions"])[1] if "actions" in batch else cfg.action_expert.max_action_horizon
     keys = valid.sum(-1)
@@ -219,15 +222,26 @@ def masked_counts(cfg, batch) -> Counts:
                   cross_pairs=float((keys * has).sum() * h))
 
 
-def train_step_flops(cfg, batch, *, trainable=GROUP_ORDER, lora: bool = False) -> dict:
-    """{"hardware": FLOPs the step executes, "model": useful FLOPs} for one step over the whole `batch`.
+def _step_kwargs(cfg, trainable, lora) -> dict:
+    return dict(num_flow_samples=int(cfg.flow.num_samples), trainable=trainable, lora=lora,
+                detach_vlm=bool(cfg.flow.detach_vlm))
 
-    `batch` may hold ShapeDtypeStructs, in which case only hardware FLOPs can be computed ("model" is None)."""
-    m = cfg
-    kw = dict(num_flow_samples=int(m.flow.num_samples), trainable=trainable, lora=lora,
-              detach_vlm=bool(m.flow.detach_vlm))
-    hardware = step_flops(m, dense_counts(m, batch), remat_policy=m.remat_policy, **kw)["total"]
-    model = None
-    if hasattr(batch["input_ids"], "__array__"):  # host or device arrays: the masks can be read
-        model = step_flops(m, masked_counts(m, batch), remat_policy="none", elementwise=False, **kw)["total"]
-    return {"hardware": hardware, "model": model}
+
+def hardware_flops(cfg, batch, *, trainable=GROUP_ORDER, lora: bool = False) -> float:
+    """FLOPs the compiled step executes over the whole `batch` (arrays or ShapeDtypeStructs: shapes only)."""
+    return step_flops(cfg, dense_counts(cfg, batch), remat_policy=cfg.remat_policy,
+                      **_step_kwargs(cfg, trainable, lora))["total"]
+
+
+def model_flops(cfg, batch, *, trainable=GROUP_ORDER, lora: bool = False) -> float:
+    """Useful FLOPs of one step over a host `batch` (its masks are read)."""
+    return step_flops(cfg, masked_counts(cfg, batch), remat_policy="none", elementwise=False,
+                      **_step_kwargs(cfg, trainable, lora))["total"]
+
+
+def train_step_flops(cfg, batch, *, trainable=GROUP_ORDER, lora: bool = False) -> dict:
+    """{"hardware", "model"} FLOPs of one step over the whole `batch`; "model" is None when the batch holds
+    ShapeDtypeStructs (no masks to read)."""
+    kw = dict(trainable=trainable, lora=lora)
+    readable = hasattr(batch["input_ids"], "__array__")  # host or device arrays, not abstract shapes
+    return {"hardware": hardware_flops(cfg, batch, **kw), "model": model_flops(cfg, batch, **kw) if readable else None}

@@ -212,9 +212,12 @@ class TextTokenizer:
         if path.endswith(".model"):
             import sentencepiece as spm
             backend = spm.SentencePieceProcessor(model_file=path)
-            base, kind = backend.get_piece_size(), "sentencepiece"
+            kind = "sentencepiece"
             eos = backend.piece_to_id(eos_token) if backend.piece_to_id(eos_token) != backend.unk_id() \
                 else backend.eos_id()
+            layout = TokenLayout.compute(backend.get_piece_size(), eos)
+            if hf_config is not None:
+                layout = layout.with_overrides(hf_config)
         else:
             from tokenizers import Tokenizer
             try:
@@ -223,12 +226,6 @@ class TextTokenizer:
                 raise ValueError(f"{path}: not a valid Hugging Face tokenizer.json ({e})") from None
             kind = "hf"
             layout = resolve_layout(hf_config, backend, "config.json", path, eos_token)
-            tok = cls(backend, layout, kind)
-            tok._check_backend_agrees(path)
-            return tok
-        layout = TokenLayout.compute(base, eos)
-        if hf_config is not None:
-            layout = layout.with_overrides(hf_config)
         tok = cls(backend, layout, kind)
         tok._check_backend_agrees(path)
         return tok

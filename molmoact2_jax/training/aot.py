@@ -44,7 +44,13 @@ def topology_devices(topology: str, num_slices: int = 1):
     # load libtpu at once instead of failing on its single-process lock file.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
-    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=int(num_slices))
+    if int(num_slices) < 1:
+        raise ValueError(f"--num-slices={num_slices}: must be >= 1")
+    try:
+        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=int(num_slices))
+    except Exception as e:  # noqa: BLE001 - libtpu raises runtime errors for shapes it does not know
+        raise ValueError(f"--topology={topology!r}: libtpu cannot describe it ({str(e).splitlines()[0][:200]})") \
+            from None
     return list(desc.devices), TPU_CHIPS[gen]
 
 
@@ -127,6 +133,7 @@ def compile_report(cfg, devices, chip: Chip, topology: str) -> dict:
     """Lowers and compiles the train step of `cfg` on `devices`; the report of molmoact2-compile. A compile the
     chip's memory cannot hold comes back with fits=False and the compiler's message."""
     import time
+    import jax
     from molmoact2_jax.training import trainer
     batch = example_batch(cfg)
     setup = trainer.Setup(cfg, batch, devices=devices)
@@ -137,7 +144,7 @@ def compile_report(cfg, devices, chip: Chip, topology: str) -> dict:
                   hardware_flops_per_step=float(flops["hardware"]),
                   step_time_floor_seconds=(flops["hardware"] / len(devices) / chip.peak_bf16_flops
                                            if chip.peak_bf16_flops else None),
-                  num_params=int(sum(np.prod(x.shape) for x in _leaves(setup.abstract_state.params))))
+                  num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state.params))))
     t0 = time.perf_counter()
     try:
         with setup.context():
@@ -156,7 +163,3 @@ def compile_report(cfg, devices, chip: Chip, topology: str) -> dict:
         report["largest_buffers"] = largest_buffers(compiled.as_text())
     return report
 
-
-def _leaves(tree):
-    import jax
-    return jax.tree.leaves(tree)

@@ -185,6 +185,11 @@ class Setup:
         return flops_lib.train_step_flops(self.cfg.model, global_batch_or_shapes,
                                           trainable=self.trainable_groups(), lora=self.lora_cfg is not None)
 
+    def model_flops(self, host_batch) -> float:
+        """Useful FLOPs of a host batch (its masks), for MFU."""
+        return flops_lib.model_flops(self.cfg.model, host_batch, trainable=self.trainable_groups(),
+                                     lora=self.lora_cfg is not None)
+
 
 def _dtype_of(v):
     return np.dtype(v.dtype) if hasattr(v, "dtype") else np.asarray(v).dtype
@@ -334,9 +339,7 @@ def train(cfg, workdir: str) -> dict:
                         update_run_info(workdir, {"train_step_memory_per_device": aot.memory_report(compiled),
                                                   "hardware_flops_per_step": hardware_flops})
                 # Useful work of this batch (its masks); each process sees its slice of the global batch.
-                model_flops = flops_lib.train_step_flops(cfg.model, local, trainable=setup.trainable_groups(),
-                                                         lora=setup.lora_cfg is not None)["model"]
-                model_flops *= jax.process_count()
+                model_flops = setup.model_flops(local) * jax.process_count()
                 t0 = time.perf_counter()
                 state, metrics = compiled(state, batch)
                 metrics = jax.device_get(metrics)
