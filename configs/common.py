@@ -5,7 +5,7 @@ synthetic data (fp32); anything else is the full-size model (bf16 compute, fp32 
 """
 import ml_collections
 
-from configs.model import get_model_config
+from molmoact2_jax.models.config import get_model_config
 
 REFERENCE_LR = dict(vit=5e-6, connector=5e-6, llm=1e-5, action_expert=5e-5)   # spec 16.1/16.2
 TINY_LR = dict(vit=1e-3, connector=1e-3, llm=1e-3, action_expert=1e-3)        # so a CPU run visibly learns

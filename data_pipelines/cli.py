@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="LeRobot/RLDS source -> ArrayRecord shards")
     c.add_argument("--source", required=True, help="lerobot:PATH or rlds:PATH")
-    c.add_argument("--embodiment", required=True, choices=sorted(set(EMBODIMENTS) | {"metaworld"}),
+    c.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS),
                    help="metaworld: datasets written by molmoact2-sim record")
     c.add_argument("--out", required=True)
     c.add_argument("--workers", type=int, default=1)
@@ -61,9 +61,6 @@ def main(argv=None) -> int:
             print(f"wrote {args.format} {args.embodiment} fixture with {args.episodes} episodes to {path}")
         elif args.command == "convert":
             from data_pipelines.convert import ConvertOptions, convert
-            if args.embodiment == "metaworld" and "metaworld" not in EMBODIMENTS:
-                from molmoact2_jax.evaluation.metaworld_embodiment import register
-                register()
             index = convert(ConvertOptions(source=args.source, embodiment=args.embodiment, out=args.out,
                                            workers=args.workers, episodes_per_shard=args.episodes_per_shard,
                                            horizon=args.horizon, image_size=args.image_size or None,

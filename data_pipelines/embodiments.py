@@ -9,13 +9,16 @@ import dataclasses
 
 import numpy as np
 
+# MetaWorld's Sawyer hand space (SawyerXYZEnv._HAND_SPACE) and gripper opening in [0, 1].
+METAWORLD_HAND_LOW = (-0.525, 0.348, -0.0525, 0.0)
+METAWORLD_HAND_HIGH = (0.525, 1.025, 0.7, 1.0)
 SO100_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 YAM_ARM = tuple(f"joint_{i}.pos" for i in range(6)) + ("gripper.pos",)
 
 
 @dataclasses.dataclass(frozen=True)
 class Embodiment:
-    name: str                     # CLI name: droid | so100 | yam
+    name: str                     # CLI name: droid | so100 | yam | metaworld
     tag: str                      # MolmoAct2 norm tag
     robot_type: str
     fps: int
@@ -87,6 +90,15 @@ EMBODIMENTS: dict[str, Embodiment] = {
         high=(2.0, 3.2, 3.2, 1.5, 1.5, 2.0, 1.0) * 2,
         setup_type="bimanual yam robotic arms in molmoact2", control_mode="absolute joint pose",
         normalize_gripper=False, action_horizon=30, fixed_camera_order=True),
+    # The simulated Sawyer the MetaWorld recorder writes (molmoact2_jax.evaluation builds its SimConfig from
+    # this entry): state = end-effector xyz + gripper opening, action = MetaWorld's (dx, dy, dz, gripper effort).
+    "metaworld": Embodiment(
+        name="metaworld", tag="metaworld_sawyer", robot_type="sawyer", fps=80,
+        state_names=("ee_x", "ee_y", "ee_z", "gripper"), cameras=("corner2", "gripperPOV"),
+        real_image_hw=(224, 224), fixture_image_hw=(64, 64),
+        low=METAWORLD_HAND_LOW, high=METAWORLD_HAND_HIGH,
+        setup_type="single sawyer robotic arm in metaworld", control_mode="delta end-effector position",
+        normalize_gripper=False, action_horizon=8, fixed_camera_order=True),
 }
 
 # Old SO100 generation (lerobot <= 0.1, v2.x): `main_` prefix, degrees, cameras laptop/phone.

@@ -75,8 +75,8 @@ def main(argv=None):
         os.environ["JAX_PLATFORMS"] = "cpu"
     from absl import app, flags
     from ml_collections import config_flags
-    import configs
-    default = os.path.join(os.path.dirname(configs.__file__), "pretrain.py") + ":tiny"
+    from molmoact2_jax.recipes import recipe_path
+    default = recipe_path("pretrain", "tiny")
     cfg_flag = config_flags.DEFINE_config_file("config", default, "Recipe config file[:variant].")
     topo = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:4x4x8, v5e:16x16, v6e:16x16.")
     slices = flags.DEFINE_integer("num_slices", 1, "Slices over DCN (multi-slice; set config.mesh.slice).")

@@ -56,8 +56,6 @@ def record_data(wd: Path, tasks, train_eps: int, heldout_eps: int, workers: int)
 def convert_data(wd: Path, datasets: dict, horizon: int, workers: int):
     from data_pipelines.convert import ConvertOptions, convert
     from data_pipelines.stats import write_norm_stats
-    from molmoact2_jax.evaluation.metaworld_embodiment import register
-    register()
     shards = {}
     for name, src in datasets.items():
         shards[name] = wd / "shards" / name
@@ -104,8 +102,8 @@ def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizo
 
 
 def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, openfast: Path, steps: int):
-    from configs.finetune import get_config
-    c = get_config("tiny")
+    from molmoact2_jax.recipes import load_recipe, recipe_path
+    c = load_recipe(recipe_path("finetune", "tiny"))
     c.total_steps = steps
     c.model.vit.image_size = IMAGE
     c.model.action_mode = "both"
@@ -182,7 +180,7 @@ def plot(wd: Path, traj, metrics_path: Path) -> Path:
 
 def save_checkpoint(wd: Path, params, cfg, stats_path: Path, tokenizer: Path, openfast: Path) -> Path:
     import shutil
-    from molmoact2_jax.training import params_io
+    from molmoact2_jax.checkpoint_io import params as params_io
     ckpt = wd / "final_checkpoint"
     params_io.save_params(str(ckpt), params, cfg.model)
     assets = ckpt / "assets"

@@ -12,9 +12,9 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-import configs
+from molmoact2_jax.recipes import recipe_path
 
-_DEFAULT = os.path.join(os.path.dirname(configs.__file__), "pretrain.py") + ":tiny"
+_DEFAULT = recipe_path("pretrain", "tiny")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Recipe config file[:variant].")
 _BATCH = flags.DEFINE_integer("batch", 2, "Number of examples.")
 

@@ -13,9 +13,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-import configs
+from molmoact2_jax.recipes import recipe_path
 
-_DEFAULT = os.path.join(os.path.dirname(configs.__file__), "pretrain.py") + ":tiny"
+_DEFAULT = recipe_path("pretrain", "tiny")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Recipe config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints).", required=True)
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")

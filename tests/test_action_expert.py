@@ -10,7 +10,7 @@ import flax.linen as nn
 import optax
 import torch
 
-from configs.model import get_model_config
+from molmoact2_jax.models.config import get_model_config
 from molmoact2_jax.convert.action_expert_keys import expert_params_to_hf, hf_to_expert_params
 from molmoact2_jax.convert.torch_ref.action_expert import ActionExpertRef
 from molmoact2_jax.models.action_expert import ActionExpert, make_action_expert

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
-from configs.model import get_model_config
+from molmoact2_jax.models.config import get_model_config
 from molmoact2_jax.models.backbone import Backbone
 from molmoact2_jax.preprocessing.image import preprocess_images
 

@@ -11,13 +11,13 @@ import jax
 import ml_collections
 import torch
 
-from configs.model import get_model_config
+from molmoact2_jax.models.config import get_model_config
 from molmoact2_jax.convert import molmo2, molmoact2_hf
 from molmoact2_jax.convert.cli import main
 from molmoact2_jax.convert.safetensors_io import SafetensorsReader
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.preprocessing.image import preprocess_images
-from molmoact2_jax.training import params_io
+from molmoact2_jax.checkpoint_io import params as params_io
 
 REL_TOL = 1e-4
 TOKENS_PER_IMAGE = 4  # 42 px: 3x3 patches -> 2x2 pooled

@@ -225,7 +225,7 @@ def test_official_folder_with_its_own_tokenizer_loads(parts, tmp_path):
     tokenizer's own encoding."""
     import json
     from molmoact2_jax.convert import molmoact2_hf
-    from molmoact2_jax.training import params_io
+    from molmoact2_jax.checkpoint_io import params as params_io
     d, cfg, params, stats, tok, fast = parts
     ckpt = T.save_checkpoint(str(tmp_path / "ckpt"), cfg, params, stats, os.path.join(d, "tokenizer.json"), fast)
     hf = tmp_path / "hf"

@@ -6,7 +6,7 @@ import optax
 import pytest
 import flax.linen as nn
 
-from configs.model import apply_overrides, get_model_config
+from molmoact2_jax.models.config import apply_overrides, get_model_config
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.preprocessing.image import preprocess_images
 

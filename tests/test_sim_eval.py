@@ -97,7 +97,6 @@ def test_seeds_randomise_object_positions():
 def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path):
     from data_pipelines.convert import ConvertOptions, convert, load_episodes
     from data_pipelines.formats.lerobot_reader import LeRobotDataset
-    from molmoact2_jax.evaluation.metaworld_embodiment import register
     out, summary = recorded
     # experts: >= 90% success on each recorded task
     for task, s in summary["tasks"].items():
@@ -116,8 +115,7 @@ def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path
         frames = ds.episode_video(i, "observation.images.gripperPOV", cols["timestamp"])
         assert frames.shape == (r["length"], 64, 64, 3)
     assert ds.task(0, 0) == "reach the goal position"
-    # the converter (programmatic and CLI) accepts it once the embodiment is registered
-    register(get_config("metaworld", **SMALL))
+    # the converter (programmatic, and the CLI in any start method) knows the static metaworld embodiment
     index = convert(ConvertOptions(source=f"lerobot:{out}", embodiment="metaworld", out=str(tmp_path / "shards"),
                                    image_size=32, progress=False))
     assert index["total_episodes"] == 6 and index["total_frames"] == summary["frames"]

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from configs.model import get_model_config, robot_token_ids
+from molmoact2_jax.models.config import get_model_config, robot_token_ids
 from molmoact2_jax.tokenizers.text import TextTokenizer, TokenLayout, expand_image_tokens, layout_from_model_config
 
 CORPUS = ["The task is to pick up the red block and place it in the bowl.",

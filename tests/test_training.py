@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs.model import apply_overrides
+from molmoact2_jax.models.config import apply_overrides
 from configs.pretrain import get_config
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
@@ -57,7 +57,7 @@ def test_tiny_run_learns_and_writes_metrics(tmp_path):
     np.testing.assert_allclose([v for _, v in events["loss"]], [r["loss"] for r in rows], rtol=1e-6)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["15", "30"]
     # A step directory is a self-describing params checkpoint for params-only restores.
-    from molmoact2_jax.training import params_io
+    from molmoact2_jax.checkpoint_io import params as params_io
     params, mcfg = params_io.load_params(str(tmp_path / "checkpoints" / "30"))
     assert mcfg.llm.hidden_size == cfg.model.llm.hidden_size
     np.testing.assert_array_equal(params["action_expert"]["action_embed"]["kernel"],

@@ -8,7 +8,7 @@ import numpy as np
 
 from molmoact2_jax.convert import molmo2_config, molmo2_keys
 from molmoact2_jax.convert.safetensors_io import SafetensorsReader, write_safetensors
-from molmoact2_jax.training import params_io
+from molmoact2_jax.checkpoint_io import params as params_io
 
 
 def read_hf_config(folder: str) -> dict:

@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from configs.model import MULTIMODAL_FIELDS, get_model_config, set_token_layout
+from molmoact2_jax.models.config import MULTIMODAL_FIELDS, get_model_config, set_token_layout
 from molmoact2_jax.tokenizers.text import HF_ID_KEYS, hf_token_ids
 
 # config.json key -> our config.tokens field (the text tokenizer's map, with EOS under its config name).

@@ -4,22 +4,22 @@ HF folder: `config.json` (text_config / vit_config / adapter_config / action_exp
 top-level max_action_horizon / max_action_dim), fp32 (or bf16) safetensors, sharded with
 `model.safetensors.index.json`, `norm_stats.json`, tokenizer files and the rest of the release files.
 
-Params checkpoint (`CKPT_DIR`, see training.params_io): `params/` (Orbax) + `model_config.json`, plus
+Params checkpoint (`CKPT_DIR`, see checkpoint_io.params): `params/` (Orbax) + `model_config.json`, plus
   `assets/`                 every non-weight file of the source folder, verbatim (config.json, norm_stats.json,
                             tokenizer files, processor configs, remote code); export copies them back and
                             rebuilds config.json from the preserved original (only values our config changed move);
   `hf_rope_inv_freq.npy`    the stored `model.transformer.rotary_emb.inv_freq`, written back on export so the
                             round trip is bit-exact (it is only checked against rope_theta on import).
 
-Streaming and memory. The import never materialises the params tree: every Orbax leaf is a lazy `_Leaf` that a
-custom type handler writes with tensorstore, stacked leaves (ViT, LLM and expert blocks, scanned on a leading
+Streaming and memory. The import never materialises the params tree: every Orbax leaf is a lazy `LazyLeaf` that
+`checkpoint_io.streaming` writes with tensorstore, stacked leaves (ViT, LLM and expert blocks, scanned on a leading
 `layers` axis) one layer slice at a time, layer-major inside a group so each HF layer tensor is read (lazily, from
 its safetensors shard) and converted once. Peak host memory is about one layer's tensors plus the largest single
 tensor (the embedding tables are concatenated once), independent of the depth. The per-layer chunking of the
-stacked leaves is a storage detail; `params_io.load_params` restores them like any other checkpoint.
+stacked leaves is a storage detail; `checkpoint_io.params.load_params` restores them like any other checkpoint.
 Multi-host: the conversion is an offline, single-writer job (Orbax writes numpy leaves from process 0 only), so
 run it in one process; to split it over hosts, give each process a disjoint subset of leaf groups (e.g. by layer
-ranges) and open only the shards that `model.safetensors.index.json` lists for those keys -- the `_Leaf`/group
+ranges) and open only the shards that `model.safetensors.index.json` lists for those keys -- the leaf/group
 structure makes each group's reads independent. Only the single-process path is implemented.
 Export loads the params once (one copy) and streams tensors into shards of `max_shard_bytes`.
 """
@@ -33,6 +33,9 @@ import sys
 
 import numpy as np
 
+from molmoact2_jax.checkpoint_io import params as params_io
+from molmoact2_jax.checkpoint_io import streaming
+from molmoact2_jax.checkpoint_io.streaming import LazyLeaf, LeafGroup
 from molmoact2_jax.convert import molmo2_keys as mk
 from molmoact2_jax.convert.action_expert_keys import TRAINING_ONLY_MARKERS, _linear_specs, expert_params_to_hf
 from molmoact2_jax.convert.molmoact2_config import hf_molmoact2_config, molmoact2_config_from_hf
@@ -188,24 +191,6 @@ def validate_folder(src: str, reader: SafetensorsReader, cfg) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- lazy leaves
-class _Leaf:
-    """A params leaf that is produced on demand: `group.produce(i)[name]` (layer i) or `group.produce(None)`."""
-
-    def __init__(self, shape, group, name):
-        self.shape, self.group, self.name = tuple(shape), group, name
-        self.dtype = np.dtype(np.float32)
-        self.ndim, self.size = len(self.shape), math.prod(self.shape)
-        self.nbytes = self.size * 4
-
-
-class _Group:
-    """Leaves converted together: `fn(i)` returns {name: array} for layer i (stacked) or, with layers=None,
-    the whole arrays."""
-
-    def __init__(self, label, layers, fn):
-        self.label, self.layers, self.fn = label, layers, fn
-
-
 def _abstract_params(cfg):
     """Shapes of MolmoAct2(cfg).init without allocating anything: {path tuple: shape}."""
     import jax
@@ -246,15 +231,15 @@ def _lazy_groups(cfg, need, expected):
     for key, path, conv in ((mk.VIT + "patch_embedding.weight", ("vit", "patch_embedding", "kernel"), mk._t),
                             (mk.VIT + "patch_embedding.bias", ("vit", "patch_embedding", "bias"), np.asarray),
                             (mk.VIT + "positional_embedding", ("vit", "positional_embedding"), np.asarray)):
-        g = _Group(key, None, lambda _, key=key, conv=conv: {(): f32(conv(need(key)))})
+        g = LeafGroup(key, None, lambda _, key=key, conv=conv: {(): f32(conv(need(key)))})
         out[bb + path] = (g, ())
     vit_keys = mk._vit_block_keys(cfg)
-    g = _Group("vit blocks", num_built_layers(cfg.vit), lambda i: {
+    g = LeafGroup("vit blocks", num_built_layers(cfg.vit), lambda i: {
         path: f32(to_flax(need(f"{mk.VIT}transformer.resblocks.{i}.{suffix}"))) for suffix, path, to_flax, _ in
         vit_keys})
     add(g, bb + ("vit", "resblocks"), [p for _, p, _, _ in vit_keys])
     for key, path, to_flax, _ in mk._connector_keys(cfg):
-        g = _Group(key, None, lambda _, key=key, to_flax=to_flax: {(): f32(to_flax(need(key)))})
+        g = LeafGroup(key, None, lambda _, key=key, to_flax=to_flax: {(): f32(to_flax(need(key)))})
         out[bb + path] = (g, ())
     # LLM
     m = cfg.llm
@@ -263,12 +248,12 @@ def _lazy_groups(cfg, need, expected):
         table = np.concatenate([f32(need(mk.LLM + "wte.embedding")), f32(need(mk.LLM + "wte.new_embedding"))])
         return {"embedding": table[:m.vocab_size], "new_embedding": table[m.vocab_size:]}
 
-    add(_Group("embeddings", None, embeddings), bb + ("llm", "wte"), ["embedding", "new_embedding"])
-    out[bb + ("llm", "ln_f", "scale")] = (_Group("ln_f", None, lambda _: {(): f32(need(mk.LLM + "ln_f.weight"))}), ())
-    out[bb + ("llm", "lm_head", "kernel")] = (_Group("lm_head", None, lambda _: {(): f32(mk._t(need(
+    add(LeafGroup("embeddings", None, embeddings), bb + ("llm", "wte"), ["embedding", "new_embedding"])
+    out[bb + ("llm", "ln_f", "scale")] = (LeafGroup("ln_f", None, lambda _: {(): f32(need(mk.LLM + "ln_f.weight"))}), ())
+    out[bb + ("llm", "lm_head", "kernel")] = (LeafGroup("lm_head", None, lambda _: {(): f32(mk._t(need(
         "lm_head.weight")))}), ())
     llm_names = [p[3:] for p in expected if p[:3] == ("backbone", "llm", "blocks")]
-    g = _Group("llm blocks", m.num_layers,
+    g = LeafGroup("llm blocks", m.num_layers,
                lambda i: {k: f32(val) for k, val in mk._llm_layer_from_hf(need, i, m).items()})
     add(g, bb + ("llm", "blocks"), llm_names)
     if not cfg.use_action_expert:
@@ -289,7 +274,7 @@ def _lazy_groups(cfg, need, expected):
         if per_layer:
             layer_specs.append((path[1:], name, shape, n_in, has_bias))
             continue
-        g = _Group(EXPERT + name, None, lambda _, name=name, shape=shape, n_in=n_in, hb=has_bias: linear(
+        g = LeafGroup(EXPERT + name, None, lambda _, name=name, shape=shape, n_in=n_in, hb=has_bias: linear(
             EXPERT + name, shape, n_in, hb))
         add(g, ex + path, ["kernel", "bias"] if has_bias else ["kernel"])
 
@@ -300,80 +285,20 @@ def _lazy_groups(cfg, need, expected):
                 res[sub + (leaf,)] = arr
         return res
 
-    g = _Group("expert blocks", ae.num_layers, expert_layer)
+    g = LeafGroup("expert blocks", ae.num_layers, expert_layer)
     add(g, ex + ("blocks",), [sub + (leaf,) for sub, _, _, _, hb in layer_specs
                               for leaf in (("kernel", "bias") if hb else ("kernel",))])
     if ae.depth_gate:
         if ae.depth_gate_per_layer:
-            g = _Group("depth gate", ae.num_layers, lambda e: {
+            g = LeafGroup("depth gate", ae.num_layers, lambda e: {
                 "depth_gate_kernel": np.ascontiguousarray(f32(need(f"{DEPTH_GATE}{e}.weight")).T),
                 "depth_gate_bias": f32(need(f"{DEPTH_GATE}{e}.bias"))})
         else:
-            g = _Group("depth gate", None, lambda _: {
+            g = LeafGroup("depth gate", None, lambda _: {
                 "depth_gate_kernel": np.ascontiguousarray(f32(need(DEPTH_GATE + "weight")).T),
                 "depth_gate_bias": f32(need(DEPTH_GATE + "bias"))})
         add(g, ex, ["depth_gate_kernel", "depth_gate_bias"])
     return out
-
-
-def _make_handler(progress):
-    import orbax.checkpoint as ocp
-    import tensorstore as ts
-    from orbax.checkpoint._src.serialization import ocdbt_utils
-    from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
-    from orbax.checkpoint._src.multihost import multihost
-
-    class StreamingHandler(ocp.type_handlers.NumpyHandler):
-        """Writes `_Leaf`s in Orbax's numpy layout, a layer slice at a time (chunks of one layer)."""
-
-        def __init__(self):
-            super().__init__(deepcopy_host_arrays=False)
-
-        async def serialize(self, values, infos, args=None):
-            args = args or [ocp.SaveArgs()] * len(values)
-            return [ocp.future.CommitFutureAwaitingContractedSignals(self._write(values, infos, args),
-                                                                     name="molmoact2_hf_import")]
-
-        async def _open(self, leaf, info, arg):
-            await info.await_path_creation()
-            local = (1,) + leaf.shape[1:] if leaf.group.layers is not None else leaf.shape
-            spec = ts_utils.build_array_write_spec(
-                info=info, arg=arg, global_shape=leaf.shape, local_shape=local, dtype=leaf.dtype,
-                use_ocdbt=info.is_ocdbt_checkpoint, process_index=ocdbt_utils.get_process_index_for_subdir(
-                    use_ocdbt=info.is_ocdbt_checkpoint), metadata_key=self._metadata_key)
-            return await ts.open(ts.Spec(spec.json), create=True, open=True, context=info.ts_context)
-
-        async def _write(self, values, infos, args):
-            if multihost.process_index() != 0:
-                return
-            groups: dict = {}
-            for leaf, info, arg in zip(values, infos, args):
-                groups.setdefault(id(leaf.group), (leaf.group, []))[1].append((leaf, info, arg))
-            for group, members in groups.values():
-                stores = [await self._open(leaf, info, arg) for leaf, info, arg in members]
-                for i in ([None] if group.layers is None else range(group.layers)):
-                    arrays = group.fn(i)
-                    for (leaf, _, _), store in zip(members, stores):
-                        a = arrays[leaf.name]
-                        want = leaf.shape if i is None else leaf.shape[1:]
-                        if a.shape != want:
-                            raise ConversionError(f"{group.label}: converted leaf {leaf.name} has shape "
-                                                  f"{a.shape}, expected {want}")
-                        await (store.write(a) if i is None else store[i].write(a))
-                    del arrays
-                    progress.update(1)
-
-    return StreamingHandler
-
-
-def _save_lazy(path, tree, progress):
-    import jax
-    import orbax.checkpoint as ocp
-    reg = ocp.type_handlers.create_type_handler_registry(
-        (np.ndarray, ocp.type_handlers.NumpyHandler()), (jax.Array, ocp.type_handlers.ArrayHandler()),
-        (_Leaf, _make_handler(progress)()))
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=reg)) as ckptr:
-        ckptr.save(path, args=ocp.args.PyTreeSave(tree), force=True)  # synchronous
 
 
 def _tqdm(total, desc, enabled):
@@ -384,7 +309,7 @@ def _tqdm(total, desc, enabled):
 # ----------------------------------------------------------------------------------------------- import
 def _lazy_tree(src_dir: str, progress: bool):
     """Reads and validates an HF folder's config and safetensors headers; returns (model config, validation report,
-    stored inv_freq or None, {path: _Leaf} of lazily converted leaves, progress bar)."""
+    stored inv_freq or None, {path: LazyLeaf} of lazily converted leaves, progress bar)."""
     hf = read_config(src_dir)
     cfg = molmoact2_config_from_hf(hf, os.path.join(src_dir, "config.json"),
                                    os.path.join(src_dir, "tokenizer.json"))
@@ -418,7 +343,7 @@ def _lazy_tree(src_dir: str, progress: bool):
     leaves = _lazy_groups(cfg, need, expected)
     if set(leaves) != set(expected):
         raise RuntimeError(f"internal: leaf mismatch {sorted(set(leaves) ^ set(expected))[:4]}")
-    return cfg, report, rope, {path: _Leaf(expected[path], g, name) for path, (g, name) in leaves.items()}, bar
+    return cfg, report, rope, {path: LazyLeaf(expected[path], g, name) for path, (g, name) in leaves.items()}, bar
 
 
 def load_hf(src_dir: str, progress: bool = False):
@@ -426,21 +351,7 @@ def load_hf(src_dir: str, progress: bool = False):
     and molmoact2-serve on a release folder). Converts group by group, one layer at a time, into preallocated
     arrays: peak memory is the params plus about one layer's source tensors."""
     cfg, _, _, leaves, bar = _lazy_tree(src_dir, progress)
-    out = {path: np.empty(leaf.shape, np.float32) for path, leaf in leaves.items()}
-    groups: dict = {}
-    for path, leaf in leaves.items():
-        groups.setdefault(id(leaf.group), (leaf.group, []))[1].append((path, leaf))
-    for group, members in groups.values():
-        for i in ([None] if group.layers is None else range(group.layers)):
-            arrays = group.fn(i)
-            for path, leaf in members:
-                a = arrays[leaf.name]
-                want = leaf.shape if i is None else leaf.shape[1:]
-                if a.shape != want:
-                    raise ConversionError(f"{group.label}: converted leaf {leaf.name} has shape {a.shape}, "
-                                          f"expected {want}")
-                out[path][... if i is None else i] = a
-            del arrays
+    out = streaming.materialize(leaves)
     bar.close()
     tree: dict = {}
     for path, value in out.items():
@@ -450,9 +361,6 @@ def load_hf(src_dir: str, progress: bool = False):
 
 def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
     """HF MolmoAct2 folder -> params checkpoint (+ assets). Streams tensor by tensor; returns a summary dict."""
-    import ml_collections
-    from molmoact2_jax.training import params_io
-
     cfg, report, rope, leaves, bar = _lazy_tree(src_dir, progress)
     expected = {path: leaf.shape for path, leaf in leaves.items()}
     tree: dict = {}
@@ -461,12 +369,9 @@ def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
 
     ckpt_dir = os.path.abspath(ckpt_dir)
     os.makedirs(ckpt_dir, exist_ok=True)
-    _save_lazy(os.path.join(ckpt_dir, params_io.PARAMS), tree, _NullBar())
+    streaming.save_streaming(os.path.join(ckpt_dir, params_io.PARAMS), tree)
     bar.close()
-    tmp = os.path.join(ckpt_dir, params_io.MODEL_CONFIG + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(ml_collections.ConfigDict(cfg).to_json(indent=2))
-    os.replace(tmp, os.path.join(ckpt_dir, params_io.MODEL_CONFIG))
+    params_io.write_model_config(ckpt_dir, cfg)
 
     assets = _copy_assets(src_dir, os.path.join(ckpt_dir, ASSETS))
     inv_path = os.path.join(ckpt_dir, INV_FREQ_FILE)
@@ -478,11 +383,6 @@ def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
     return {"tensors": report["tensors"], "bytes": report["bytes"], "dtypes": report["dtypes"],
             "skipped": report["skipped"] + ([ROPE_KEY + " (verified)"] if rope is not None else []),
             "params": n_params, "leaves": len(expected), "assets": assets, "config": cfg}
-
-
-class _NullBar:
-    def update(self, n=1):
-        pass
 
 
 def _copy_assets(src: str, dst: str) -> list:
@@ -523,8 +423,6 @@ def hf_tensors(params, cfg, inv_freq=None):
 def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_bytes: int = DEFAULT_SHARD_BYTES,
               progress: bool = True) -> dict:
     """Params checkpoint -> HF MolmoAct2 folder. Returns a summary dict (tensors, bytes, shards, dtype)."""
-    from molmoact2_jax.training import params_io
-
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
     if not os.path.isdir(ckpt_dir):

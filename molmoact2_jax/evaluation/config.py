@@ -12,6 +12,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from data_pipelines.embodiments import EMBODIMENTS
+
 from molmoact2_jax.evaluation.errors import SimEvalError
 
 
@@ -67,12 +69,13 @@ class SimConfig:
         return dict(self.max_steps_by_suite).get(suite, self.max_steps)
 
 
+_MW = EMBODIMENTS["metaworld"]   # the dataset facts (tag, state names, cameras, fps) are declared once, there
 METAWORLD = SimConfig(
-    simulator="metaworld", embodiment="metaworld", norm_tag="metaworld_sawyer",
+    simulator="metaworld", embodiment=_MW.name, norm_tag=_MW.tag,
     cameras=(CameraSpec("corner2", "corner2", rotate180=True), CameraSpec("gripperPOV", "gripperPOV")),
-    image_hw=(224, 224), action_dim=4, state_names=("ee_x", "ee_y", "ee_z", "gripper"),
-    action_low=(-1.0,) * 4, action_high=(1.0,) * 4, fps=80, max_steps=500, n_action_steps=8, action_horizon=8,
-    setup_type="single sawyer robotic arm in metaworld", control_mode="delta end-effector position",
+    image_hw=_MW.real_image_hw, action_dim=_MW.dim, state_names=_MW.state_names,
+    action_low=(-1.0,) * 4, action_high=(1.0,) * 4, fps=_MW.fps, max_steps=500, n_action_steps=8,
+    action_horizon=_MW.action_horizon, setup_type=_MW.setup_type, control_mode=_MW.control_mode,
 )
 
 LIBERO = SimConfig(

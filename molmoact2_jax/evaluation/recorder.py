@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data_pipelines.embodiments import EMBODIMENTS, Embodiment
+from data_pipelines.formats.lerobot_writer import WriteOptions, write_lerobot
+from data_pipelines.synthetic import Episode
+
 from molmoact2_jax.evaluation.config import SimConfig, SuiteSpec
 from molmoact2_jax.evaluation.errors import SimEvalError
 
@@ -80,12 +84,22 @@ def _init_worker():
     ensure_render_backend()
 
 
+def metaworld_embodiment(cfg: SimConfig) -> Embodiment:
+    """The static `metaworld` embodiment of data_pipelines with this SimConfig's cameras and image size; the tag
+    facts (names, tag, horizon, setup) must stay those of the static entry so `molmoact2-data convert` agrees."""
+    emb = EMBODIMENTS["metaworld"]
+    fixed = dict(tag=cfg.norm_tag, state_names=cfg.state_names, action_horizon=cfg.action_horizon,
+                 setup_type=cfg.setup_type, control_mode=cfg.control_mode)
+    changed = [k for k, v in fixed.items() if getattr(emb, k) != v]
+    if changed or cfg.state_dim != cfg.action_dim:
+        raise SimEvalError(f"SimConfig changes {changed or 'state/action dims'} of the static metaworld embodiment "
+                           f"(data_pipelines/embodiments.py); recorded data would not convert as that embodiment")
+    return dataclasses.replace(emb, fps=cfg.fps, cameras=cfg.camera_names, real_image_hw=cfg.image_hw)
+
+
 def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Path) -> dict:
     """Runs the experts and writes the LeRobot v3.0 dataset to `out`; returns the recording summary."""
-    from data_pipelines.formats.lerobot_writer import WriteOptions, write_lerobot
-    from data_pipelines.synthetic import Episode
     from molmoact2_jax.evaluation.envs import check_metaworld_tasks
-    from molmoact2_jax.evaluation.metaworld_embodiment import metaworld_embodiment
 
     if suite.simulator != "metaworld":
         raise SimEvalError(f"recording needs scripted experts; only metaworld suites are supported, got {suite}")

@@ -174,7 +174,7 @@ class Policy:
         OpenFAST folder (assets/action_tokenizer/). Arguments override the assets (objects or paths)."""
         from molmoact2_jax.tokenizers.openfast import OpenFAST
         from molmoact2_jax.tokenizers.text import TextTokenizer
-        from molmoact2_jax.training.params_io import load_params
+        from molmoact2_jax.checkpoint_io.params import load_params
         ckpt_dir = os.path.abspath(ckpt_dir)
         if not os.path.isdir(ckpt_dir):
             raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")

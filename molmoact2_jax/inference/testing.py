@@ -37,9 +37,9 @@ def train_text_tokenizer(path: str, vocab_size: int = 400) -> str:
 
 
 def model_config(variant: str = "tiny", tokenizer=None, depth_gate: bool = False, **overrides):
-    """`tiny` = configs.model tiny; `small` = a wider/deeper CPU config for benchmarks. Token ids are taken from
+    """`tiny` = the tiny model config (molmoact2_jax.models.config); `small` = a wider/deeper CPU config for benchmarks. Token ids are taken from
     `tokenizer` (a TextTokenizer) so the model and tokenizer agree."""
-    from configs.model import apply_overrides, get_model_config, robot_token_ids
+    from molmoact2_jax.models.config import apply_overrides, get_model_config, robot_token_ids
     cfg = get_model_config("tiny")
     if variant == "small":
         cfg.vit.update(dict(image_size=112, hidden_size=128, num_heads=4, head_dim=32, mlp_dim=256, num_layers=4))
@@ -143,7 +143,7 @@ def make_parts(workdir: str, variant: str = "tiny", depth_gate: bool = False, se
 def save_checkpoint(ckpt_dir: str, cfg, params, stats: dict, tokenizer_path: str, openfast=None) -> str:
     """A params checkpoint (params_io layout) with assets/ (norm_stats.json, tokenizer.json, action_tokenizer/)."""
     import shutil
-    from molmoact2_jax.training.params_io import save_params
+    from molmoact2_jax.checkpoint_io.params import save_params
     save_params(ckpt_dir, params, cfg)
     assets = os.path.join(ckpt_dir, "assets")
     os.makedirs(assets, exist_ok=True)

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import re
 
-from configs.model import MULTIMODAL_FIELDS, PAD_MULTIPLE, robot_token_ids
+from molmoact2_jax.models.config import MULTIMODAL_FIELDS, PAD_MULTIPLE, robot_token_ids
 
 MULTIMODAL = ("<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>", "<im_low>",
               "<frame_start>", "<frame_end>", "<|video|>", "<|points|>", "<|token_index|>", "<|vit_index|>",
@@ -304,7 +304,7 @@ def expand_image_tokens(ids, layout: TokenLayout, image_grids, use_col_tokens: b
 
 
 def layout_from_model_config(tokens_cfg) -> TokenLayout:
-    """TokenLayout from `config.model.tokens` (configs/model.py)."""
+    """TokenLayout from `config.model.tokens` (molmoact2_jax/models/config.py)."""
     fields = {f.name for f in dataclasses.fields(TokenLayout)}
     d = {k: v for k, v in dict(tokens_cfg).items() if k in fields}
     d["eos"] = tokens_cfg.eos_token_id

@@ -6,7 +6,7 @@ Each step directory holds the items
   meta/                the run config (JSON) and run assets (norm stats, tokenizer files) by name
   assets/              a copy of WORKDIR/assets (norm_stats.json, tokenizer.json, openfast/), made once the step
                        has committed, so the step directory serves on its own (copied elsewhere, too)
-so a step directory is self-describing (molmoact2_jax.training.params_io reads params + model config from it).
+so a step directory is self-describing (molmoact2_jax.checkpoint_io.params reads params + model config from it).
 
 Orbax writes each step to a temporary directory and renames it on commit, so a crash mid-save leaves no
 half-written step. A step that fails to restore (truncated or corrupt files) is moved aside to

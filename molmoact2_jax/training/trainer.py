@@ -287,7 +287,7 @@ def train(cfg, workdir: str) -> dict:
 
     if cfg.data.get("source", "synthetic") != "synthetic" and cfg.data.get("tokenizer"):
         # The dataset's tokenizer defines the token ids the model must use.
-        from configs.model import set_token_layout
+        from molmoact2_jax.models.config import set_token_layout
         from molmoact2_jax.tokenizers.text import TextTokenizer
         set_token_layout(cfg.model, TextTokenizer.from_file(cfg.data.tokenizer).layout)
     data = make_data(cfg)
@@ -392,7 +392,7 @@ def init_params(cfg, fresh_params) -> dict:
     mesh and any number of processes and never holds a full copy on a host. Groups in `config.init_fresh` stay
     fresh; missing and unexpected keys are reported; a shape mismatch is an error naming the key."""
     from flax import traverse_util
-    from molmoact2_jax.training import params_io
+    from molmoact2_jax.checkpoint_io import params as params_io
     saved = params_io.saved_param_metadata(cfg.init_from)
     fresh_groups = set(cfg.get("init_fresh", ()) or ())
     have = traverse_util.flatten_dict(fresh_params, sep="/")

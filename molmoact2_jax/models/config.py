@@ -1,6 +1,7 @@
-"""MolmoAct2 model configs: the released full-size model and a tiny CPU variant with the same structure.
+"""MolmoAct2 model configs: the released full-size model and a tiny CPU variant with the same structure, and the
+token-id layout (spec 3.1) they carry.
 
-Every recipe includes one of these as `config.model`. Token ids follow spec section 3 (rule 3.1); for the full
+Every recipe in `configs/` includes one of these as `config.model`; the library reads model configs, never recipes. Token ids follow spec section 3 (rule 3.1); for the full
 model they are the `allenai/MolmoAct2` values of table 3.2 and must be read from a checkpoint's config.json when
 importing (ids differ between releases).
 """

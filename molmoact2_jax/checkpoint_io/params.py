@@ -25,6 +25,11 @@ def save_params(ckpt_dir: str, params, model_cfg) -> None:
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(ckpt_dir, PARAMS), params, force=True)
         ckptr.wait_until_finished()
+    write_model_config(ckpt_dir, model_cfg)
+
+
+def write_model_config(ckpt_dir: str, model_cfg) -> None:
+    """CKPT_DIR/model_config.json, written to a temp file and renamed (never half-written)."""
     tmp = os.path.join(ckpt_dir, MODEL_CONFIG + ".tmp")
     with open(tmp, "w") as f:
         f.write(ml_collections.ConfigDict(model_cfg).to_json(indent=2))
