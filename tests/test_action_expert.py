@@ -17,6 +17,8 @@ from molmoact2_jax.models.action_expert import ActionExpert, make_action_expert
 from molmoact2_jax.models.encoder_mask import action_span_mask, depth_positions, encoder_attention_mask
 from molmoact2_jax.models import flow
 
+pytestmark = pytest.mark.torch
+
 B, H, T = 2, 6, 9
 
 

@@ -8,6 +8,8 @@ from hf_molmo2_fixture import hf_logits, make_inputs, tiny_molmo2
 from molmoact2_jax.convert import molmo2
 from molmoact2_jax.models.backbone import Backbone
 
+pytestmark = pytest.mark.torch
+
 REL_TOL = 1e-4
 
 

@@ -99,6 +99,7 @@ def test_truncated_newest_checkpoint_falls_back_and_says_so(tmp_path):
     assert steps == list(range(1, 7))  # steps 3-4 recomputed from checkpoint 2
 
 
+@pytest.mark.multiprocess
 def test_two_processes_save_and_resume_together(tmp_path):
     common = ["--config.data.global_batch_size=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"] + CKPT
     ref = str(tmp_path / "ref")

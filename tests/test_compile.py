@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config=" + os.path.join(ROOT, "configs", "posttrain.py") + ":tiny"]
 KEYS = {"topology", "num_devices", "mesh", "bytes_per_device", "hbm_bytes_per_device", "fits", "compile_seconds",

@@ -19,6 +19,8 @@ from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.preprocessing.image import preprocess_images
 from molmoact2_jax.checkpoint_io import params as params_io
 
+pytestmark = pytest.mark.torch
+
 REL_TOL = 1e-4
 TOKENS_PER_IMAGE = 4  # 42 px: 3x3 patches -> 2x2 pooled
 NORM_STATS = {"format": "molmoact2_norm_stats.v1", "norm_mode": "q01_q99", "metadata_by_tag": {"tiny": {

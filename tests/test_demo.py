@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.sim]
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
 
 

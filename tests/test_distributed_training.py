@@ -7,6 +7,8 @@ import pytest
 
 from train_harness import losses, read_metrics, run, run_multiprocess
 
+pytestmark = pytest.mark.slow
+
 STEPS = ["--config.total_steps=5", "--config.data.global_batch_size=8", "--config.checkpoint.every_steps=0"]
 # Different meshes reduce in different orders (fp32): after 5 Adam steps losses agree to ~1e-6 relative.
 RTOL = 2e-5
@@ -49,6 +51,7 @@ def test_meshes_match_single_device(single_device, mesh, tmp_path):
         assert s["max_bytes_per_device"] <= 0.15 * s["total_bytes"]  # ~1/8 plus the replicated bits
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_single_process_eight_devices(tmp_path):
     mesh = ["--config.mesh.data=2", "--config.mesh.fsdp=4"]
     one = str(tmp_path / "one")
@@ -82,6 +85,7 @@ def init_from_one_device(source_checkpoint, single_device, tmp_path_factory):
 
 @pytest.mark.parametrize("mesh", [["--config.mesh.data=1", "--config.mesh.fsdp=8"],
                                   ["--config.mesh.data=2", "--config.mesh.fsdp=4"]], ids=["fsdp8", "data2_fsdp4"])
+@pytest.mark.multiprocess
 def test_two_processes_init_from_match_one_device(source_checkpoint, init_from_one_device, mesh, tmp_path):
     """A params-only start restores straight into the multi-process shardings (nothing gathered on a host)."""
     one, fresh = init_from_one_device

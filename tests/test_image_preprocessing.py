@@ -6,6 +6,7 @@ from molmoact2_jax.preprocessing.image import (patchify, pooling_index, preproce
                                                resize_uint8, to_uint8_rgb)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("shape", [(360, 640), (180, 320), (378, 378), (500, 200), (17, 29)])
 def test_resize_matches_torch_bilinear_without_antialias(shape):
     import torch

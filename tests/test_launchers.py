@@ -22,6 +22,7 @@ def test_scripts_parse_and_pass_shellcheck(script):
     assert r.returncode == 0, r.stdout
 
 
+@pytest.mark.multiprocess
 def test_local_multiprocess_launcher_trains(tmp_path):
     if shutil.which("molmoact2-train") is None:
         pytest.skip("molmoact2-train not on PATH (pip install -e .)")

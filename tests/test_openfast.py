@@ -123,6 +123,7 @@ def test_save_load_layout_and_stable_ids(tok, data, tmp_path):
     assert loaded.encode(chunks) == tok.encode(chunks)
 
 
+@pytest.mark.torch
 def test_saved_folder_loads_in_transformers(tok, data, tmp_path):
     from transformers import PreTrainedTokenizerFast
 

@@ -77,6 +77,7 @@ def test_parse_suite():
             parse_suite(bad)
 
 
+@pytest.mark.sim
 @needs_mw
 def test_seeds_randomise_object_positions():
     from molmoact2_jax.evaluation.envs import MetaWorldEnv
@@ -93,6 +94,7 @@ def test_seeds_randomise_object_positions():
         env.close()
 
 
+@pytest.mark.sim
 @needs_mw
 def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path):
     from data_pipelines.convert import ConvertOptions, convert, load_episodes
@@ -146,6 +148,7 @@ def _check_report(out: Path, policy: str, n_tasks: int, episodes: int):
     return rep
 
 
+@pytest.mark.sim
 @needs_mw
 def test_evaluator_baselines(tmp_path):
     from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
@@ -206,6 +209,7 @@ def _fake_checkpoint(path: Path, **kw) -> Path:
     return path
 
 
+@pytest.mark.sim
 @needs_mw
 def test_model_policy_adapter_and_checkpoint_cli(tmp_path, monkeypatch, capsys):
     import molmoact2_jax.inference as inference
@@ -244,6 +248,7 @@ def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=e, timeout=120)
 
 
+@pytest.mark.sim
 @needs_mw
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     from molmoact2_jax.evaluation.cli import eval_main, sim_main
@@ -293,6 +298,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
 
 
+@pytest.mark.sim
 @needs_mw
 def test_parallel_workers_match_in_process(tmp_path):
     """Same seeds -> same episodes whether environments run here or in 2 worker processes."""
@@ -307,6 +313,7 @@ def test_parallel_workers_match_in_process(tmp_path):
     assert reps[1]["overall"]["success_rate"] == 1.0
 
 
+@pytest.mark.sim
 @needs_libero
 def test_libero_smoke_random_policy(tmp_path):
     from molmoact2_jax.evaluation.cli import eval_main
