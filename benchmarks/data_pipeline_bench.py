@@ -26,14 +26,15 @@ from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
 from data_pipelines.pipeline.robot_transform import RobotTransformConfig, resize_square
 from data_pipelines.stats import write_norm_stats
-from data_pipelines.transforms.normalize import FeatureStats, normalize, pad_last
+from data_pipelines.norm_stats import TagInfo
+from data_pipelines.transforms.normalize import normalize, pad_last
 
 
 def lerobot_samples(root, tag_meta, picks, image_size, horizon):
     """Per-sample path: parquet rows + mp4 seek/decode per camera, like LeRobotDataset.__getitem__."""
     ds = LeRobotDataset(root)
-    a_stats = FeatureStats.from_json(tag_meta["action_stats"])
-    s_stats = FeatureStats.from_json(tag_meta["state_stats"])
+    info = TagInfo.from_json("baseline", tag_meta, "q01_q99", "norm_stats")
+    a_stats, s_stats = info.action_stats, info.state_stats
     for ep, t in picks:
         cols = ds.episode_columns(ep)
         T = len(cols["action"])

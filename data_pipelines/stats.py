@@ -14,9 +14,7 @@ import numpy as np
 from data_pipelines.convert import load_index, sidecar_path
 from data_pipelines.embodiments import canonical_state_names
 from data_pipelines.errors import DataError
-
-NORM_STATS_FORMAT = "molmoact2_norm_stats.v1"
-NORM_MODES = ("q01_q99", "mean_std", "min_max", "q10_q90", "none")
+from data_pipelines.norm_stats import NORM_MODES, NORM_STATS_FORMAT, gripper_mask
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q90": 0.90, "q99": 0.99}
 QUANTILE_METHOD = ("exact numpy 'linear' quantiles per shard directory; count-weighted mean of per-directory "
                    "quantiles across directories of one tag (MolmoAct2 merge rule)")
@@ -86,7 +84,7 @@ def compute_norm_stats(shard_dirs, norm_mode: str = "q01_q99") -> dict:
             if other != names and other not in variants:
                 variants.append(other)  # e.g. SO100 main_* (degrees) vs *.pos names under one tag
         meta = dict(repos[0][1]["tag_metadata"])
-        mask = [not ("gripper" in n and not meta["normalize_gripper"]) for n in names]
+        mask = gripper_mask(names, meta["normalize_gripper"])
         entry = dict(meta)
         for key, col in (("action_stats", 3), ("state_stats", 2)):
             st = merge_stats([array_stats(r[col]) for r in repos])

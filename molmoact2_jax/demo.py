@@ -69,20 +69,20 @@ def convert_data(wd: Path, datasets: dict, horizon: int, workers: int):
 def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizon: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from data_pipelines.formats.lerobot_reader import LeRobotDataset
-    from data_pipelines.transforms.normalize import FeatureStats, normalize
+    from data_pipelines.norm_stats import NormStats
+    from data_pipelines.transforms.normalize import normalize
     from molmoact2_jax.tokenizers.openfast import OpenFAST
 
     ds = LeRobotDataset(train_src)
-    meta = json.loads(stats_path.read_text())["metadata_by_tag"][tag]
-    corpus = [str(meta["setup_type"]), str(meta["control_mode"]), "The task is to . The setup is . The current "
+    info = NormStats.load(stats_path).tag(tag)
+    corpus = [info.setup_type, info.control_mode, "The task is to . The setup is . The current "
               "state of the robot is . The expected control mode is . Given these, what action should the robot "
               "take to complete the task?", "user", "assistant", "Image"]
-    stats = FeatureStats.from_json(meta["action_stats"], "action_stats")
     chunks = []
     for ep in range(len(ds.episodes)):
         corpus.append(ds.task(ep))
         acts = ds.episode_columns(ep, keys=("action",))["action"]
-        norm = normalize(acts, stats)
+        norm = normalize(acts, info.action_stats, info.norm_mode)
         for t in range(0, len(norm) - horizon + 1, 2):
             chunks.append(norm[t:t + horizon])
     tok = Tokenizer(models.BPE())
@@ -125,24 +125,25 @@ def heldout_error(cfg, params, n_batches: int = 6):
     """Mean |error| in robot units over valid steps/dims: the model's first-step-of-chunk predictions and the
     whole chunk, vs predicting the training-set mean action."""
     import jax
-    from data_pipelines.transforms.normalize import unnormalize, FeatureStats
+    from data_pipelines.norm_stats import NormStats
+    from data_pipelines.transforms.robot_inputs import robot_transforms
     from molmoact2_jax.models.molmoact2 import MolmoAct2
     from molmoact2_jax.training.data_source import make
 
     model = MolmoAct2(cfg.model)
     data = make(cfg, "eval")
-    meta = next(iter(json.loads(Path(cfg.data.norm_stats).read_text())["metadata_by_tag"].values()))
-    stats = FeatureStats.from_json(meta["action_stats"], "action_stats")
-    d = len(meta["action_stats"]["mean"])
-    mean = np.asarray(meta["action_stats"]["mean"], np.float32)
+    info = NormStats.load(cfg.data.norm_stats).select()
+    unnormalize = lambda a: robot_transforms(info).apply_outputs({"actions": a})["actions"]  # as Policy does
+    d = info.action_dim
+    mean = np.asarray(info.action_stats.mean, np.float32)
     sample = jax.jit(lambda p, b, z: model.sample_actions(p, b, noise=z))
     err_model, err_mean, traj = [], [], []
     for i in range(n_batches):
         b = next(data)
         noise = np.random.default_rng(i).standard_normal(b["actions"].shape).astype(np.float32)
         pred = np.asarray(sample(params, b, noise))
-        true = unnormalize(b["actions"][..., :d], stats)
-        pred_u = unnormalize(pred[..., :d], stats)
+        true = unnormalize(b["actions"][..., :d])
+        pred_u = unnormalize(pred[..., :d])
         valid = b["horizon_valid"][..., None]
         err_model.append(np.abs(pred_u - true)[np.broadcast_to(valid, true.shape)])
         err_mean.append(np.abs(mean - true)[np.broadcast_to(valid, true.shape)])
@@ -250,14 +251,17 @@ def serve_one(export: Path, heldout_src: Path, tag: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="molmoact2-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", default="molmoact2_demo")
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--workdir", default="molmoact2_demo",
+                    help="folder for every output (datasets, shards, run, export, plots; default: %(default)s)")
+    ap.add_argument("--tasks", default=",".join(TASKS),
+                    help="comma-separated MetaWorld tasks (default: %(default)s)")
     ap.add_argument("--train-episodes", type=int, default=12, help="per task")
     ap.add_argument("--heldout-episodes", type=int, default=3, help="per task")
     ap.add_argument("--steps", type=int, default=800, help="training steps")
     ap.add_argument("--eval-episodes", type=int, default=3, help="closed-loop episodes per task and policy")
     ap.add_argument("--max-steps", type=int, default=120, help="closed-loop steps per episode")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="worker processes for recording and converting (0: in this process; default: %(default)s)")
     args = ap.parse_args(argv)
     wd = Path(args.workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ import pytest
 from data_pipelines.transforms.normalize import FeatureStats, unnormalize
 from data_pipelines.transforms.prompt import build_robot_prompt
 from molmoact2_jax.inference import testing as T
-from molmoact2_jax.inference.policy import Policy, parse_norm_stats
+from data_pipelines.norm_stats import parse_norm_stats
+from molmoact2_jax.inference.policy import Policy
 from molmoact2_jax.tokenizers.openfast import to_llm_ids
 
 

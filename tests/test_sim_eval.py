@@ -129,6 +129,29 @@ def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path
     assert data_main(["inspect", str(out)]) == 0
 
 
+@needs_mw
+def test_metaworld_training_example_equals_policy_inputs(recorded, tmp_path):
+    """The drift test of the MetaWorld embodiment: recorded frames through the training pipeline and through
+    Policy.build_inputs (the path ModelPolicy feeds the evaluator's observations into) give identical inputs."""
+    from data_pipelines.convert import ConvertOptions, convert
+    from data_pipelines.stats import write_norm_stats
+    from transform_drift import assert_same_inputs, training_and_policy
+    out, summary = recorded
+    shards = tmp_path / "shards"
+    convert(ConvertOptions(source=f"lerobot:{out}", embodiment="metaworld", out=str(shards), image_size=42,
+                           progress=False))
+    write_norm_stats([str(shards)], tmp_path / "norm_stats.json")
+    reach = summary["tasks"]["reach-v3"]
+    reach_frames = round(reach["episodes"] * reach["mean_length"])   # reach episodes come first in the shards
+    pairs = training_and_policy(tmp_path, out, shards, tmp_path / "norm_stats.json",
+                                frames=(0, 7, reach_frames + 3))
+    assert_same_inputs(pairs)
+    tag = pairs[0]["tag"]
+    assert tag.name == "metaworld_sawyer" and tag.camera_keys == get_config("metaworld").camera_keys
+    assert tag.state_stats.mask.tolist() == [True, True, True, False]   # the gripper opening passes through
+    assert {p["task"] for p in pairs} == {"reach the goal position", "push the puck to the goal"}
+
+
 def _check_report(out: Path, policy: str, n_tasks: int, episodes: int):
     import av
     rep = json.loads((out / "report.json").read_text())

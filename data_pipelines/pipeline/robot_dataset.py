@@ -14,13 +14,13 @@ iterator continues exactly where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import grain
 import numpy as np
 
 from data_pipelines.convert import load_index
+from data_pipelines.norm_stats import NormStats
 from data_pipelines.pipeline.robot_transform import RobotTransform, RobotTransformConfig
 
 
@@ -33,7 +33,7 @@ class Source:
 @dataclasses.dataclass
 class PipelineConfig:
     sources: list[Source]
-    norm_stats: str | dict                 # path to norm_stats.json or its parsed dict
+    norm_stats: object                     # path to norm_stats.json, its parsed dict or a NormStats
     batch_size: int
     seed: int = 0
     shuffle: bool = True
@@ -61,27 +61,17 @@ def _shard_options(cfg: PipelineConfig) -> tuple[int, int]:
     return idx, count
 
 
-def load_norm_stats(norm_stats) -> dict:
-    if isinstance(norm_stats, dict):
-        return norm_stats
-    stats = json.loads(Path(norm_stats).read_text())
-    if stats.get("format") != "molmoact2_norm_stats.v1":
-        raise ValueError(f"{norm_stats}: format must be molmoact2_norm_stats.v1, got {stats.get('format')!r}")
-    return stats
-
-
-def source_dataset(shard_dir, tag_id: int, stats: dict, cfg: PipelineConfig, k: int) -> grain.MapDataset:
+def source_dataset(shard_dir, tag_id: int, stats: NormStats, cfg: PipelineConfig, k: int) -> grain.MapDataset:
     index = load_index(shard_dir)
     tag = index["tag"]
-    if tag not in stats["metadata_by_tag"]:
-        raise ValueError(f"{shard_dir}: tag {tag!r} not in norm_stats metadata_by_tag "
-                         f"({sorted(stats['metadata_by_tag'])})")
+    if tag not in stats.tags:
+        raise ValueError(f"{shard_dir}: tag {tag!r} not in norm_stats metadata_by_tag ({sorted(stats.tags)})")
     paths = [str(Path(shard_dir) / s["file"]) for s in index["shards"] if s["num_records"] > 0]
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed * 1000 + k)
-    transform_cfg = dataclasses.replace(cfg.transform, norm_mode=stats.get("norm_mode", "q01_q99"), seed=cfg.seed)
-    transform = RobotTransform(tag, tag_id, stats["metadata_by_tag"][tag], index["camera_keys"], transform_cfg)
+    transform_cfg = dataclasses.replace(cfg.transform, norm_mode=stats.norm_mode, seed=cfg.seed)
+    transform = RobotTransform(tag, tag_id, stats.tag(tag), index["camera_keys"], transform_cfg)
     ds = ds.repeat(cfg.num_epochs)
     return ds.random_map(transform, seed=cfg.seed * 1000 + 500 + k)
 
@@ -90,7 +80,7 @@ def build_map_dataset(cfg: PipelineConfig) -> grain.MapDataset:
     """The per-example MapDataset of this process (mixed, sharded, transformed; not batched)."""
     if not cfg.sources:
         raise ValueError("PipelineConfig.sources is empty")
-    stats = load_norm_stats(cfg.norm_stats)
+    stats = NormStats.load(cfg.norm_stats)
     tags = sorted({load_index(s.shard_dir)["tag"] for s in cfg.sources})
     parts = [source_dataset(s.shard_dir, tags.index(load_index(s.shard_dir)["tag"]), stats, cfg, k)
              for k, s in enumerate(cfg.sources)]

@@ -1,9 +1,10 @@
 """Record bytes -> a fixed-shape robot training example (one Grain map step).
 
 Steps: decode record; pick cameras (fixed order, or a per-episode permutation for SO100-style
-tags); decode JPEGs, augment (train only), resize to a square; normalize state and action chunk
-with the tag's stats (spec 13); pad the chunk to max_action_horizon x max_action_dim with masks;
-discrete state bins; build the prompt string (spec 4.1).
+tags); decode JPEGs, augment (train only), resize to a square; then the shared robot transform
+stack (transforms/robot_inputs.py, the same one `Policy` runs on a live observation): normalize
+state and action chunk with the tag's stats (spec 13), discrete state bins, the prompt (spec 4.1);
+finally pad the chunk to max_action_horizon x max_action_dim with masks.
 """
 from __future__ import annotations
 
@@ -11,26 +12,21 @@ import dataclasses
 import hashlib
 
 import numpy as np
-from PIL import Image
 
 from data_pipelines.formats.images import decode_image
+from data_pipelines.norm_stats import TagInfo
 from data_pipelines.record_codec import decode_record
 from data_pipelines.transforms.image_aug import augment_image
-from data_pipelines.transforms.normalize import FeatureStats, normalize, pad_last, state_bins
-from data_pipelines.transforms.prompt import build_robot_prompt
-
-try:  # bit-exact with the model's resize when the model package is present
-    from molmoact2_jax.preprocessing.image import resize_uint8
-except ImportError:  # pragma: no cover - data pipelines stay usable on their own
-    resize_uint8 = None
+from data_pipelines.transforms.normalize import pad_last
+from data_pipelines.transforms.robot_inputs import robot_transforms
+from molmoact2_jax.preprocessing.image import resize_uint8
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The model's squash-resize (bit-exact with what serving does to a raw camera image)."""
     if rgb.shape[:2] == (size, size):
         return rgb
-    if resize_uint8 is not None:
-        return resize_uint8(rgb, size, size)
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+    return resize_uint8(rgb, size, size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +37,7 @@ class RobotTransformConfig:
     max_action_dim: int = 32
     num_state_tokens: int = 256
     state_format: str = "discrete"        # "discrete": state bins in the prompt; "continuous": no state clause
-    norm_mode: str = "q01_q99"
+    norm_mode: str = "q01_q99"           # used when the tag's metadata comes as a raw dict without its own
     augment: bool = True
     camera_order: str = "auto"            # "auto" (per tag), "fixed", "episode"
     seed: int = 0
@@ -50,18 +46,20 @@ class RobotTransformConfig:
 class RobotTransform:
     """Callable(record_bytes, rng) -> example dict. Picklable (for Grain worker processes)."""
 
-    def __init__(self, tag: str, tag_id: int, tag_meta: dict, camera_keys: list[str], cfg: RobotTransformConfig):
-        self.tag, self.tag_id, self.cfg = tag, tag_id, cfg
-        self.meta = tag_meta
+    def __init__(self, tag: str, tag_id: int, tag_info: TagInfo | dict, camera_keys: list[str],
+                 cfg: RobotTransformConfig):
+        if not isinstance(tag_info, TagInfo):   # a raw metadata_by_tag entry
+            tag_info = TagInfo.from_json(tag, tag_info, cfg.norm_mode, f"norm_stats: metadata_by_tag[{tag!r}]")
+        self.tag, self.tag_id, self.cfg, self.info = tag, tag_id, cfg, tag_info
         self.camera_keys = list(camera_keys)
-        self.horizon = int(tag_meta["action_horizon"])
+        self.horizon = tag_info.horizon
         if self.horizon > cfg.max_action_horizon:
             raise ValueError(f"tag {tag}: action_horizon {self.horizon} > max_action_horizon {cfg.max_action_horizon}")
-        self.action_stats = FeatureStats.from_json(tag_meta["action_stats"], f"{tag}.action_stats")
-        self.state_stats = FeatureStats.from_json(tag_meta["state_stats"], f"{tag}.state_stats")
+        self.transforms = robot_transforms(tag_info, num_state_tokens=cfg.num_state_tokens,
+                                           state_format=cfg.state_format)
         order = cfg.camera_order
         if order == "auto":
-            order = "fixed" if tag_meta.get("camera_keys") else "episode"
+            order = "fixed" if tag_info.camera_keys else "episode"
         self.per_episode_order = order == "episode"
         if len(self.camera_keys) > cfg.max_cameras:
             self.camera_keys = self.camera_keys[: cfg.max_cameras]
@@ -86,25 +84,21 @@ class RobotTransform:
             images[j] = resize_square(img, S)
         image_mask = np.arange(cfg.max_cameras) < len(cams)
 
-        state_n = normalize(rec["state"], self.state_stats, cfg.norm_mode)
-        chunk = rec["actions"][: self.horizon]
-        chunk_n = normalize(chunk, self.action_stats, cfg.norm_mode)
+        x = self.transforms.apply_inputs({"state": rec["state"], "actions": rec["actions"][: self.horizon],
+                                          "task": rec["task"], "num_images": len(cams)})
+        state_n, chunk_n, bins = x["state"], x["actions"], x["state_bins"]
         actions = np.zeros((cfg.max_action_horizon, chunk_n.shape[1]), np.float32)
         actions[: self.horizon] = chunk_n
         actions, action_dim_is_pad = pad_last(actions, cfg.max_action_dim)
         action_is_pad = np.ones(cfg.max_action_horizon, bool)
         action_is_pad[: self.horizon] = rec["action_is_pad"][: self.horizon]
         state, state_dim_is_pad = pad_last(state_n, cfg.max_action_dim)
-
-        bins = state_bins(state_n, cfg.num_state_tokens)
-        prompt = build_robot_prompt(rec["task"], len(cams), bins if cfg.state_format == "discrete" else None,
-                                    self.meta["setup_type"], self.meta["control_mode"])
         padded_bins = np.zeros(cfg.max_action_dim, np.int32)
         padded_bins[: len(bins)] = bins
         return {
             "images": images, "image_mask": image_mask,
             "state": state, "state_dim_is_pad": state_dim_is_pad, "state_bins": padded_bins,
             "actions": actions, "action_is_pad": action_is_pad, "action_dim_is_pad": action_dim_is_pad,
-            "prompt": prompt, "tag_id": np.int32(self.tag_id), "action_horizon": np.int32(self.horizon),
+            "prompt": x["prompt"], "tag_id": np.int32(self.tag_id), "action_horizon": np.int32(self.horizon),
             "episode_id": rec["episode_id"], "frame_index": np.int32(rec["frame_index"]),
         }

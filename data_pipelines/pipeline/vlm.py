@@ -18,9 +18,12 @@ import pyarrow.parquet as pq
 
 from data_pipelines.errors import DataError
 from data_pipelines.formats.images import decode_image, encode_image
+from data_pipelines.pipeline.robot_dataset import _shard_options
 from data_pipelines.pipeline.robot_transform import resize_square
 from data_pipelines.synthetic import COLORS
 from data_pipelines.transforms.prompt import image_prefix
+from molmoact2_jax.preprocessing.image import pooled_grid
+from molmoact2_jax.tokenizers.text import expand_image_tokens
 
 
 class VLMSource:
@@ -82,6 +85,8 @@ class VLMTransformConfig:
     image_size: int = 378
     max_images: int = 3
     seq_len: int | None = None    # pad/check token length when a tokenizer is set
+    patch_size: int = 14          # the model's ViT patch and connector pooling (image token grid)
+    pool_size: int = 2
 
 
 class VLMTransform:
@@ -106,11 +111,10 @@ class VLMTransform:
                 ids += piece
                 loss += [int(is_answer)] * len(piece)
             ids, loss = [self.tok.layout.eos] + ids, [0] + loss  # BOS = EOS id (spec 4.2)
-            g = -(-(cfg.image_size // 14) // 2)
-            from molmoact2_jax.tokenizers.text import expand_image_tokens
+            grid = pooled_grid(cfg.image_size, cfg.patch_size, cfg.pool_size)
             expanded, exp_loss = [], []
             for i, l in zip(ids, loss):  # expand image placeholders, keeping loss alignment
-                block = expand_image_tokens([i], self.tok.layout, [(g, g)]) if i == self.tok.layout.image_placeholder \
+                block = expand_image_tokens([i], self.tok.layout, [grid]) if i == self.tok.layout.image_placeholder \
                     else [i]
                 expanded += block
                 exp_loss += [l] * len(block)
@@ -141,7 +145,6 @@ class VLMConfig:
 
 
 def build_vlm_dataset(cfg: VLMConfig) -> grain.IterDataset:
-    from data_pipelines.pipeline.robot_dataset import _shard_options
     parts = [grain.MapDataset.source(VLMSource(p)) for p in cfg.paths]
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
     if cfg.shuffle:

@@ -1,64 +1,15 @@
 """State/action normalization and discrete state bins (molmoact2_spec.md section 13). Pure numpy.
 
-Shared by training (Grain transforms) and serving, so the two cannot drift apart.
+Shared by training (Grain transforms) and serving, so the two cannot drift apart; the stats themselves are
+`data_pipelines.norm_stats.FeatureStats`.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-NORM_MODES = ("q01_q99", "mean_std", "min_max", "q10_q90", "none")
+from data_pipelines.norm_stats import NORM_MODES, FeatureStats
+
 _EPS = 1e-6
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureStats:
-    """One feature's stats as stored under action_stats / state_stats in norm_stats.json."""
-    min: np.ndarray
-    max: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    q01: np.ndarray
-    q99: np.ndarray
-    mask: np.ndarray            # False: pass through un-normalized (gripper with normalize_gripper=False)
-    names: tuple[str, ...] = ()
-    q10: np.ndarray | None = None
-    q90: np.ndarray | None = None
-
-    @classmethod
-    def from_json(cls, d: dict, where: str = "stats") -> "FeatureStats":
-        missing = [k for k in ("min", "max", "mean", "std", "q01", "q99") if k not in d]
-        if missing:
-            raise ValueError(f"{where}: missing {missing} (quantile stats are required for q01_q99)")
-        arr = lambda k: None if d.get(k) is None else np.asarray(d[k], np.float64).reshape(-1)
-        dim = len(arr("min"))
-        mask = np.asarray(d.get("mask", [True] * dim), bool).reshape(-1)
-        for k in ("max", "mean", "std", "q01", "q99"):
-            if len(arr(k)) != dim:
-                raise ValueError(f"{where}.{k} has {len(arr(k))} values, {where}.min has {dim}")
-        return cls(arr("min"), arr("max"), arr("mean"), arr("std"), arr("q01"), arr("q99"), mask,
-                   tuple(d.get("names") or ()), arr("q10"), arr("q90"))
-
-    @property
-    def dim(self) -> int:
-        return len(self.min)
-
-    @property
-    def zero_mask(self) -> np.ndarray:
-        """Dims that never vary (min == max) normalize to 0."""
-        return self.min == self.max
-
-    def bounds(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
-        if mode == "q01_q99":
-            return self.q01, self.q99
-        if mode == "min_max":
-            return self.min, self.max
-        if mode == "q10_q90":
-            if self.q10 is None or self.q90 is None:
-                raise ValueError("norm_mode q10_q90 needs q10/q90 in the stats")
-            return self.q10, self.q90
-        raise ValueError(f"no bounds for norm_mode {mode!r}")
 
 
 def normalize(x, stats: FeatureStats, mode: str = "q01_q99") -> np.ndarray:

@@ -9,10 +9,10 @@ A suite spec names the simulator and its tasks:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from data_pipelines.embodiments import EMBODIMENTS
+from data_pipelines.norm_stats import NormStats, TagInfo
 
 from molmoact2_jax.evaluation.errors import SimEvalError
 
@@ -170,24 +170,18 @@ def metaworld_task_text(task: str) -> str:
     return METAWORLD_TASK_TEXT.get(base, base.replace("-", " "))
 
 
-def load_norm_stats(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise SimEvalError(f"norm stats file not found: {path}")
+def load_norm_stats(path) -> NormStats:
+    """The checkpoint's norm stats (data_pipelines.norm_stats), bad files reported as SimEvalError."""
     try:
-        stats = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SimEvalError(f"norm stats file {path} is not valid JSON: {e}") from None
-    if "metadata_by_tag" not in stats:
-        raise SimEvalError(f"norm stats file {path} has no metadata_by_tag (not a molmoact2 norm_stats.json)")
-    return stats
+        return NormStats.load(Path(path))
+    except (ValueError, FileNotFoundError) as e:
+        raise SimEvalError(str(e)) from None
 
 
-def tag_metadata(stats: dict, tag: str | None, where="norm stats") -> tuple[str, dict]:
-    """The (tag, metadata) to use: `tag` if given, else the only tag present."""
-    tags = stats["metadata_by_tag"]
-    if tag is not None and tag in tags:
-        return tag, tags[tag]
-    if tag is None and len(tags) == 1:
-        return next(iter(tags.items()))
-    raise SimEvalError(f"{where} has no norm tag {tag!r} (has {sorted(tags)}); pass --norm-tag")
+def select_tag(stats: NormStats, tag: str | None, where="norm stats") -> TagInfo:
+    """`tag` if given, else the only tag present."""
+    if tag is not None and tag in stats.tags:
+        return stats.tags[tag]
+    if tag is None and len(stats.tags) == 1:
+        return next(iter(stats.tags.values()))
+    raise SimEvalError(f"{where} has no norm tag {tag!r} (has {sorted(stats.tags)}); pass --norm-tag")

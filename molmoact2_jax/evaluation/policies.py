@@ -8,8 +8,8 @@ The evaluator executes up to `n_action_steps` of the returned actions before ask
 
 Baselines: `random` (uniform in the action bounds), `mean-action` (the dataset's mean action from
 norm stats or a LeRobot dataset's meta/stats.json), `expert` (MetaWorld's scripted policy).
-`ModelPolicy` adapts `molmoact2_jax.inference.Policy` (imported lazily) after checking that the
-checkpoint's action dim and cameras fit the environment.
+`ModelPolicy` adapts `molmoact2_jax.inference.Policy` after checking that the checkpoint's action dim
+and cameras fit the environment.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from molmoact2_jax.evaluation.config import SimConfig, load_norm_stats, tag_metadata
+from molmoact2_jax.evaluation.config import SimConfig, load_norm_stats, select_tag
 from molmoact2_jax.evaluation.errors import SimEvalError
+from molmoact2_jax.checkpoint_io import assets
 
 BASELINES = ("mean-action", "random", "expert")
 
@@ -71,9 +72,9 @@ class MeanActionPolicy:
         else:
             if p.is_dir():
                 p = find_norm_stats(p)
-            use_tag = tag or (cfg.norm_tag if _has_tag(p, cfg.norm_tag) else None)
-            _, meta = tag_metadata(load_norm_stats(p), use_tag, where=str(p))
-            mean = meta["action_stats"]["mean"]
+            stats = load_norm_stats(p)
+            use_tag = tag or (cfg.norm_tag if cfg.norm_tag in stats.tags else None)
+            mean = select_tag(stats, use_tag, where=str(p)).action_stats.mean
         if len(mean) != cfg.action_dim:
             raise SimEvalError(f"mean action from {source} has {len(mean)} dims; {cfg.simulator} takes "
                                f"{cfg.action_dim}-D actions")
@@ -84,13 +85,6 @@ class MeanActionPolicy:
 
     def act(self, observation: dict) -> np.ndarray:
         return np.tile(self.mean, (self.n_steps, 1))
-
-
-def _has_tag(path, tag) -> bool:
-    try:
-        return tag in load_norm_stats(path)["metadata_by_tag"]
-    except SimEvalError:
-        return False
 
 
 class ExpertPolicy:
@@ -132,10 +126,11 @@ def find_norm_stats(checkpoint) -> Path:
     ckpt = Path(checkpoint)
     if not ckpt.is_dir():
         raise SimEvalError(f"checkpoint directory not found: {ckpt}")
-    for cand in (ckpt / "assets/norm_stats.json", ckpt / "norm_stats.json"):
-        if cand.is_file():
-            return cand
-    raise SimEvalError(f"checkpoint {ckpt} has no norm_stats.json (looked in assets/ and the top level)")
+    try:
+        return Path(assets.find_norm_stats(str(ckpt)))
+    except FileNotFoundError:
+        raise SimEvalError(f"checkpoint {ckpt} has no norm_stats.json (looked in assets/ and the top level)") \
+            from None
 
 
 def check_checkpoint_fits(checkpoint, cfg: SimConfig, norm_tag: str | None = None) -> dict:
@@ -145,14 +140,13 @@ def check_checkpoint_fits(checkpoint, cfg: SimConfig, norm_tag: str | None = Non
     """
     path = find_norm_stats(checkpoint)
     stats = load_norm_stats(path)
-    tags = stats["metadata_by_tag"]
-    tag = norm_tag or (cfg.norm_tag if cfg.norm_tag in tags else None)
-    tag, meta = tag_metadata(stats, tag, where=f"checkpoint {checkpoint}")
-    adim = int(meta.get("action_dim", len(meta.get("action_stats", {}).get("mean", []))))
+    info = select_tag(stats, norm_tag or (cfg.norm_tag if cfg.norm_tag in stats.tags else None),
+                      where=f"checkpoint {checkpoint}")
+    tag, adim = info.name, info.action_dim
     if adim != cfg.action_dim:
         raise SimEvalError(f"checkpoint {checkpoint} predicts {adim}-D actions (tag {tag}) but {cfg.simulator} "
                            f"takes {cfg.action_dim}-D actions")
-    keys = list(meta.get("camera_keys") or [])
+    keys = list(info.camera_keys)
     order = list(range(len(cfg.cameras)))
     if keys:
         if len(keys) != len(cfg.cameras):
@@ -164,12 +158,11 @@ def check_checkpoint_fits(checkpoint, cfg: SimConfig, norm_tag: str | None = Non
             raise SimEvalError(f"checkpoint {checkpoint} cameras {keys} (tag {tag}) do not match the "
                                f"{cfg.simulator} cameras {list(cfg.camera_keys)}")
         # Disjoint names (another naming scheme): cameras go in config order.
-    sstats = meta.get("state_stats") or {}
-    if sstats.get("mean") is not None and len(sstats["mean"]) != cfg.state_dim:
-        raise SimEvalError(f"checkpoint {checkpoint} takes a {len(sstats['mean'])}-D state (tag {tag}) but "
+    if info.state_dim != cfg.state_dim:
+        raise SimEvalError(f"checkpoint {checkpoint} takes a {info.state_dim}-D state (tag {tag}) but "
                            f"{cfg.simulator} gives a {cfg.state_dim}-D state")
     return {"tag": tag, "action_dim": adim, "camera_order": order,
-            "n_action_steps": meta.get("n_action_steps"), "norm_stats_path": str(path)}
+            "n_action_steps": info.n_action_steps, "norm_stats_path": str(path)}
 
 
 class ModelPolicy:
@@ -186,11 +179,8 @@ class ModelPolicy:
     @classmethod
     def load(cls, checkpoint, cfg: SimConfig, norm_tag: str | None = None, n_action_steps: int | None = None,
              mode: str | None = None) -> "ModelPolicy":
+        from molmoact2_jax.inference.policy import Policy   # jax: only once a model is evaluated
         fit = check_checkpoint_fits(checkpoint, cfg, norm_tag)   # fail fast, before loading weights
-        try:
-            from molmoact2_jax.inference import Policy
-        except ImportError as e:
-            raise SimEvalError(f"molmoact2_jax.inference.Policy is not available: {e}") from None
         n = n_action_steps or fit["n_action_steps"] or cfg.n_action_steps
         return cls(Policy.load(str(checkpoint)), fit["tag"], int(n), mode, fit["camera_order"])
 

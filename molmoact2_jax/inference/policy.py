@@ -15,8 +15,6 @@ Compilation: one jitted function per mode; prompts are left-padded (masked, posi
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import threading
 
 import numpy as np
@@ -24,83 +22,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from data_pipelines.transforms.normalize import NORM_MODES, FeatureStats, normalize, state_bins, unnormalize
-from data_pipelines.transforms.prompt import build_robot_prompt
+from data_pipelines.norm_stats import NormStats, TagInfo
+from data_pipelines.transforms.model_inputs import ModelInputs
+from data_pipelines.transforms.robot_inputs import Group, robot_transforms
+from molmoact2_jax.inference import loading
 from molmoact2_jax.inference import think as think_lib
 from molmoact2_jax.models.molmoact2 import MolmoAct2
-from molmoact2_jax.preprocessing.image import preprocess_images, to_uint8_rgb
+from molmoact2_jax.preprocessing.image import to_uint8_rgb
 from molmoact2_jax.tokenizers.openfast import MAX_ACTION_DIM, from_llm_ids
 
 MODES = ("continuous", "discrete")
 MAX_IMAGES = 5
-NORM_STATS_FILE = "norm_stats.json"
-ACTION_TOKENIZER_DIRS = ("action_tokenizer", "openfast", "fast_tokenizer", "MolmoAct2-FAST-Tokenizer")
 _LAYOUT_FIELDS = {"image_start": "image_start", "image_end": "image_end", "image_patch": "image_patch",
                   "image_col": "image_col", "eos": "eos_token_id", "state_token_start": "state_token_start",
                   "action_output": "action_output", "action_start": "action_start", "action_end": "action_end",
                   "action_token_start": "action_token_start", "depth_output": "depth_output",
                   "depth_start": "depth_start", "depth_end": "depth_end", "depth_token_start": "depth_token_start",
                   "setup_start": "setup_start", "control_start": "control_start", "state_start": "state_start"}
-
-
-@dataclasses.dataclass(frozen=True)
-class TagInfo:
-    """One norm tag of norm_stats.json (spec 13 schema)."""
-    name: str
-    action_stats: FeatureStats
-    state_stats: FeatureStats
-    norm_mode: str
-    horizon: int
-    n_action_steps: int
-    setup_type: str
-    control_mode: str
-    camera_keys: tuple
-
-    @property
-    def action_dim(self) -> int:   # spec 21.4: the length of the stats vector, not metadata.action_dim
-        return self.action_stats.dim
-
-    @property
-    def state_dim(self) -> int:
-        return self.state_stats.dim
-
-
-def _stats(d: dict, meta: dict, where: str) -> FeatureStats:
-    d = dict(d)
-    if "mask" not in d and d.get("names") and not meta.get("normalize_gripper", False):
-        d["mask"] = ["gripper" not in str(n).lower() for n in d["names"]]  # spec 13: grippers pass through
-    return FeatureStats.from_json(d, where)
-
-
-def parse_norm_stats(norm_stats) -> dict[str, TagInfo]:
-    """norm_stats.json (dict, JSON string or path) -> {tag: TagInfo}. Raises ValueError naming the bad field."""
-    if isinstance(norm_stats, (str, os.PathLike)) and os.path.exists(norm_stats):
-        with open(norm_stats) as f:
-            norm_stats = json.load(f)
-    elif isinstance(norm_stats, str):
-        norm_stats = json.loads(norm_stats)
-    if not isinstance(norm_stats, dict) or not isinstance(norm_stats.get("metadata_by_tag"), dict):
-        raise ValueError("norm_stats: expected {'format', 'norm_mode', 'metadata_by_tag': {tag: {...}}}")
-    top_mode = norm_stats.get("norm_mode", "q01_q99")
-    tags = {}
-    for tag, meta in norm_stats["metadata_by_tag"].items():
-        where = f"norm_stats.metadata_by_tag[{tag!r}]"
-        for key in ("action_stats", "state_stats", "action_horizon"):
-            if key not in meta:
-                raise ValueError(f"{where}: missing {key!r}")
-        mode = meta.get("norm_mode", top_mode)
-        if mode not in NORM_MODES:
-            raise ValueError(f"{where}: norm_mode {mode!r} not in {NORM_MODES}")
-        horizon = int(meta["action_horizon"])
-        tags[tag] = TagInfo(
-            name=tag, action_stats=_stats(meta["action_stats"], meta, where + ".action_stats"),
-            state_stats=_stats(meta["state_stats"], meta, where + ".state_stats"), norm_mode=mode,
-            horizon=horizon, n_action_steps=int(meta.get("n_action_steps") or horizon),
-            setup_type=str(meta.get("setup_type", "")), control_mode=str(meta.get("control_mode", "")),
-            camera_keys=tuple(meta.get("camera_keys") or ()))
-    if not tags:
-        raise ValueError("norm_stats: metadata_by_tag is empty")
-    return tags
 
 
 @dataclasses.dataclass
@@ -117,23 +55,6 @@ class ActionResult:
     prompt_tokens: int = 0
 
 
-def _find_asset(ckpt_dir: str, names) -> str | None:
-    roots = [os.path.join(ckpt_dir, "assets"), ckpt_dir]
-    parent = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))  # WORKDIR of WORKDIR/checkpoints/<step>
-    roots += [os.path.join(parent, "assets")]
-    for root in roots:
-        for n in names:
-            p = os.path.join(root, n)
-            if os.path.exists(p):
-                return p
-    return None
-
-
-def _is_hf_folder(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(
-        os.path.join(path, "model_config.json")) and any(f.endswith(".safetensors") for f in os.listdir(path))
-
-
 class Policy:
     """MolmoAct2 inference policy (batch size 1). Thread-safe: calls are serialized by a lock."""
 
@@ -143,7 +64,8 @@ class Policy:
         self.cfg = ml_collections.FrozenConfigDict(model_cfg)
         self.model = MolmoAct2(self.cfg)
         self.params = jax.device_put(params)
-        self.tags = parse_norm_stats(norm_stats)
+        self.norm_stats = NormStats.load(norm_stats)
+        self.tags = self.norm_stats.tags
         self.tokenizer = tokenizer
         self.action_tokenizer = action_tokenizer
         self.prompt_bucket = int(prompt_bucket)
@@ -152,9 +74,10 @@ class Policy:
         self.strict_camera_count = bool(strict_camera_count)
         self.normalize_language = bool(normalize_language)
         self._check_layout()
-        v = self.cfg.vit
-        g = -(-(v.image_size // v.patch_size) // self.cfg.connector.pool_size)
-        self.image_grid = (g, g)
+        # The training example's transforms: tokens + patches (model_inputs), normalization + prompt (robot_inputs)
+        self.model_inputs = ModelInputs.for_model(tokenizer, self.cfg, seq_len=None, use_col_tokens=use_col_tokens)
+        self.image_grid = self.model_inputs.grid
+        self._groups: dict = {}
         self.pad_id = int(self.cfg.tokens.pad_token_id)
         self._continuous = jax.jit(self._continuous_fn, static_argnames=("num_steps",))
         self._generate = jax.jit(self._generate_fn, static_argnames=("max_new",))
@@ -169,48 +92,13 @@ class Policy:
     @classmethod
     def load(cls, ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None, **kwargs) -> "Policy":
         """Loads a params checkpoint (`params/` + `model_config.json`), a trainer step dir, or an HF MolmoAct2
-        folder (via molmoact2_jax.convert.molmoact2_hf.import_hf). Assets are looked up in DIR/assets/ then DIR/:
-        norm_stats.json, tokenizer.json (or tokenizer.model), optional config.json (token-id overrides) and the
-        OpenFAST folder (assets/action_tokenizer/). Arguments override the assets (objects or paths)."""
-        from molmoact2_jax.tokenizers.openfast import OpenFAST
-        from molmoact2_jax.tokenizers.text import TextTokenizer
-        from molmoact2_jax.checkpoint_io.params import load_params
-        ckpt_dir = os.path.abspath(ckpt_dir)
-        if not os.path.isdir(ckpt_dir):
-            raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")
-        if _is_hf_folder(ckpt_dir):
-            params, cfg = cls._import_hf(ckpt_dir)
-        else:
-            params, cfg = load_params(ckpt_dir)
-        if norm_stats is None:
-            path = _find_asset(ckpt_dir, [NORM_STATS_FILE])
-            if path is None:
-                raise FileNotFoundError(f"{ckpt_dir}: no {NORM_STATS_FILE} in assets/ or the folder itself; pass "
-                                        f"norm_stats=")
-            norm_stats = path
-        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            path = tokenizer or _find_asset(ckpt_dir, ["tokenizer.json", "tokenizer.model"])
-            if path is None:
-                raise FileNotFoundError(f"{ckpt_dir}: no tokenizer.json in assets/ or the folder itself; pass "
-                                        f"tokenizer=")
-            hf_cfg_path = _find_asset(ckpt_dir, ["config.json"])
-            hf_cfg = None
-            if hf_cfg_path is not None:
-                with open(hf_cfg_path) as f:
-                    hf_cfg = json.load(f)
-            tokenizer = TextTokenizer.from_file(str(path), hf_config=hf_cfg)
-        if action_tokenizer is None:
-            path = _find_asset(ckpt_dir, ACTION_TOKENIZER_DIRS)
-            action_tokenizer = OpenFAST.load(path) if path is not None else None
-        elif isinstance(action_tokenizer, (str, os.PathLike)):
-            action_tokenizer = OpenFAST.load(action_tokenizer)
-        return cls(cfg, params, norm_stats, tokenizer, action_tokenizer, **kwargs)
-
-    @staticmethod
-    def _import_hf(hf_dir: str):
-        """Converts the release folder in memory: nothing is written, so nothing is left behind."""
-        from molmoact2_jax.convert import molmoact2_hf
-        return molmoact2_hf.load_hf(hf_dir)
+        folder (converted in memory). Assets are looked up in DIR/assets/ then DIR/: norm_stats.json,
+        tokenizer.json (or tokenizer.model), optional config.json (token-id overrides) and the OpenFAST folder
+        (assets/action_tokenizer/). Arguments override the assets (objects or paths). See inference/loading.py."""
+        parts = loading.load_checkpoint(ckpt_dir, norm_stats=norm_stats, tokenizer=tokenizer,
+                                        action_tokenizer=action_tokenizer)
+        return cls(parts.model_cfg, parts.params, parts.norm_stats, parts.tokenizer, parts.action_tokenizer,
+                   **kwargs)
 
     def _check_layout(self):
         lay, t = self.tokenizer.layout, self.cfg.tokens
@@ -236,6 +124,14 @@ class Policy:
         if not isinstance(norm_tag, str) or norm_tag not in self.tags:
             raise ValueError(f"unknown norm_tag {norm_tag!r}; this checkpoint knows {sorted(self.tags)}")
         return self.tags[norm_tag]
+
+    def transforms(self, tag: TagInfo, think: bool = False) -> Group:
+        """The robot transform stack training used for this tag (normalize, state bins, prompt; un-normalize)."""
+        key = (tag.name, bool(think))
+        if key not in self._groups:
+            self._groups[key] = robot_transforms(tag, num_state_tokens=int(self.cfg.tokens.num_state_tokens),
+                                                 think=think, normalize_language=self.normalize_language)
+        return self._groups[key]
 
     def check_images(self, images, tag: TagInfo) -> list[np.ndarray]:
         if isinstance(images, np.ndarray) and images.ndim == 3:
@@ -281,14 +177,11 @@ class Policy:
         """Prompt ids (left-padded to the bucket) + image patches, the model inputs of one observation."""
         if not isinstance(task, str):
             raise ValueError(f"task/instruction must be a string, got {type(task).__name__}")
-        nl = self.normalize_language if normalize_language is None else normalize_language
-        s_norm = normalize(state, tag.state_stats, tag.norm_mode)
-        bins = state_bins(s_norm, int(self.cfg.tokens.num_state_tokens))
-        style = "robot_depth_action" if think else "robot_action"
-        prompt = build_robot_prompt(task, len(images), bins.tolist(), tag.setup_type, tag.control_mode, style=style,
-                                    normalize_language=nl)
-        ids = self.tokenizer.encode_prompt(prompt, image_grids=[self.image_grid] * len(images),
-                                           use_col_tokens=self.use_col_tokens)
+        x = {"state": state, "task": task, "num_images": len(images)}
+        if normalize_language is not None:
+            x["normalize_language"] = normalize_language
+        x = self.transforms(tag, think).apply_inputs(x)
+        ids = self.model_inputs.prompt_ids(x["prompt"], len(images))
         if think:
             ids = ids + [int(self.cfg.tokens.depth_start)]   # forced <depth_start> (spec 14)
         n = len(ids)
@@ -299,11 +192,9 @@ class Policy:
         padded[0, bucket - n:] = ids
         attn = np.zeros((1, bucket), bool)
         attn[0, bucket - n:] = True
-        v = self.cfg.vit
-        patches, pooled = preprocess_images(images, size=v.image_size, patch=v.patch_size,
-                                            pool=self.cfg.connector.pool_size)
+        patches, pooled = self.model_inputs.image_inputs(images)
         return dict(ids=padded, attn=attn, images=patches[None], pooled=pooled[None], prompt_tokens=n,
-                    state_bins=bins, prompt=prompt)
+                    state=x["state"], state_bins=x["state_bins"], prompt=x["prompt"])
 
     def _draw_noise(self, horizon: int, seed, noise) -> jnp.ndarray:
         d = self.cfg.action_expert.max_action_dim
@@ -377,7 +268,7 @@ class Policy:
         norm = np.asarray(norm, np.float32)
         result.normalized_actions = norm
         # n_obs_steps = 1 in released configs: the executed steps are [0 : n_action_steps] (spec 11.2)
-        result.actions = unnormalize(norm[:n_steps], tag.action_stats, tag.norm_mode).astype(np.float32)
+        result.actions = self.transforms(tag, think).apply_outputs({"actions": norm[:n_steps]})["actions"]
         return result
 
     def _decode_discrete(self, gen, h, d, result) -> np.ndarray:

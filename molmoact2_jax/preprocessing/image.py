@@ -56,6 +56,13 @@ def patchify(img: np.ndarray, patch: int) -> np.ndarray:
     return x.reshape(gh * gw, patch * patch * c)
 
 
+def pooled_grid(image_size: int, patch: int = 14, pool: int = 2) -> tuple[int, int]:
+    """(rows, cols) of pooled image tokens of one squash-resized image: ceil((image_size // patch) / pool) each
+    (378 / 14 / 2 -> 14 x 14). The one place this formula lives: prompts, model inputs and policies call it."""
+    g = -(-(image_size // patch) // pool)
+    return g, g
+
+
 def pooling_index(grid_h: int, grid_w: int, pool: int = 2) -> np.ndarray:
     """[ceil(h/pool)*ceil(w/pool), pool*pool] patch indices per pooled token; -1 pads the bottom/right edge."""
     ph, pw = -(-grid_h // pool) * pool, -(-grid_w // pool) * pool

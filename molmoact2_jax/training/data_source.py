@@ -17,6 +17,14 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
+from data_pipelines.pipeline.robot_transform import RobotTransformConfig
+from data_pipelines.pipeline.vlm import VLMConfig, VLMTransformConfig, build_vlm_dataset
+from data_pipelines.transforms.model_inputs import ModelInputs
+from molmoact2_jax.preprocessing.image import preprocess_images
+from molmoact2_jax.tokenizers.openfast import OpenFAST
+from molmoact2_jax.tokenizers.text import TextTokenizer
+
 def to_model_batch(b: dict) -> dict:
     """Pipeline batch (loss_mask aligned with the predicted token) -> model batch (targets shifted by one)."""
     ids = np.asarray(b["input_ids"], np.int32)
@@ -56,13 +64,13 @@ class PipelineIterator:
 
 def vlm_to_model_batch(b: dict, model_cfg) -> dict:
     """A VLM batch (uint8 images, no actions) in the model's batch layout: flow terms switched off."""
-    from molmoact2_jax.preprocessing.image import preprocess_images
     v, ae = model_cfg.vit, model_cfg.action_expert
     masks = np.asarray(b["image_mask"], bool)
     n_max = masks.shape[1]
     patches, pooled = [], []
     for images, mask in zip(np.asarray(b["images"]), masks):
-        p, idx = preprocess_images(list(images[mask]) or [images[0]], v.image_size, v.patch_size)
+        p, idx = preprocess_images(list(images[mask]) or [images[0]], v.image_size, v.patch_size,
+                                   model_cfg.connector.pool_size)
         n_tok = idx.shape[0] // len(p)
         full_p = np.zeros((n_max,) + p.shape[1:], np.float32)
         full_i = np.full((n_max * n_tok, idx.shape[1]), -1, np.int32)
@@ -103,12 +111,9 @@ class MixedIterator:
         self.vlm.set_state(state["vlm"])
 
 
-def make(cfg, split: str = "train"):
-    from data_pipelines.pipeline.model_inputs import ModelInputs
-    from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
-    from data_pipelines.pipeline.robot_transform import RobotTransformConfig
-    from molmoact2_jax.tokenizers.text import TextTokenizer
-
+def pipeline_config(cfg, split: str = "train", tokenizer=None) -> PipelineConfig:
+    """The robot pipeline (data_pipelines) of `config.data` for `split`: train (shuffled, augmented) or eval
+    (in order, no augmentation); its examples are the model inputs (tokens, patches) of the shared transforms."""
     d, m = cfg.data, cfg.model
     if d.source != "arrayrecord":
         raise ValueError(f"config.data.source={d.source!r}: expected 'synthetic' or 'arrayrecord'")
@@ -117,20 +122,16 @@ def make(cfg, split: str = "train"):
     if int(d.global_batch_size) % jax.process_count():
         raise ValueError(f"config.data.global_batch_size={d.global_batch_size} is not divisible by "
                          f"{jax.process_count()} processes")
-    tok = TextTokenizer.from_file(d.tokenizer)
-    openfast = None
-    if m.action_mode in ("discrete", "both"):
-        from molmoact2_jax.tokenizers.openfast import OpenFAST
-        openfast = OpenFAST.load(d.openfast)
+    tok = tokenizer or TextTokenizer.from_file(d.tokenizer)
+    openfast = OpenFAST.load(d.openfast) if m.action_mode in ("discrete", "both") else None
     eval_split = split != "train"
-    inputs = ModelInputs(tok, seq_len=int(d.seq_len), image_size=m.vit.image_size, patch=m.vit.patch_size,
-                         openfast=openfast, action_format=m.action_mode)
+    inputs = ModelInputs.for_model(tok, m, seq_len=int(d.seq_len), openfast=openfast, action_format=m.action_mode)
     sources = d.get("eval_sources") if eval_split and d.get("eval_sources") else d.sources
     for i, src in enumerate(sources):
         if not src.get("path"):
             raise ValueError(f"config.data.sources.{i}.path is empty (tag {src.get('tag', '?')!r}): set it to the "
                              f"tag's converted shard directory (molmoact2-data convert)")
-    pc = PipelineConfig(
+    return PipelineConfig(
         sources=[Source(s["path"], float(s.get("weight", 1.0))) for s in sources],
         norm_stats=d.norm_stats, batch_size=int(d.global_batch_size) // jax.process_count(),
         seed=int(d.seed) + (1 if eval_split else 0), worker_count=int(d.get("worker_count", 0)),
@@ -140,11 +141,17 @@ def make(cfg, split: str = "train"):
                                        max_action_dim=m.action_expert.max_action_dim,
                                        augment=bool(d.get("augment", True)) and not eval_split),
         model_inputs=inputs)
+
+
+def make(cfg, split: str = "train"):
+    d, m = cfg.data, cfg.model
+    tok = TextTokenizer.from_file(d.tokenizer) if d.source == "arrayrecord" else None
+    pc = pipeline_config(cfg, split, tok)
     robot = PipelineIterator(iter(build_robot_dataset(pc)))
-    if not d.get("vlm_sources") or eval_split:
+    if not d.get("vlm_sources") or split != "train":
         return robot
-    from data_pipelines.pipeline.vlm import VLMConfig, VLMTransformConfig, build_vlm_dataset
     vc = VLMConfig(paths=[str(p) for p in d.vlm_sources], batch_size=pc.batch_size, seed=int(d.seed) + 2,
                    transform=VLMTransformConfig(image_size=m.vit.image_size, max_images=int(d.get("max_cameras", 3)),
-                                                seq_len=int(d.seq_len)), tokenizer=tok)
+                                                seq_len=int(d.seq_len), patch_size=m.vit.patch_size,
+                                                pool_size=m.connector.pool_size), tokenizer=tok)
     return MixedIterator(robot, iter(build_vlm_dataset(vc)), float(d.get("robot_share", 0.9)), int(d.seed), m)

@@ -44,7 +44,7 @@ def yam_pipe(yam_v3, tmp_path_factory):
 
 
 def test_prompt_tokens_and_image_patches(tok, yam_pipe):
-    from data_pipelines.pipeline.model_inputs import ModelInputs
+    from data_pipelines.transforms.model_inputs import ModelInputs
     mi = ModelInputs(tok, seq_len=600, image_size=28)
     ex = build_map_dataset(dataclasses.replace(yam_pipe, model_inputs=mi))[0]
     L = tok.layout
@@ -60,7 +60,7 @@ def test_prompt_tokens_and_image_patches(tok, yam_pipe):
 
 
 def test_discrete_action_answer(tok, yam_pipe):
-    from data_pipelines.pipeline.model_inputs import ModelInputs
+    from data_pipelines.transforms.model_inputs import ModelInputs
     ex0 = build_map_dataset(yam_pipe)[5]
     fast = openfast_mod.OpenFAST.fit([ex0["actions"][:30, :14]] * 4, vocab_size=300, scale=10)
     mi = ModelInputs(tok, seq_len=None, image_size=28, openfast=fast, action_format="both")
@@ -74,7 +74,7 @@ def test_discrete_action_answer(tok, yam_pipe):
 
 
 def test_packing_segments_and_restore(tok, yam_pipe):
-    from data_pipelines.pipeline.model_inputs import ModelInputs
+    from data_pipelines.transforms.model_inputs import ModelInputs
     mi = ModelInputs(tok, seq_len=None, image_size=28)
     n_tokens = len(mi(build_map_dataset(yam_pipe)[0])["input_ids"])
     pack = PackConfig(seq_len=int(n_tokens * 2.5), max_examples=3)

@@ -1,50 +1,69 @@
-"""Example -> model inputs: prompt tokens (with image blocks), optional discrete action answer, and
-image patches. Wires in molmoact2_jax's TextTokenizer, preprocess_images and OpenFAST.
+"""Prompt + images -> model inputs: prompt tokens (with image blocks), an optional discrete action answer, and
+image patches. The same object serves a training example (`__call__`, right-padded to `seq_len`) and a live
+observation (`prompt_ids` / `image_inputs`, which `Policy` left-pads to its bucket), so the two cannot drift.
 
-Token features are aligned with input_ids: `loss_mask[i] = 1` when token i is an answer token the
-LM must predict (the trainer shifts). Robot examples in "continuous" action_format are prompt-only
-(no LM loss, spec 4.3); "both"/"discrete" append <action_start> OpenFAST tokens <action_end> EOS.
+Token features are aligned with input_ids: `loss_mask[i] = 1` when token i is an answer token the LM must predict
+(the trainer shifts). Robot examples in "continuous" action_format are prompt-only (no LM loss, spec 4.3);
+"both"/"discrete" append <action_start> OpenFAST tokens <action_end> EOS.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from data_pipelines.errors import DataError
+from molmoact2_jax.preprocessing.image import pooled_grid, preprocess_images
+
+ACTION_FORMATS = ("continuous", "discrete", "both")
 
 
 class ModelInputs:
     def __init__(self, tokenizer, *, seq_len: int | None, image_size: int = 378, patch: int = 14, pool: int = 2,
                  openfast=None, action_format: str = "continuous", use_col_tokens: bool = False,
                  keep_uint8_images: bool = False):
-        if action_format not in ("continuous", "discrete", "both"):
+        if action_format not in ACTION_FORMATS:
             raise ValueError(f"action_format must be continuous, discrete or both, got {action_format!r}")
         if action_format != "continuous" and openfast is None:
             raise ValueError(f"action_format={action_format!r} needs an OpenFAST tokenizer")
         self.tok, self.openfast, self.action_format = tokenizer, openfast, action_format
         self.seq_len, self.image_size, self.patch, self.pool = seq_len, image_size, patch, pool
         self.use_col_tokens, self.keep_uint8_images = use_col_tokens, keep_uint8_images
-        g = -(-(image_size // patch) // pool)
-        self.grid = (g, g)
+        self.grid = pooled_grid(image_size, patch, pool)
         backend = getattr(tokenizer, "backend", None)
         pad = backend.token_to_id("<|endoftext|>") if hasattr(backend, "token_to_id") else None
         self.pad_id = int(pad) if pad is not None else 0
 
+    @classmethod
+    def for_model(cls, tokenizer, model_cfg, **kwargs) -> "ModelInputs":
+        """Image geometry from a model config (`vit.image_size`, `vit.patch_size`, `connector.pool_size`)."""
+        return cls(tokenizer, image_size=int(model_cfg.vit.image_size), patch=int(model_cfg.vit.patch_size),
+                   pool=int(model_cfg.connector.pool_size), **kwargs)
+
+    def prompt_ids(self, prompt: str, num_images: int) -> list[int]:
+        """BOS + the prompt with each image placeholder expanded to its token block (spec 4.2)."""
+        return self.tok.encode_prompt(str(prompt), image_grids=[self.grid] * int(num_images),
+                                      use_col_tokens=self.use_col_tokens)
+
+    def image_inputs(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 camera images of one example -> (patches [N, P, V] in [-1, 1], pooled_idx [N*Nt, pool*pool])."""
+        return preprocess_images(list(images), self.image_size, self.patch, self.pool)
+
+    def answer_ids(self, ex: dict) -> list[int]:
+        """<action_start> OpenFAST tokens of the normalized chunk <action_end> EOS (discrete / both)."""
+        L = self.tok.layout
+        H = int(ex["action_horizon"])
+        chunk = np.asarray(ex["actions"])[:H, ~np.asarray(ex["action_dim_is_pad"])]
+        bpe = self.openfast.encode(chunk[None])[0]
+        return [L.action_start] + [L.action_token(int(k)) for k in bpe] + [L.action_end, L.eos]
+
     def tokens(self, ex: dict) -> tuple[np.ndarray, np.ndarray]:
-        n_img = int(np.asarray(ex["image_mask"]).sum())
-        ids = self.tok.encode_prompt(str(ex["prompt"]), image_grids=[self.grid] * n_img,
-                                     use_col_tokens=self.use_col_tokens)
+        ids = self.prompt_ids(ex["prompt"], int(np.asarray(ex["image_mask"]).sum()))
         loss = [0] * len(ids)
         if self.action_format != "continuous":
-            L = self.tok.layout
-            H = int(ex["action_horizon"])
-            chunk = np.asarray(ex["actions"])[:H, ~np.asarray(ex["action_dim_is_pad"])]
-            bpe = self.openfast.encode(chunk[None])[0]
-            answer = [L.action_start] + [L.action_token(int(k)) for k in bpe] + [L.action_end, L.eos]
+            answer = self.answer_ids(ex)
             ids, loss = ids + answer, loss + [1] * len(answer)
         return np.asarray(ids, np.int32), np.asarray(loss, np.float32)
 
     def __call__(self, ex: dict) -> dict:
-        from molmoact2_jax.preprocessing.image import preprocess_images
         ex = dict(ex)
         ids, loss = self.tokens(ex)
         if self.seq_len is not None:
@@ -58,7 +77,7 @@ class ModelInputs:
         ex["input_ids"], ex["loss_mask"] = ids, loss
         mask = np.asarray(ex["image_mask"])
         images = np.asarray(ex["images"])
-        patches, pooled = preprocess_images(list(images[mask]), self.image_size, self.patch, self.pool)
+        patches, pooled = self.image_inputs(images[mask])
         n_max, n_tok = len(mask), pooled.shape[0] // max(1, mask.sum())
         ex["image_patches"] = np.zeros((n_max,) + patches.shape[1:], np.float32)
         ex["image_patches"][: len(patches)] = patches

@@ -1,0 +1,76 @@
+"""Everything a policy needs from a checkpoint folder, apart from the policy itself.
+
+A folder is one of: a params checkpoint (`params/` + `model_config.json`, checkpoint_io.params), a trainer step
+directory (`WORKDIR/checkpoints/<step>/`), or a Hugging Face MolmoAct2 release folder (config.json +
+safetensors, converted in memory: nothing is written). Assets are looked up in DIR/assets/, DIR/ and, for a step
+directory, WORKDIR/assets/: norm_stats.json, tokenizer.json (or tokenizer.model), config.json (token-id
+overrides) and the OpenFAST folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from data_pipelines.norm_stats import NormStats
+from molmoact2_jax.checkpoint_io.assets import find_asset, find_norm_stats
+from molmoact2_jax.checkpoint_io.params import load_params
+from molmoact2_jax.convert import molmoact2_hf
+from molmoact2_jax.tokenizers.openfast import OpenFAST
+from molmoact2_jax.tokenizers.text import TextTokenizer
+
+ACTION_TOKENIZER_DIRS = ("action_tokenizer", "openfast", "fast_tokenizer", "MolmoAct2-FAST-Tokenizer")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+@dataclasses.dataclass
+class CheckpointParts:
+    model_cfg: object
+    params: dict
+    norm_stats: NormStats
+    tokenizer: TextTokenizer
+    action_tokenizer: OpenFAST | None
+
+
+def is_hf_folder(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(
+        os.path.join(path, "model_config.json")) and any(f.endswith(".safetensors") for f in os.listdir(path))
+
+
+def load_tokenizer(ckpt_dir: str, tokenizer=None) -> TextTokenizer:
+    """`tokenizer`: a TextTokenizer (returned as is), a path, or None to use the folder's tokenizer file with its
+    config.json's token ids."""
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    path = tokenizer or find_asset(ckpt_dir, TOKENIZER_FILES)
+    if path is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no tokenizer.json in assets/ or the folder itself; pass tokenizer=")
+    hf_cfg_path = find_asset(ckpt_dir, ["config.json"])
+    hf_cfg = None
+    if hf_cfg_path is not None:
+        with open(hf_cfg_path) as f:
+            hf_cfg = json.load(f)
+    return TextTokenizer.from_file(str(path), hf_config=hf_cfg)
+
+
+def load_action_tokenizer(ckpt_dir: str, action_tokenizer=None) -> OpenFAST | None:
+    if isinstance(action_tokenizer, (str, os.PathLike)):
+        return OpenFAST.load(action_tokenizer)
+    if action_tokenizer is not None:
+        return action_tokenizer
+    path = find_asset(ckpt_dir, ACTION_TOKENIZER_DIRS)
+    return OpenFAST.load(path) if path is not None else None
+
+
+def load_checkpoint(ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None) -> CheckpointParts:
+    """Params, model config and assets of a folder; arguments (objects or paths) override the assets."""
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")
+    if is_hf_folder(ckpt_dir):
+        params, cfg = molmoact2_hf.load_hf(ckpt_dir)
+    else:
+        params, cfg = load_params(ckpt_dir)
+    stats = NormStats.load(find_norm_stats(ckpt_dir) if norm_stats is None else norm_stats)
+    return CheckpointParts(cfg, params, stats, load_tokenizer(ckpt_dir, tokenizer),
+                           load_action_tokenizer(ckpt_dir, action_tokenizer))
