@@ -7,6 +7,7 @@ import sys
 from data_pipelines.embodiments import EMBODIMENTS
 from data_pipelines.errors import DataError
 from data_pipelines.fixtures import FORMATS
+from data_pipelines.formats.lerobot_writer import DIRTY_VARIANTS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -14,38 +15,56 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fixture", help="write a small synthetic dataset in a real on-disk format")
-    f.add_argument("--format", required=True, choices=FORMATS)
-    f.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS))
-    f.add_argument("--out", required=True)
-    f.add_argument("--episodes", type=int, default=6)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--codec", choices=("av1", "h264"), default=None)
-    f.add_argument("--so100-naming", choices=("old", "new"), default=None)
-    f.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    f.add_argument("--dirty", nargs="*", default=[], help="LeRobot dirty variants (see lerobot_writer)")
+    f.add_argument("--format", required=True, choices=FORMATS, help="on-disk format to write")
+    f.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS),
+                   help="robot whose state/action names, cameras and fps the fixture uses")
+    f.add_argument("--out", required=True, help="folder to write the dataset into")
+    f.add_argument("--episodes", type=int, default=6, help="number of episodes (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="random seed of the synthetic episodes (default: 0)")
+    f.add_argument("--codec", choices=("av1", "h264"), default=None,
+                   help="LeRobot video codec (default: h264 for yam, av1 otherwise)")
+    f.add_argument("--so100-naming", choices=("old", "new"), default=None,
+                   help="so100: old (main_* joints, laptop/phone cameras) or new names "
+                        "(default: old for lerobot-v2.1, new otherwise)")
+    f.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="camera frame size in pixels (default: the embodiment's small fixture size)")
+    f.add_argument("--dirty", nargs="*", default=[], metavar="VARIANT",
+                   help="LeRobot quirks seen in the wild to write on purpose, to test readers: "
+                        + ", ".join(DIRTY_VARIANTS))
 
     c = sub.add_parser("convert", help="LeRobot/RLDS source -> ArrayRecord shards")
     c.add_argument("--source", required=True, help="lerobot:PATH or rlds:PATH")
     c.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS),
-                   help="metaworld: datasets written by molmoact2-sim record")
-    c.add_argument("--out", required=True)
-    c.add_argument("--workers", type=int, default=1)
-    c.add_argument("--episodes-per-shard", type=int, default=50)
-    c.add_argument("--horizon", type=int, default=None)
+                   help="robot the source was recorded with (its tag, state/action names, cameras); "
+                        "metaworld: datasets written by molmoact2-sim record")
+    c.add_argument("--out", required=True,
+                   help="output folder for the .array_record shards and index.json; a rerun resumes finished shards")
+    c.add_argument("--workers", type=int, default=1,
+                   help="worker processes writing shards in parallel (default: 1, in this process)")
+    c.add_argument("--episodes-per-shard", type=int, default=50, help="episodes per shard (default: %(default)s)")
+    c.add_argument("--horizon", type=int, default=None,
+                   help="action chunk length stored per frame (default: the embodiment's action horizon)")
     c.add_argument("--image-size", type=int, default=378,
-                   help="store frames squashed to SxS (the model input size); 0 keeps the aspect ratio")
-    c.add_argument("--max-image-side", type=int, default=384, help="with --image-size 0: cap on the longer side")
-    c.add_argument("--on-error", choices=("raise", "skip"), default="raise")
-    c.add_argument("--tolerance-s", type=float, default=1e-4)
+                   help="store frames squashed to SxS (the model input size; default: %(default)s); 0 keeps "
+                        "the aspect ratio")
+    c.add_argument("--max-image-side", type=int, default=384,
+                   help="with --image-size 0: cap on the longer side in pixels (default: %(default)s)")
+    c.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="on a bad episode: stop (raise, the default) or skip it and list it in index.json")
+    c.add_argument("--tolerance-s", type=float, default=1e-4,
+                   help="allowed timestamp error in seconds (frame spacing vs 1/fps, video frame times; "
+                        "default: %(default)s)")
 
     s = sub.add_parser("stats", help="norm_stats.json from shard directories")
-    s.add_argument("shard_dirs", nargs="+")
-    s.add_argument("--out", required=True)
-    s.add_argument("--norm-mode", default="q01_q99")
+    s.add_argument("shard_dirs", nargs="+", help="shard folders written by `molmoact2-data convert`")
+    s.add_argument("--out", required=True, help="norm_stats.json file to write")
+    s.add_argument("--norm-mode", default="q01_q99",
+                   help="normalisation recorded in the file: q01_q99 (default), mean_std, min_max, q10_q90 or none")
 
     i = sub.add_parser("inspect", help="episodes, frames, features and first errors")
-    i.add_argument("path")
-    i.add_argument("--max-errors", type=int, default=5)
+    i.add_argument("path", help="a LeRobot dataset, RLDS folder or shard folder")
+    i.add_argument("--max-errors", type=int, default=5,
+                   help="report at most this many errors (default: %(default)s)")
     i.add_argument("--deep", action="store_true", help="decode every video frame")
     return p
 

@@ -41,7 +41,7 @@ def _si(x: float, unit: str) -> str:
 
 def format_report(r: dict) -> str:
     lines = [f"topology         {r['topology']} ({r['num_devices']} x {r['chip']})",
-             f"mesh             " + " x ".join(f"{k}={v}" for k, v in r["mesh"].items()),
+             "mesh             " + " x ".join(f"{k}={v}" for k, v in r["mesh"].items()),
              f"parameters       {r['num_params'] / 1e9:.3f} B" if r["num_params"] >= 1e8 else
              f"parameters       {r['num_params'] / 1e6:.3f} M",
              f"compile          {r['compile_seconds']:.1f} s"]
@@ -76,12 +76,19 @@ def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
     from molmoact2_jax.recipes import recipe_path
+    from molmoact2_jax.train import list_flags_in_help
     default = recipe_path("pretrain", "tiny")
-    cfg_flag = config_flags.DEFINE_config_file("config", default, "Recipe config file[:variant].")
-    topo = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:4x4x8, v5e:16x16, v6e:16x16.")
-    slices = flags.DEFINE_integer("num_slices", 1, "Slices over DCN (multi-slice; set config.mesh.slice).")
-    flags.DEFINE_string("devices", None, "cpu:N for N fake CPU devices instead of a TPU topology.")
-    out = flags.DEFINE_string("out", None, "Write the report as JSON here.")
+    cfg_flag = config_flags.DEFINE_config_file(
+        "config", default, "Recipe: configs/<recipe>.py with an optional :variant, as for molmoact2-train; "
+        "override fields with --config.<field>=<value> (e.g. --config.mesh.fsdp=64).")
+    topo = flags.DEFINE_string("topology", None, "Target TPU pod as GEN:SHAPE, e.g. v5p:4x4x8, v5e:16x16, "
+                               "v6e:16x16 (described by libtpu; no TPU needed). Give this or --devices.")
+    slices = flags.DEFINE_integer("num_slices", 1, "With --topology: number of such slices joined over DCN "
+                                  "(multi-slice; set config.mesh.slice to match). Also spelt --num-slices.")
+    devices_flag = flags.DEFINE_string("devices", None, "cpu:N: compile for N fake CPU devices on this host instead "
+                                       "of a TPU topology. Give this or --topology.")
+    out = flags.DEFINE_string("out", None, "Also write the report as JSON to this file (its folder must exist).")
+    list_flags_in_help([cfg_flag, topo, slices, devices_flag, out], __doc__)
 
     def run(_):
         import jax

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -15,8 +14,10 @@ from ml_collections import config_flags
 from molmoact2_jax.recipes import recipe_path
 
 _DEFAULT = recipe_path("pretrain", "tiny")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Recipe config file[:variant].")
-_BATCH = flags.DEFINE_integer("batch", 2, "Number of examples.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT, "Recipe: configs/<recipe>.py with an optional :variant; its model config and seed are "
+    "used. Override fields with --config.<field>=<value> (e.g. --config.model.llm.num_layers=4).")
+_BATCH = flags.DEFINE_integer("batch", 2, "Batch size: copies of the synthetic image + prompt in one forward pass.")
 
 
 def run(cfg, batch: int) -> dict:
@@ -52,6 +53,9 @@ def run(cfg, batch: int) -> dict:
 
 
 def main(argv=None):
+    from molmoact2_jax.train import list_flags_in_help
+    list_flags_in_help([_CONFIG, _BATCH], __doc__)
+
     def _main(_):
         r = run(_CONFIG.value, _BATCH.value)
         print(f"backbone ({_CONFIG.value.variant}): {r['params'] / 1e6:.2f}M params; logits {r['logits']}, "

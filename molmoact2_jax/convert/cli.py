@@ -10,23 +10,30 @@ import numpy as np
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="molmoact2-convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    src_hf = "source Hugging Face folder (config.json, *.safetensors, tokenizer files)"
+    ckpt_out = "params checkpoint folder to write (params/ + model_config.json)"
+    ckpt_in = "params checkpoint folder (or a trainer checkpoint step folder) to read"
+    hf_out = "Hugging Face folder to write"
+    dtype = "dtype of the written tensors (default: float32)"
+    no_progress = "no progress bar on stderr"
     p = sub.add_parser("import-molmo2", help="transformers Molmo2 folder -> Orbax params checkpoint (backbone)")
-    p.add_argument("src_hf_dir")
-    p.add_argument("ckpt_dir")
+    p.add_argument("src_hf_dir", help=src_hf)
+    p.add_argument("ckpt_dir", help=ckpt_out)
     p = sub.add_parser("export-molmo2", help="Orbax params checkpoint -> transformers Molmo2 folder (backbone)")
-    p.add_argument("ckpt_dir")
-    p.add_argument("out_hf_dir")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("ckpt_dir", help=ckpt_in)
+    p.add_argument("out_hf_dir", help=hf_out)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=dtype)
     p = sub.add_parser("import-hf", help="Hugging Face MolmoAct2 folder -> Orbax params checkpoint (+ assets)")
-    p.add_argument("src_hf_dir")
-    p.add_argument("ckpt_dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("src_hf_dir", help=src_hf + "; its other files are kept in the checkpoint's assets/")
+    p.add_argument("ckpt_dir", help=ckpt_out)
+    p.add_argument("--no-progress", action="store_true", help=no_progress)
     p = sub.add_parser("export-hf", help="Orbax params checkpoint -> Hugging Face MolmoAct2 folder")
-    p.add_argument("ckpt_dir")
-    p.add_argument("out_hf_dir")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--max-shard-bytes", type=int, default=5 * 1024 ** 3)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("ckpt_dir", help=ckpt_in + "; its assets/ are copied into the export")
+    p.add_argument("out_hf_dir", help=hf_out + " (must not already hold safetensors files)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=dtype)
+    p.add_argument("--max-shard-bytes", type=int, default=5 * 1024 ** 3,
+                   help="largest safetensors shard in bytes (default: 5 GiB = %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help=no_progress)
     args = parser.parse_args(argv)
 
     from molmoact2_jax.convert import molmo2

@@ -19,12 +19,17 @@ from molmoact2_jax.evaluation.errors import SimEvalError
 def _common(p: argparse.ArgumentParser):
     p.add_argument("--suite", required=True,
                    help="metaworld:TASK[,TASK...] (or metaworld:all) | libero:SUITE[:TASK_IDS]")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task")
-    p.add_argument("--out", required=True)
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task (default: %(default)s)")
+    p.add_argument("--out", required=True,
+                   help="output folder (record: the LeRobot dataset; eval: report.json, summary.png, videos/)")
     p.add_argument("--workers", type=int, default=0, help="parallel environment processes (0: in this process)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--seed", type=int, default=0,
+                   help="base seed: episode k of task i uses seed + 1000 * i + k (default: 0)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="policy steps per episode (default: the simulator's, e.g. 500 for MetaWorld, "
+                        "220-520 per LIBERO suite)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="camera image size in pixels (default: 180 320 for MetaWorld, 256 256 for LIBERO)")
     p.add_argument("--instruction-template", default=None, help="e.g. 'In simulation, {instruction}.'")
     p.add_argument("--slow-render", action="store_true", help="keep shadows and multisampling (MetaWorld)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,8 +68,10 @@ def sim_main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("record", help="record MetaWorld scripted experts as a LeRobot v3.0 dataset")
     _common(r)
-    r.add_argument("--codec", choices=("av1", "h264"), default="av1")
-    r.add_argument("--post-success-steps", type=int, default=5)
+    r.add_argument("--codec", choices=("av1", "h264"), default="av1",
+                   help="video codec of the dataset (default: av1, LeRobot's; h264 encodes faster)")
+    r.add_argument("--post-success-steps", type=int, default=5,
+                   help="frames kept after the expert succeeds before the episode ends (default: %(default)s)")
     r.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
     args = p.parse_args(argv)
 
@@ -99,8 +106,11 @@ def eval_main(argv=None) -> int:
     p.add_argument("--norm-stats", default=None,
                    help="mean-action: norm_stats.json, checkpoint dir or LeRobot dataset with meta/stats.json")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per policy query")
-    p.add_argument("--mode", default=None, help="Policy.predict_action mode (checkpoint only)")
-    p.add_argument("--videos-per-task", type=int, default=1)
+    p.add_argument("--mode", default=None,
+                   help="checkpoint only: continuous (action expert, Policy.predict_action's default) or discrete "
+                        "(OpenFAST tokens)")
+    p.add_argument("--videos-per-task", type=int, default=1,
+                   help="episodes per task saved as videos/<task>_ep<k>.mp4 (default: 1; 0: none)")
     args = p.parse_args(argv)
 
     def run(_):

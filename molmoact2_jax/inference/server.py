@@ -286,14 +286,17 @@ def warmup(service: PolicyService):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="molmoact2-serve", description="MolmoAct2 HTTP policy server (POST /act).")
     ap.add_argument("--checkpoint", required=True, help="params checkpoint / trainer step / HF folder")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start-up)")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
+    ap.add_argument("--port", type=int, default=8000,
+                    help="TCP port (default: %(default)s); 0 picks a free one (printed at start-up)")
     ap.add_argument("--norm-tag", default=None, help="tag used when a request names none")
     ap.add_argument("--mode", choices=("continuous", "discrete"), default=None,
                     help="default: continuous when the checkpoint has an action expert, else discrete")
     ap.add_argument("--think", action="store_true", help="MolmoThink depth reasoning with the adaptive cache")
     ap.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: config flow.num_steps)")
-    ap.add_argument("--max-request-mb", type=float, default=32.0)
+    ap.add_argument("--max-request-mb", type=float, default=32.0,
+                    help="largest accepted request body in MiB; larger ones are refused (default: %(default)s)")
     ap.add_argument("--no-strict-cameras", action="store_true",
                     help="accept any camera count (1..5) instead of the tag's camera_keys count")
     ap.add_argument("--warmup", action="store_true", help="compile with a dummy request before serving")

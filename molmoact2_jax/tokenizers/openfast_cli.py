@@ -50,8 +50,7 @@ def iter_chunk_arrays(files: list[Path]):
 
 
 def cmd_fit(args) -> None:
-    from tqdm import tqdm
-
+    from molmoact2_jax.progress import progress_bar
     from molmoact2_jax.tokenizers.openfast import OpenFAST
 
     files = chunk_files(Path(args.chunks))
@@ -59,8 +58,8 @@ def cmd_fit(args) -> None:
 
     def chunks():  # fit calls this twice; the bar shows chunks per pass
         n = 0
-        with tqdm(total=counted["n"], unit="chunk", desc="range" if counted["n"] is None else "bpe",
-                  file=sys.stderr) as bar:  # closes (newline) before any error message
+        with progress_bar(total=counted["n"], unit="chunk", desc="range" if counted["n"] is None else "bpe",
+                          file=sys.stderr) as bar:  # closes (newline) before any error message
             for label, arr in iter_chunk_arrays(files):
                 if not np.isfinite(arr).all():
                     raise ValueError(f"{label}: contains NaN or inf")
@@ -121,8 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a tokenizer on action chunks and write the released folder layout")
     p.add_argument("--chunks", required=True, help=".npz/.npy file or folder of them; arrays (T, D) or (N, T, D)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--scale", type=float, default=10)
+    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=10,
+                   help="DCT coefficients are multiplied by this before rounding: larger keeps more detail and "
+                        "gives more tokens per chunk (default: %(default)s)")
     p.add_argument("--time-horizon", type=int, default=None, help="default horizon stored for decoding")
     p.add_argument("--action-dim", type=int, default=None, help="default action dim stored for decoding")
     p.set_defaults(func=cmd_fit)
@@ -136,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode comma-separated BPE ids to an action chunk (exit 1 if invalid)")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder")
     p.add_argument("--tokens", required=True, help='e.g. "12,7,300"')
-    p.add_argument("--horizon", type=int, required=True)
-    p.add_argument("--action-dim", type=int, required=True)
+    p.add_argument("--horizon", type=int, required=True, help="time steps of the decoded chunk")
+    p.add_argument("--action-dim", type=int, required=True, help="action dimensions of the decoded chunk")
     p.set_defaults(func=cmd_decode)
     return parser
 
