@@ -31,7 +31,12 @@ import os
 import shutil
 import sys
 
+import jax
+import ml_dtypes
 import numpy as np
+from flax.core import meta
+from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from molmoact2_jax.checkpoint_io import params as params_io
 from molmoact2_jax.checkpoint_io import streaming
@@ -41,6 +46,7 @@ from molmoact2_jax.convert.action_expert_keys import TRAINING_ONLY_MARKERS, _lin
 from molmoact2_jax.convert.molmoact2_config import hf_molmoact2_config, molmoact2_config_from_hf
 from molmoact2_jax.convert.safetensors_io import INDEX, SafetensorsReader, write_safetensors
 from molmoact2_jax.models.action_expert import expert_head_dim
+from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.models.vit import num_built_layers
 
 EXPERT = "model.action_expert."
@@ -131,7 +137,6 @@ def read_config(folder: str) -> dict:
 
 def header_shapes(reader: SafetensorsReader) -> dict:
     """key -> (shape, dtype string) from the safetensors headers only (no tensor data is read)."""
-    from safetensors import safe_open
     out = {}
     by_file: dict = {}
     for k, name in reader.where.items():
@@ -193,16 +198,9 @@ def validate_folder(src: str, reader: SafetensorsReader, cfg) -> dict:
 # ----------------------------------------------------------------------------------------------- lazy leaves
 def _abstract_params(cfg):
     """Shapes of MolmoAct2(cfg).init without allocating anything: {path tuple: shape}."""
-    import jax
-    import jax.numpy as jnp
-    from flax.core import meta
-    from molmoact2_jax.models.molmoact2 import MolmoAct2
 
-    v = cfg.vit
-    p = (v.image_size // v.patch_size) ** 2
-    batch = {"input_ids": jnp.zeros((1, 4), jnp.int32), "images": jnp.zeros((1, 1, p, 588), jnp.float32),
-             "pooled_idx": jnp.zeros((1, 1, 4), jnp.int32)}
-    tree = jax.eval_shape(lambda: MolmoAct2(cfg).init(jax.random.PRNGKey(0), batch))
+    model = MolmoAct2(cfg)
+    tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), model.inputs_spec())
     tree = meta.unbox(tree)
     flat = {}
 
@@ -302,7 +300,6 @@ def _lazy_groups(cfg, need, expected):
 
 
 def _tqdm(total, desc, enabled):
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit="t", disable=not enabled, file=sys.stderr, leave=False)
 
 
@@ -405,7 +402,6 @@ def _copy_assets(src: str, dst: str) -> list:
 # ----------------------------------------------------------------------------------------------- export
 def hf_tensors(params, cfg, inv_freq=None):
     """(HF key, numpy array) pairs for a full MolmoAct2 params tree, one tensor at a time."""
-    from flax.core import meta
     params = meta.unbox(params)
     params = params.get("params", params) if hasattr(params, "get") else params
     for key, arr in mk.backbone_to_hf(params["backbone"], cfg):
@@ -478,7 +474,6 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_byt
 
 
 def _bf16():
-    import ml_dtypes
     return ml_dtypes.bfloat16
 
 

@@ -72,15 +72,8 @@ def init_params(cfg, seed: int = 0, expert_noise: float = 0.05):
     import flax.linen as nn
     from molmoact2_jax.models.molmoact2 import MolmoAct2
     model = MolmoAct2(cfg)
-    g = cfg.vit.image_size // cfg.vit.patch_size
-    n_tok = (-(-g // cfg.connector.pool_size)) ** 2
-    from molmoact2_jax.preprocessing.image import preprocess_images
-    patches, idx = preprocess_images([np.zeros((8, 8, 3), np.uint8)], size=cfg.vit.image_size,
-                                     patch=cfg.vit.patch_size, pool=cfg.connector.pool_size)
-    t = cfg.tokens
-    ids = np.array([[t.eos_token_id, t.image_start] + [t.image_patch] * n_tok + [t.image_end, 5, 6]], np.int32)
-    batch = dict(input_ids=ids, attention_mask=ids >= 0, images=patches[None], pooled_idx=idx[None])
-    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), {k: jnp.asarray(v) for k, v in batch.items()}))
+    batch = {k: jnp.asarray(v) for k, v in model.fake_batch().items()}
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), batch))
     if "action_expert" in params and expert_noise:
         rng = np.random.default_rng(seed + 1)   # numpy: eager jax.random would compile once per leaf shape
         flat, tree = jax.tree_util.tree_flatten_with_path(params["action_expert"])

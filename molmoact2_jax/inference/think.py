@@ -29,10 +29,9 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from molmoact2_jax.models import encoder_mask as em
-from molmoact2_jax.models import flow
-from molmoact2_jax.models.backbone import Backbone
-from molmoact2_jax.models.llm import flatten_heads
+from PIL import Image
+
+from molmoact2_jax.preprocessing.image import to_uint8_rgb
 
 GRID = 10                 # 10x10 depth codes
 NUM_CELLS = GRID * GRID   # num_depth_codes = 100
@@ -46,10 +45,8 @@ STEP_COST = (1.0, 1.3, 3.2, 16.0)  # relative cost of one step, measured on 2 CP
 # ---------------------------------------------------------------------------------------------------------------
 # change detection
 def _resize320(image) -> np.ndarray:
-    from PIL import Image
     img = np.asarray(image)
     if img.dtype != np.uint8:
-        from molmoact2_jax.preprocessing.image import to_uint8_rgb
         img = to_uint8_rgb(img, "depth cache image")
     pil = Image.fromarray(img)
     return np.asarray(pil.resize((CHANGE_SIZE, CHANGE_SIZE), Image.BILINEAR), np.float32)
@@ -141,20 +138,18 @@ class ThinkDecoder:
 
     # ---- jitted bodies
     def _prefill_fn(self, params, ids, images, pooled, attn, cache_size):
-        logits, cache = self.model.backbone.apply({"params": params["backbone"]}, ids, images, pooled, attn,
-                                                  cache_size, method=Backbone.prefill)
+        batch = dict(input_ids=ids, images=images, pooled_idx=pooled, attention_mask=attn)
+        logits, cache = self.model.prefill(params, batch, cache_size)
         return logits[0, -1], cache
 
     def _feed_fn(self, params, tokens, cache):
-        logits, cache = self.model.backbone.apply({"params": params["backbone"]}, tokens, cache,
-                                                  method=Backbone.decode)
+        logits, cache = self.model.decode(params, tokens, cache)
         return logits[0, -1], cache
 
     def _feed_chunk_fn(self, params, tokens, n, cache):
         """Feeds tokens[:, :n] of a padded chunk [1, bucket]; returns the logits after token n-1."""
         index, pos = cache["index"], cache["next_position"]
-        logits, new = self.model.backbone.apply({"params": params["backbone"]}, tokens, cache,
-                                                method=Backbone.decode)
+        logits, new = self.model.decode(params, tokens, cache)
         slots = jnp.arange(new["valid"].shape[1])
         pad = (slots >= index + n) & (slots < index + tokens.shape[1])
         new = dict(new, valid=new["valid"] & ~pad[None], index=index + n, next_position=pos + n)
@@ -182,29 +177,13 @@ class ThinkDecoder:
 
     def _greedy_fn(self, params, cache, logits, stop_id, max_steps):
         """Greedy over the full vocabulary, feeding each token, until `stop_id` (fed too) or max_steps."""
-        out = jnp.full((max_steps,), -1, jnp.int32)
-
-        def cond(s):
-            i, _, _, _, done = s
-            return (i < max_steps) & ~done
-
-        def body(s):
-            i, cache, logits, out, _ = s
-            tok = jnp.argmax(logits).astype(jnp.int32)
-            logits, cache = self._feed_fn(params, tok[None, None], cache)
-            return i + 1, cache, logits, out.at[i].set(tok), tok == stop_id
-
-        n, cache, logits, out, _ = jax.lax.while_loop(cond, body, (0, cache, logits, out, False))
-        return out, n, cache, logits
+        out, n, cache, logits = self.model.greedy(params, cache, logits[None], max_steps, stop_id)
+        return out[0], n[0], cache, logits[0]
 
     def _expert_fn(self, params, keys, values, slot_ids, valid, noise, dim_valid, num_steps):
-        cfg = self.cfg
-        k, v = flatten_heads(keys), flatten_heads(values)
-        enc = em.encoder_attention_mask(slot_ids, valid, cfg.tokens, cfg.action_mode)
-        depth = em.depth_positions(slot_ids, enc, cfg.tokens) if cfg.action_expert.depth_gate else None
-        return flow.sample_actions(self.model.expert, params["action_expert"], k, v, enc,
-                                   action_dim_valid=dim_valid, noise=noise, num_steps=num_steps,
-                                   depth_positions=depth)
+        cache = dict(keys=keys, values=values, valid=valid)
+        return self.model.actions_from_cache(params, cache, slot_ids, noise=noise, action_dim_valid=dim_valid,
+                                             num_steps=num_steps)
 
     # ---- host orchestration
     def cache_size(self, prompt_len: int, horizon: int, discrete: bool) -> int:

@@ -9,18 +9,25 @@ Training batch (numpy or jax arrays; B examples, T tokens, H = max_action_horizo
   target_ids [B,T] int32 (next token at each position, -1 none) + loss_mask [B,T] float (CE weights),
   actions [B,H,D] + action_dim_valid [B,D] + horizon_valid [B,H] + has_actions [B] (flow loss),
   optional action_segment [B] (packed rows: the segment the action chunk belongs to).
+`inputs_spec` gives these shapes for a config and `fake_batch` a consistent batch of them (init, tests, AOT).
+
+Inference API: `sample_actions` (prefill + flow), `generate` (prefill + greedy); the pieces for callers that drive
+the decoding themselves (MolmoThink): `prefill`, `decode`, `greedy`, `actions_from_cache`.
 """
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from molmoact2_jax.models import encoder_mask as em
 from molmoact2_jax.models import flow
 from molmoact2_jax.models.action_expert import make_action_expert
 from molmoact2_jax.models.backbone import Backbone
 from molmoact2_jax.models.llm import flatten_heads
+from molmoact2_jax.preprocessing.image import pooled_grid, pooling_index
 
 
 def _image_args(batch):
@@ -35,9 +42,84 @@ class MolmoAct2:
         self.backbone = Backbone(self.cfg)
         self.expert = make_action_expert(self.cfg) if self.cfg.use_action_expert else None
 
+    # ---- inputs
+    def image_tokens(self) -> int:
+        """Pooled image tokens (<im_patch> slots) per camera image."""
+        v = self.cfg.vit
+        g = pooled_grid(v.image_size, v.patch_size, self.cfg.connector.pool_size)
+        return g[0] * g[1]
+
+    def inputs_spec(self, batch_size: int = 1, seq_len: int | None = None, num_images: int = 1,
+                    training: bool = False) -> dict:
+        """{field: jax.ShapeDtypeStruct} of a batch (module docstring). `training` adds the loss fields."""
+        v, ae = self.cfg.vit, self.cfg.action_expert
+        b, n = int(batch_size), int(num_images)
+        t = int(seq_len or self.image_tokens() * n + 2 * n + 8)
+        patches = (v.image_size // v.patch_size) ** 2
+        sds = jax.ShapeDtypeStruct
+        spec = dict(input_ids=sds((b, t), jnp.int32), attention_mask=sds((b, t), jnp.bool_))
+        if n:
+            spec.update(images=sds((b, n, patches, v.patch_size * v.patch_size * 3), jnp.float32),
+                        pooled_idx=sds((b, n * self.image_tokens(), self.cfg.connector.pool_size ** 2), jnp.int32))
+        if training:
+            h, d = ae.max_action_horizon, ae.max_action_dim
+            spec.update(target_ids=sds((b, t), jnp.int32), loss_mask=sds((b, t), jnp.float32),
+                        actions=sds((b, h, d), jnp.float32), action_dim_valid=sds((b, d), jnp.bool_),
+                        horizon_valid=sds((b, h), jnp.bool_), has_actions=sds((b,), jnp.bool_))
+        return spec
+
+    def fake_batch(self, batch_size: int = 1, seq_len: int | None = None, num_images: int = 1,
+                   training: bool = False, seed: int = 0) -> dict:
+        """A consistent numpy batch of `inputs_spec`'s shapes: BOS, each image's token block, then text tokens
+        (all valid); random patches in [-1, 1] with the real pooling index; random targets / actions."""
+        spec = self.inputs_spec(batch_size, seq_len, num_images, training)
+        b, t = spec["input_ids"].shape
+        tok, rng = self.cfg.tokens, np.random.default_rng(seed)
+        row = [tok.eos_token_id]
+        for _ in range(num_images):
+            row += [tok.image_start] + [tok.image_patch] * self.image_tokens() + [tok.image_end]
+        if len(row) > t:
+            raise ValueError(f"seq_len={t} is shorter than the {len(row)} tokens of {num_images} image(s)")
+        ids = np.asarray(rng.integers(2, min(200, tok.base_vocab), (b, t)), np.int32)
+        ids[:, :len(row)] = row
+        out = dict(input_ids=ids, attention_mask=np.ones((b, t), bool))
+        if num_images:
+            v = self.cfg.vit
+            out["images"] = rng.uniform(-1, 1, spec["images"].shape).astype(np.float32)
+            one = pooling_index(v.image_size // v.patch_size, v.image_size // v.patch_size,
+                                self.cfg.connector.pool_size)
+            p = spec["images"].shape[2]
+            idx = np.concatenate([np.where(one >= 0, one + j * p, -1) for j in range(num_images)])
+            out["pooled_idx"] = np.broadcast_to(idx, spec["pooled_idx"].shape).astype(np.int32)
+        if training:
+            out["target_ids"] = np.concatenate([ids[:, 1:], np.full((b, 1), -1, np.int32)], 1)
+            out["loss_mask"] = np.zeros((b, t), np.float32)
+            out["loss_mask"][:, len(row):-1] = 1.0
+            out["actions"] = rng.uniform(-1, 1, spec["actions"].shape).astype(np.float32)
+            out["action_dim_valid"] = np.ones(spec["action_dim_valid"].shape, bool)
+            out["horizon_valid"] = np.ones(spec["horizon_valid"].shape, bool)
+            out["has_actions"] = np.ones((b,), bool)
+        return out
+
+    def check_batch(self, batch) -> None:
+        """Shape and dtype checks at the model's input boundary (traced or concrete arrays)."""
+        ids = batch["input_ids"]
+        chex.assert_rank(ids, 2)
+        chex.assert_type(ids, int)
+        if batch.get("attention_mask") is not None:
+            chex.assert_equal_shape([ids, batch["attention_mask"]])
+        if batch.get("actions") is not None:
+            ae = self.cfg.action_expert
+            chex.assert_rank(batch["actions"], 3)
+            chex.assert_axis_dimension(batch["actions"], 0, ids.shape[0])
+            chex.assert_axis_dimension(batch["actions"], 2, ae.max_action_dim)
+            if batch.get("action_dim_valid") is not None:
+                chex.assert_shape(batch["action_dim_valid"], (ids.shape[0], ae.max_action_dim))
+
     # ---- parameters
-    def init(self, rng, batch):
-        """Boxed (logically annotated) params for `batch`'s shapes."""
+    def init(self, rng, batch=None):
+        """Boxed (logically annotated) params for `batch`'s shapes (default: `fake_batch()`)."""
+        batch = self.fake_batch() if batch is None else batch
         k1, k2 = jax.random.split(rng)
         params = {"backbone": self.backbone.init(k1, batch["input_ids"], **_image_args(batch))["params"]}
         if self.expert is not None:
@@ -53,6 +135,7 @@ class MolmoAct2:
     # ---- pieces
     def context(self, params, batch):
         """One backbone pass: (logits [B,T,V], K, V [L,B,T,C], encoder mask [B,T], depth positions or None)."""
+        self.check_batch(batch)
         out = self.backbone.apply({"params": params["backbone"]}, batch["input_ids"], **_image_args(batch),
                                   attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
                                   segment_ids=batch.get("segment_ids"))
@@ -105,32 +188,59 @@ class MolmoAct2:
                                    action_dim_valid=batch.get("action_dim_valid"), noise=noise, rng=rng,
                                    num_steps=num_steps, horizon=horizon, depth_positions=depth)
 
-    def generate(self, params, batch, max_new_tokens: int, cache_size: int | None = None):
-        """Greedy decoding with the KV cache (discrete actions / depth codes), stopping per row at EOS.
-        Returns (tokens [B, max_new_tokens] int32 with -1 after EOS, number generated [B])."""
-        ids = batch["input_ids"]
-        b, t = ids.shape
-        size = cache_size or (t + max_new_tokens)
-        variables = {"params": params["backbone"]}
-        logits, cache = self.backbone.apply(variables, ids, **_image_args(batch),
-                                            attention_mask=batch.get("attention_mask"), cache_size=size,
-                                            method=Backbone.prefill)
-        eos = self.cfg.tokens.eos_token_id
-        first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
-        out = jnp.full((b, max_new_tokens), -1, jnp.int32).at[:, 0].set(first)
+    def prefill(self, params, batch, cache_size: int | None = None):
+        """The prompt through the backbone into a KV cache with room for `cache_size` tokens in all.
+        Returns (logits [B, T, V], cache)."""
+        self.check_batch(batch)
+        return self.backbone.apply({"params": params["backbone"]}, batch["input_ids"], **_image_args(batch),
+                                   attention_mask=batch.get("attention_mask"), cache_size=cache_size,
+                                   method=Backbone.prefill)
+
+    def decode(self, params, tokens, cache):
+        """Feeds tokens [B, t] after the cached ones (causal). Returns (logits [B, t, V], cache)."""
+        return self.backbone.apply({"params": params["backbone"]}, tokens, cache, method=Backbone.decode)
+
+    def greedy(self, params, cache, logits, max_new_tokens: int, stop_id=None):
+        """Greedy decoding from `logits` [B, V] (those after the last fed token): every chosen token is fed, the
+        stop token too (so the cache holds it), until each row has stopped or `max_new_tokens`.
+        Returns (tokens [B, max_new_tokens] int32, -1 after the stop token; count [B]; cache; logits [B, V])."""
+        stop = jnp.asarray(self.cfg.tokens.eos_token_id if stop_id is None else stop_id, jnp.int32)
+        b = logits.shape[0]
+        out = jnp.full((b, max_new_tokens), -1, jnp.int32)
 
         def cond(s):
-            i, _, _, done, _ = s
+            i, _, _, _, done = s
             return (i < max_new_tokens) & ~jnp.all(done)
 
         def body(s):
-            i, cache, out, done, last = s
-            logits, cache = self.backbone.apply(variables, last[:, None], cache, method=Backbone.decode)
-            nxt = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
-            nxt = jnp.where(done, -1, nxt)
-            return i + 1, cache, out.at[:, i].set(nxt), done | (nxt == eos), nxt
+            i, cache, logits, out, done = s
+            tok = jnp.argmax(logits, -1).astype(jnp.int32)
+            out = out.at[:, i].set(jnp.where(done, -1, tok))
+            new_logits, cache = self.decode(params, jnp.where(done, stop, tok)[:, None], cache)
+            return i + 1, cache, new_logits[:, -1], out, done | (tok == stop)
 
-        state = (jnp.asarray(1), cache, out, first == eos, first)
-        _, _, out, _, _ = jax.lax.while_loop(cond, body, state)
-        count = jnp.sum(out >= 0, axis=-1)
+        state = (jnp.asarray(0), cache, logits, out, jnp.zeros((b,), bool))
+        _, cache, logits, out, _ = jax.lax.while_loop(cond, body, state)
+        return out, jnp.sum(out >= 0, axis=-1), cache, logits
+
+    def generate(self, params, batch, max_new_tokens: int, cache_size: int | None = None):
+        """Greedy decoding with the KV cache (discrete actions / depth codes), stopping per row at EOS.
+        Returns (tokens [B, max_new_tokens] int32 with -1 after EOS, number generated [B])."""
+        t = batch["input_ids"].shape[1]
+        logits, cache = self.prefill(params, batch, cache_size or (t + max_new_tokens))
+        out, count, _, _ = self.greedy(params, cache, logits[:, -1], max_new_tokens)
         return out, count
+
+    def actions_from_cache(self, params, cache, slot_ids, *, noise, action_dim_valid=None, num_steps=None):
+        """The flow expert on a KV cache (prompt + generated tokens, e.g. MolmoThink's depth codes).
+        slot_ids: int [B, cache_size], the token in each cache slot (pad where unused); the encoder mask and
+        depth positions are computed from them and the cache's validity. Returns actions [B, H, max_action_dim]."""
+        if self.expert is None:
+            raise ValueError("config.model.use_action_expert is False: this model has no flow head")
+        cfg = self.cfg
+        k, v = flatten_heads(cache["keys"]), flatten_heads(cache["values"])
+        enc = em.encoder_attention_mask(slot_ids, cache["valid"], cfg.tokens, cfg.action_mode)
+        depth = em.depth_positions(slot_ids, enc, cfg.tokens) if cfg.action_expert.depth_gate else None
+        return flow.sample_actions(self.expert, params["action_expert"], k, v, enc,
+                                   action_dim_valid=action_dim_valid, noise=noise, num_steps=num_steps,
+                                   depth_positions=depth)
