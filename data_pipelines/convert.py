@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
-from tqdm import tqdm
 
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
 from data_pipelines.formats import images
 from data_pipelines.record_codec import encode_record
 from data_pipelines.sources import open_source
+from molmoact2_jax.progress import progress_bar
 
 INDEX_FORMAT = "molmoact2_frames.v1"
 
@@ -130,7 +130,7 @@ def convert(opts: ConvertOptions) -> dict:
     groups = src.groups(opts.episodes_per_shard)
     n = len(groups)
     results = [None] * n
-    bar = tqdm(total=n, unit="shard", desc=f"convert {opts.source}", disable=not opts.progress)
+    bar = progress_bar(total=n, unit="shard", desc=f"convert {opts.source}", disable=not opts.progress)
     if opts.workers <= 1:
         for k, ids in enumerate(groups):
             results[k] = convert_shard(opts, k, n, ids)

@@ -1,5 +1,4 @@
 """Restores the newest checkpoint of WORKDIR onto the mesh given by --config flags and dumps params to an npz."""
-import sys
 
 import jax
 import numpy as np

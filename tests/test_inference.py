@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines.transforms.normalize import FeatureStats, unnormalize
+from data_pipelines.transforms.normalize import unnormalize
 from data_pipelines.transforms.prompt import build_robot_prompt
 from molmoact2_jax.inference import testing as T
 from data_pipelines.norm_stats import parse_norm_stats

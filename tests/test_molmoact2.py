@@ -119,7 +119,6 @@ def test_packed_rows_keep_examples_apart(tiny):
 
 
 def test_precomputed_context_equals_naive_recomputation(tiny):
-    from molmoact2_jax.models import flow
     model, params, batch = tiny
     noise = np.asarray(jax.random.normal(jax.random.PRNGKey(5), batch["actions"].shape))
     fast = np.asarray(jax.jit(lambda: model.sample_actions(params, batch, noise=noise, num_steps=10))())

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from scipy.fft import dct, idct
+from scipy.fft import dct
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 

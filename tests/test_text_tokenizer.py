@@ -1,11 +1,9 @@
 """Text tokenizer: robot/multimodal token layout (spec 3.1/3.2), prompt encoding, both backends."""
-import json
 
-import numpy as np
 import pytest
 
 from molmoact2_jax.models.config import get_model_config, robot_token_ids
-from molmoact2_jax.tokenizers.text import TextTokenizer, TokenLayout, expand_image_tokens, layout_from_model_config
+from molmoact2_jax.tokenizers.text import TextTokenizer, layout_from_model_config
 
 CORPUS = ["The task is to pick up the red block and place it in the bowl.",
           "The setup is single franka robotic arm in droid.", "What action should the robot take?",

@@ -3,7 +3,6 @@ teacher-forced as chunks, equal to full re-prediction), depth gate, discrete Thi
 depth-code companion tool."""
 import dataclasses
 import json
-import os
 
 import jax
 import numpy as np

@@ -65,7 +65,7 @@ def write_lerobot(root: str | Path, emb: Embodiment, episodes: list[Episode], op
     (root / "meta").mkdir(parents=True, exist_ok=True)
     tasks = list(dict.fromkeys(e.task for e in episodes))
     task_index = {t: i for i, t in enumerate(tasks)}
-    fps = episodes_fps = emb.fps
+    fps = emb.fps
     quant = "no_quantiles" not in opts.dirty
     tables, ep_stats, from_index = [], [], 0
     for i, ep in enumerate(episodes):

@@ -36,8 +36,8 @@ import ml_dtypes
 import numpy as np
 from flax.core import meta
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
+from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.checkpoint_io import params as params_io
 from molmoact2_jax.checkpoint_io import streaming
 from molmoact2_jax.checkpoint_io.streaming import LazyLeaf, LeafGroup
@@ -300,7 +300,7 @@ def _lazy_groups(cfg, need, expected):
 
 
 def _tqdm(total, desc, enabled):
-    return tqdm(total=total, desc=desc, unit="t", disable=not enabled, file=sys.stderr, leave=False)
+    return progress_bar(total=total, desc=desc, unit="t", disable=not enabled, file=sys.stderr, leave=False)
 
 
 # ----------------------------------------------------------------------------------------------- import

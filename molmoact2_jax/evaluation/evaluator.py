@@ -18,8 +18,8 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.evaluation.config import SimConfig, SuiteSpec
 from molmoact2_jax.evaluation.errors import SimEvalError
 from molmoact2_jax.evaluation.workers import make_workers
@@ -83,7 +83,7 @@ def run_episodes(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, vi
     order = {j: i for i, j in enumerate(jobs)}
     workers = make_workers(min(opts.workers, n_jobs), suite.simulator, suite.suite, cfg)
     slots = [_Slot(w) for w in workers]
-    bar = tqdm(total=n_jobs, unit="ep", desc=f"eval {opts.policy_name} on {suite}", disable=not opts.progress)
+    bar = progress_bar(total=n_jobs, unit="ep", desc=f"eval {opts.policy_name} on {suite}", disable=not opts.progress)
     fps = opts.video_fps or min(cfg.fps, 30)
 
     def start(slot):

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_pipelines.embodiments import EMBODIMENTS, Embodiment
 from data_pipelines.formats.lerobot_writer import WriteOptions, write_lerobot
 from data_pipelines.synthetic import Episode
 
+from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.evaluation.config import SimConfig, SuiteSpec
 from molmoact2_jax.evaluation.errors import SimEvalError
 
@@ -113,7 +113,7 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
             for ti, task in enumerate(tasks) for ep in range(opts.episodes)]
     results = []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(jobs), unit="ep", desc=f"record {','.join(tasks)}", disable=not opts.progress)
+    bar = progress_bar(total=len(jobs), unit="ep", desc=f"record {','.join(tasks)}", disable=not opts.progress)
     if opts.workers <= 0:
         _init_worker()
         try:

@@ -64,7 +64,7 @@ def _mm(m, k, n) -> float:
 
 def forward_ops(cfg, c: Counts, num_flow_samples: int) -> list[Op]:
     """Every matmul of one forward pass of the training loss."""
-    from molmoact2_jax.models.action_expert import expert_head_dim, expert_mlp_dim
+    from molmoact2_jax.models.action_expert import expert_mlp_dim
     from molmoact2_jax.models.vit import num_built_layers
     ops: list[Op] = []
     v = cfg.vit

@@ -9,7 +9,6 @@ K/V ([L, B, T, context_dim]) and the encoder mask of spec 10.1 (`encoder_mask.en
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import jax

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from molmoact2_jax.models import flops as flops_lib
 from molmoact2_jax.models.molmoact2 import MolmoAct2
+from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
@@ -321,8 +322,7 @@ def train(cfg, workdir: str) -> dict:
     compiled = hardware_flops = None
     bar = None
     if primary:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
     last = {}
     preempted = False
     try:
