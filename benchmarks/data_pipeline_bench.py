@@ -24,7 +24,8 @@ from data_pipelines.convert import ConvertOptions, convert
 from data_pipelines.fixtures import make_fixture
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
-from data_pipelines.pipeline.robot_transform import RobotTransformConfig, resize_square
+from data_pipelines.formats.images import resize_square
+from data_pipelines.pipeline.robot_transform import RobotTransformConfig
 from data_pipelines.stats import write_norm_stats
 from data_pipelines.norm_stats import TagInfo
 from data_pipelines.transforms.normalize import normalize, pad_last

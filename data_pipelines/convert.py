@@ -60,12 +60,11 @@ def target_hw(h: int, w: int, max_side: int) -> tuple[int, int]:
 
 
 def frame_records(ep, emb, horizon, tag, ep_id, opts):
-    from data_pipelines.pipeline.robot_transform import resize_square
     T = ep.length
     jpegs = {}
     for key, frames in ep.images.items():
         if opts.image_size:  # resized once here so training never resizes (unless it augments)
-            small = (resize_square(f, opts.image_size) for f in frames)
+            small = (images.resize_square(f, opts.image_size) for f in frames)
         else:
             hw = target_hw(*frames.shape[1:3], opts.max_image_side)
             small = (images.resize(f, hw) for f in frames)

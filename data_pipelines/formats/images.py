@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.errors import DataError
+from molmoact2_jax.preprocessing.image import resize_uint8
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
@@ -27,3 +28,10 @@ def resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if rgb.shape[:2] == tuple(hw):
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The model's squash-resize to size x size (bit-exact with what serving does to a raw camera image)."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    return resize_uint8(rgb, size, size)

@@ -13,20 +13,12 @@ import hashlib
 
 import numpy as np
 
-from data_pipelines.formats.images import decode_image
+from data_pipelines.formats.images import decode_image, resize_square
 from data_pipelines.norm_stats import TagInfo
 from data_pipelines.record_codec import decode_record
 from data_pipelines.transforms.image_aug import augment_image
 from data_pipelines.transforms.normalize import pad_last
 from data_pipelines.transforms.robot_inputs import robot_transforms
-from molmoact2_jax.preprocessing.image import resize_uint8
-
-
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """The model's squash-resize (bit-exact with what serving does to a raw camera image)."""
-    if rgb.shape[:2] == (size, size):
-        return rgb
-    return resize_uint8(rgb, size, size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from data_pipelines.errors import DataError
-from data_pipelines.formats.images import decode_image, encode_image
+from data_pipelines.formats.images import decode_image, encode_image, resize_square
 from data_pipelines.pipeline.robot_dataset import _shard_options
-from data_pipelines.pipeline.robot_transform import resize_square
 from data_pipelines.synthetic import COLORS
 from data_pipelines.transforms.prompt import image_prefix
 from molmoact2_jax.preprocessing.image import pooled_grid

@@ -27,7 +27,7 @@ from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
-from molmoact2_jax.training import aot, checkpointing, lora
+from molmoact2_jax.training import checkpointing, lora, memory
 from molmoact2_jax.training.optimizer import make_optimizer
 from molmoact2_jax.training.train_step import TrainState, init_state, make_train_step
 
@@ -336,7 +336,7 @@ def train(cfg, workdir: str) -> dict:
                     compiled = setup.compiled("train_step", setup.train_step, state, batch)
                     hardware_flops = setup.step_flops(setup.batch_shapes)["hardware"]
                     if primary:
-                        update_run_info(workdir, {"train_step_memory_per_device": aot.memory_report(compiled),
+                        update_run_info(workdir, {"train_step_memory_per_device": memory.memory_report(compiled),
                                                   "hardware_flops_per_step": hardware_flops})
                 # Useful work of this batch (its masks); each process sees its slice of the global batch.
                 model_flops = setup.model_flops(local) * jax.process_count()

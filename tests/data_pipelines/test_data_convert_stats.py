@@ -13,7 +13,7 @@ from data_pipelines.convert import ConvertOptions, convert, load_episodes
 from data_pipelines.errors import NonFiniteValueError
 from data_pipelines.fixtures import fixture_embodiment, make_fixture
 from data_pipelines.formats.images import decode_image
-from data_pipelines.pipeline.robot_transform import resize_square
+from data_pipelines.formats.images import resize_square
 from data_pipelines.record_codec import decode_record
 from data_pipelines.stats import compute_norm_stats
 from data_pipelines.synthetic import simulate_episode

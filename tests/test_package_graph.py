@@ -1,0 +1,145 @@
+"""The package graph: read from every import statement (module level and inside functions) of the library."""
+import ast
+import collections
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("molmoact2_jax", "data_pipelines", "configs")
+
+
+def _modules() -> dict:
+    out = {}
+    for pkg in PACKAGES:
+        for f in (ROOT / pkg).rglob("*.py"):
+            parts = list(f.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str):
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str, path: Path) -> set:
+    """Modules of ours that `module` imports; `from pkg import sub` counts as pkg.sub when that is a module.
+    Edges to the module's own parent packages are left out (Python imports those first in any case)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")[: len(module.split(".")) - node.level + (path.name == "__init__.py")]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module
+            subs = [f"{prefix}.{a.name}" for a in node.names if f"{prefix}.{a.name}" in MODULES]
+            names = subs if len(subs) == len(node.names) else subs + [prefix]
+        else:
+            continue
+        for n in names:
+            target = _resolve(n)
+            if target and target != module and not module.startswith(target + "."):
+                found.add(target)
+    return found
+
+
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def _cycles(graph: dict) -> list:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _subpackage(m: str) -> str:
+    return ".".join(m.split(".")[:2])
+
+
+def test_graph_is_read_from_the_sources():
+    assert len(MODULES) > 100
+    assert "molmoact2_jax.models.config" in GRAPH["molmoact2_jax.tokenizers.text"]
+    assert "molmoact2_jax.training.trainer" in GRAPH["molmoact2_jax.training.aot"]
+    assert {"configs.common"} <= GRAPH["configs.pretrain"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles_between_modules_or_subpackages():
+    assert _cycles(GRAPH) == []
+    packages = collections.defaultdict(set)
+    for m, targets in GRAPH.items():
+        for t in targets:
+            if _subpackage(t) != _subpackage(m):
+                packages[_subpackage(m)].add(_subpackage(t))
+    assert _cycles(packages) == []
+
+
+def _violations(source_prefix: str, allowed=None, forbidden=()) -> list:
+    bad = []
+    for m, targets in GRAPH.items():
+        if m != source_prefix and not m.startswith(source_prefix + "."):
+            continue
+        for t in targets:
+            inside = t == source_prefix or t.startswith(source_prefix + ".")
+            if inside:
+                continue
+            if allowed is not None and not any(t == a or t.startswith(a + ".") for a in allowed):
+                bad.append((m, t))
+            if any(t == f or t.startswith(f + ".") for f in forbidden):
+                bad.append((m, t))
+    return sorted(set(bad))
+
+
+def test_library_never_imports_recipes():
+    for pkg in ("molmoact2_jax", "data_pipelines"):
+        assert _violations(pkg, forbidden=("configs",)) == []
+
+
+def test_layers():
+    # models and tokenizers at the bottom
+    assert _violations("molmoact2_jax.models", allowed=("molmoact2_jax.preprocessing",)) == []
+    assert _violations("molmoact2_jax.tokenizers", allowed=("molmoact2_jax.models.config",
+                                                              "molmoact2_jax.progress")) == []
+    # data pipelines know no model, trainer or simulator
+    assert _violations("data_pipelines", allowed=("molmoact2_jax.preprocessing", "molmoact2_jax.tokenizers",
+                                                  "molmoact2_jax.progress")) == []
+    # inference and conversion need no trainer; inference knows no simulator
+    assert _violations("molmoact2_jax.inference", forbidden=("molmoact2_jax.training", "molmoact2_jax.evaluation",
+                                                             "molmoact2_jax.demo")) == []
+    assert _violations("molmoact2_jax.convert", forbidden=("molmoact2_jax.training", "molmoact2_jax.inference",
+                                                           "molmoact2_jax.evaluation")) == []
+    assert _violations("molmoact2_jax.checkpoint_io", allowed=("data_pipelines.norm_stats",)) == []
