@@ -165,14 +165,14 @@ def synthetic_depth(n, size=48, seed=0):
 def vq_trained():
     """Trained at 64 px (fast on CPU); the model is fully convolutional, so the same params serve the 320 px ->
     10x10 interface."""
-    from molmoact2_jax.inference import depth_vqvae as vq
+    from molmoact2_jax.depth import vqvae as vq
     small = vq.VQVAEConfig(image_size=64, channels=(4, 8, 8, 8, 8), code_dim=8)
     params, hist = vq.train_vqvae(synthetic_depth(2), small, steps=40, batch_size=2, learning_rate=1e-2)
     return params, hist, dataclasses.replace(small, image_size=320)
 
 
 def test_vqvae_train_encode_decode_save(vq_trained, tmp_path):
-    from molmoact2_jax.inference import depth_vqvae as vq
+    from molmoact2_jax.depth import vqvae as vq
     params, hist, cfg = vq_trained
     assert np.mean([h["recon"] for h in hist[-5:]]) < 0.97 * np.mean([h["recon"] for h in hist[:5]])
     assert cfg.grid == 10 and cfg.downsample == 32 and cfg.num_codes == 128
@@ -192,8 +192,8 @@ def test_vqvae_train_encode_decode_save(vq_trained, tmp_path):
 def test_depth_codes_tool_npy_and_lerobot(vq_trained, tmp_path, capsys):
     import pyarrow.parquet as pq
     from data_pipelines.fixtures import make_fixture
-    from molmoact2_jax.inference import depth_codes as dc
-    from molmoact2_jax.inference import depth_vqvae as vq
+    from molmoact2_jax.depth import codes as dc
+    from molmoact2_jax.depth import vqvae as vq
     params, _, cfg = vq_trained
     vq.save_vqvae(str(tmp_path / "vq"), params, cfg)
     npy = tmp_path / "npy"

@@ -179,7 +179,7 @@ class ModelPolicy:
     @classmethod
     def load(cls, checkpoint, cfg: SimConfig, norm_tag: str | None = None, n_action_steps: int | None = None,
              mode: str | None = None) -> "ModelPolicy":
-        from molmoact2_jax.inference.policy import Policy   # jax: only once a model is evaluated
+        from molmoact2_jax.inference import Policy   # jax: only once a model is evaluated
         fit = check_checkpoint_fits(checkpoint, cfg, norm_tag)   # fail fast, before loading weights
         n = n_action_steps or fit["n_action_steps"] or cfg.n_action_steps
         return cls(Policy.load(str(checkpoint)), fit["tag"], int(n), mode, fit["camera_order"])

@@ -1,5 +1,5 @@
 """Inference: `Policy` (observation -> robot actions), MolmoThink depth decoding, the HTTP policy server and
-client, and the depth VQ-VAE tooling. Imported lazily so `import molmoact2_jax.inference` stays cheap."""
+client. Imported lazily so `import molmoact2_jax.inference` stays cheap."""
 from __future__ import annotations
 
 __all__ = ["Policy", "ActionResult", "PolicyClient"]

@@ -8,7 +8,6 @@ checkpoints/<step>/ (see checkpointing.py), profile/ (optional jax.profiler trac
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -28,6 +27,8 @@ from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
 from molmoact2_jax.training import checkpointing, lora, memory
+from molmoact2_jax.training import metrics as metrics_lib
+from molmoact2_jax.training.init_from import load_init_params
 from molmoact2_jax.training.optimizer import make_optimizer
 from molmoact2_jax.training.train_step import TrainState, init_state, make_train_step
 
@@ -196,63 +197,6 @@ def _dtype_of(v):
     return np.dtype(v.dtype) if hasattr(v, "dtype") else np.asarray(v).dtype
 
 
-# ---------------------------------------------------------------- metrics
-class MetricWriter:
-    """JSONL + TensorBoard on process 0; no-ops elsewhere."""
-
-    def __init__(self, workdir: str, resume_step: int = 0):
-        self.primary = jax.process_index() == 0
-        self.jsonl = None
-        self.tb = None
-        if self.primary:
-            os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, "metrics.jsonl")
-            _truncate_metrics(path, resume_step)
-            self.jsonl = open(path, "a")
-            from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(self, step: int, metrics: dict):
-        if not self.primary:
-            return
-        row = {"step": int(step), **{k: _py(v) for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(row) + "\n")
-        self.jsonl.flush()
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
-                self.tb.add_scalar(k, v, step)
-
-    def close(self):
-        if self.primary:
-            self.jsonl.close()
-            self.tb.close()
-
-
-def _truncate_metrics(path: str, keep_upto: int):
-    """After a crash the rows past the restored step are recomputed: drop them so each step appears once."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        rows = [line for line in f if line.strip()]
-    kept = []
-    for line in rows:
-        try:
-            if json.loads(line)["step"] <= keep_upto:
-                kept.append(line)
-        except (ValueError, KeyError):
-            continue  # a torn last line from a killed process
-    if len(kept) != len(rows):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-
-
-def _py(v):
-    v = np.asarray(v)
-    return bool(v) if v.dtype == bool else (int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
-
-
 class PreemptionWatcher:
     """SIGTERM (and JAX's TPU preemption notice) -> save at the next step boundary, agreed across processes."""
 
@@ -303,15 +247,15 @@ def train(cfg, workdir: str) -> dict:
         state = setup.create_state()
         start = 0
         if cfg.get("init_from"):
-            state = setup.state_from_params(init_params(cfg, state.params))
+            state = setup.state_from_params(load_init_params(cfg, state.params))
     else:
         start, state, data_state, _ = restored
         data.set_state(checkpointing.from_jsonable(data_state))
         log.info("resumed from %s/%d", ckpt.directory, start)
-    writer = MetricWriter(workdir, resume_step=start)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     assets = copy_assets(cfg, workdir) if primary else {}
     if primary:
-        write_run_info(workdir, setup, state)
+        metrics_lib.write_run_info(workdir, setup, state)
     watcher = PreemptionWatcher()
     total = int(cfg.total_steps)
     gb = int(cfg.data.global_batch_size)
@@ -336,7 +280,7 @@ def train(cfg, workdir: str) -> dict:
                     compiled = setup.compiled("train_step", setup.train_step, state, batch)
                     hardware_flops = setup.step_flops(setup.batch_shapes)["hardware"]
                     if primary:
-                        update_run_info(workdir, {"train_step_memory_per_device": memory.memory_report(compiled),
+                        metrics_lib.update_run_info(workdir, {"train_step_memory_per_device": memory.memory_report(compiled),
                                                   "hardware_flops_per_step": hardware_flops})
                 # Useful work of this batch (its masks); each process sees its slice of the global batch.
                 model_flops = setup.model_flops(local) * jax.process_count()
@@ -384,39 +328,6 @@ def train(cfg, workdir: str) -> dict:
     return {"last_metrics": last, "preempted": preempted, "start_step": start, "state": state}
 
 
-def init_params(cfg, fresh_params) -> dict:
-    """Params-only start (fine-tuning, next stage): loads `config.init_from` (a params checkpoint, a trainer step
-    directory, or an imported HF checkpoint) over `fresh_params` (the sharded params of a new state).
-
-    Every loaded tensor is restored straight into the sharding of the fresh one it replaces, so this works on any
-    mesh and any number of processes and never holds a full copy on a host. Groups in `config.init_fresh` stay
-    fresh; missing and unexpected keys are reported; a shape mismatch is an error naming the key."""
-    from flax import traverse_util
-    from molmoact2_jax.checkpoint_io import params as params_io
-    saved = params_io.saved_param_metadata(cfg.init_from)
-    fresh_groups = set(cfg.get("init_fresh", ()) or ())
-    have = traverse_util.flatten_dict(fresh_params, sep="/")
-    target, missing = {}, []
-    for key, value in have.items():
-        if any(g in key.split("/") for g in fresh_groups):
-            continue
-        if key not in saved:
-            missing.append(key)
-            continue
-        if saved[key][0] != tuple(value.shape):
-            raise ValueError(f"config.init_from={cfg.init_from}: {key} has shape {saved[key][0]} there but "
-                             f"{tuple(value.shape)} in this model")
-        target[key] = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=value.sharding)
-    if target:
-        loaded = params_io.restore_params_sharded(cfg.init_from, traverse_util.unflatten_dict(target, sep="/"))
-        have.update(traverse_util.flatten_dict(loaded, sep="/"))
-    unexpected = sorted(k for k in saved if k not in have)
-    log.info("init_from %s: loaded %d tensors; fresh groups %s; missing %d%s; unexpected %d%s", cfg.init_from,
-             len(target), sorted(fresh_groups) or "none", len(missing), f" {missing[:5]}" if missing else "",
-             len(unexpected), f" {unexpected[:5]}" if unexpected else "")
-    return traverse_util.unflatten_dict(have, sep="/")
-
-
 def copy_assets(cfg, workdir: str) -> dict:
     """Run assets (norm stats, text tokenizer, OpenFAST tokenizer) copied into WORKDIR/assets/; the checkpointer
     copies that folder into every step directory, so each checkpoint serves on its own, and each checkpoint's meta
@@ -452,38 +363,6 @@ def copy_assets(cfg, workdir: str) -> dict:
             with open(path, "rb") as f:
                 out[name] = hashlib.sha256(f.read()).hexdigest()
     return out
-
-
-def state_bytes(state) -> dict:
-    """Total bytes of params/optimizer state and the most any single device holds."""
-    per_device: dict = {}
-    total = 0
-    for x in jax.tree.leaves(state):
-        total += x.nbytes
-        for shard in x.addressable_shards:
-            per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
-    return {"total_bytes": int(total), "max_bytes_per_device": int(max(per_device.values()))}
-
-
-def write_run_info(workdir: str, setup: Setup, state) -> None:
-    info = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "devices": jax.device_count(),
-            "processes": jax.process_count(),
-            "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-            "params": state_bytes(state.params), "params_and_optimizer": state_bytes((state.params,
-                                                                                       state.opt_state))}
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
-
-
-def update_run_info(workdir: str, fields: dict) -> None:
-    path = os.path.join(workdir, "run_info.json")
-    with open(path) as f:
-        info = json.load(f)
-    info.update(fields)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, path)
 
 
 def evaluate(cfg, setup: Setup, state) -> dict:

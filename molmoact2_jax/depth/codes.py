@@ -18,7 +18,7 @@ VQ-VAE: `--vqvae DIR` (saved by depth_vqvae.save_vqvae) or `--train-steps N` to 
 Output (OUT/): data/episode_XXXXXX.parquet with columns episode_index, frame_index, depth_buffer_codes
 (list<int32>[100]), depth_updated_mask (list<bool>[100]) (+ `file` for --npy-dir), and meta/info.json.
 
-    python -m molmoact2_jax.inference.depth_codes --lerobot /data/libero --vqvae vqvae/ --out /data/libero_depth
+    python -m molmoact2_jax.depth.codes --lerobot /data/libero --vqvae vqvae/ --out /data/libero_depth
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import sys
 
 import numpy as np
 
-from molmoact2_jax.inference import depth_vqvae as vq
-from molmoact2_jax.inference import think
+from molmoact2_jax.depth import cells
+from molmoact2_jax.depth import vqvae as vq
 
 
 def placeholder_depth_estimator(rgb) -> np.ndarray:
@@ -67,11 +67,11 @@ def depth_as_image(depth) -> np.ndarray:
     return np.repeat(u[..., None], 3, axis=-1)
 
 
-def updated_masks(frames, threshold: float = think.CHANGE_THRESHOLD) -> np.ndarray:
+def updated_masks(frames, threshold: float = cells.CHANGE_THRESHOLD) -> np.ndarray:
     """bool [N, 100]: cells changed vs the previous frame; the first frame is all True."""
-    out = np.ones((len(frames), think.NUM_CELLS), bool)
+    out = np.ones((len(frames), cells.NUM_CELLS), bool)
     for i in range(1, len(frames)):
-        out[i] = think.changed_cells(frames[i], frames[i - 1], threshold)
+        out[i] = cells.changed_cells(frames[i], frames[i - 1], threshold)
     return out
 
 
@@ -93,8 +93,8 @@ def _write_episode(out_dir: str, ep: int, codes: np.ndarray, masks: np.ndarray, 
 def _write_info(out_dir: str, source: str, episodes: int, frames: int, estimator: str | None):
     os.makedirs(os.path.join(out_dir, "meta"), exist_ok=True)
     info = {"source": source, "total_episodes": episodes, "total_frames": frames, "estimator": estimator,
-            "features": {"depth_buffer_codes": {"dtype": "int32", "shape": [think.NUM_CELLS]},
-                         "depth_updated_mask": {"dtype": "bool", "shape": [think.NUM_CELLS]}}}
+            "features": {"depth_buffer_codes": {"dtype": "int32", "shape": [cells.NUM_CELLS]},
+                         "depth_updated_mask": {"dtype": "bool", "shape": [cells.NUM_CELLS]}}}
     with open(os.path.join(out_dir, "meta", "info.json"), "w") as f:
         json.dump(info, f, indent=2)
 
@@ -134,7 +134,7 @@ def codes_for_lerobot(root: str, out_dir: str, params, cfg: vq.VQVAEConfig, came
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m molmoact2_jax.inference.depth_codes",
+    ap = argparse.ArgumentParser(prog="python -m molmoact2_jax.depth.codes",
                                  description="Write depth_buffer_codes / depth_updated_mask companion data.")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--npy-dir")
