@@ -69,9 +69,11 @@ class MolmoAct2:
         return spec
 
     def fake_batch(self, batch_size: int = 1, seq_len: int | None = None, num_images: int = 1,
-                   training: bool = False, seed: int = 0) -> dict:
+                   training: bool = False, seed: int = 0, abstract_arrays: bool = False) -> dict:
         """A consistent numpy batch of `inputs_spec`'s shapes: BOS, each image's token block, then text tokens
-        (all valid); random patches in [-1, 1] with the real pooling index; random targets / actions."""
+        (all valid); random patches in [-1, 1] with the real pooling index; random targets / actions.
+        `abstract_arrays`: pixels and actions stay ShapeDtypeStructs (nothing allocated; token ids and masks are
+        still concrete, so FLOP counts over the masks can be taken, as molmoact2-compile does)."""
         spec = self.inputs_spec(batch_size, seq_len, num_images, training)
         b, t = spec["input_ids"].shape
         tok, rng = self.cfg.tokens, np.random.default_rng(seed)
@@ -85,7 +87,8 @@ class MolmoAct2:
         out = dict(input_ids=ids, attention_mask=np.ones((b, t), bool))
         if num_images:
             v = self.cfg.vit
-            out["images"] = rng.uniform(-1, 1, spec["images"].shape).astype(np.float32)
+            out["images"] = spec["images"] if abstract_arrays else \
+                rng.uniform(-1, 1, spec["images"].shape).astype(np.float32)
             one = pooling_index(v.image_size // v.patch_size, v.image_size // v.patch_size,
                                 self.cfg.connector.pool_size)
             p = spec["images"].shape[2]
@@ -95,7 +98,8 @@ class MolmoAct2:
             out["target_ids"] = np.concatenate([ids[:, 1:], np.full((b, 1), -1, np.int32)], 1)
             out["loss_mask"] = np.zeros((b, t), np.float32)
             out["loss_mask"][:, len(row):-1] = 1.0
-            out["actions"] = rng.uniform(-1, 1, spec["actions"].shape).astype(np.float32)
+            out["actions"] = spec["actions"] if abstract_arrays else \
+                rng.uniform(-1, 1, spec["actions"].shape).astype(np.float32)
             out["action_dim_valid"] = np.ones(spec["action_dim_valid"].shape, bool)
             out["horizon_valid"] = np.ones(spec["horizon_valid"].shape, bool)
             out["has_actions"] = np.ones((b,), bool)

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from molmoact2_jax.preprocessing.image import pooling_index
+from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.training import trainer
 from molmoact2_jax.training.memory import largest_buffers, memory_report
 
@@ -67,31 +67,14 @@ def cpu_chip(num_devices: int) -> Chip:
 
 def example_batch(cfg) -> dict:
     """A global batch with the recipe's shapes (data.global_batch_size, data.seq_len, data.max_cameras cameras at
-    model.vit.image_size): pixels and actions abstract, token ids and masks as host arrays laid out like a packed
-    robot row (every token valid, each camera's image tokens in one block), so both FLOP counts can be taken."""
-    m, d = cfg.model, cfg.data
+    model.vit.image_size): the model's fake batch with pixels and actions abstract and token ids / masks concrete,
+    laid out like a full robot row (every token valid, each camera's image tokens in one block)."""
+    d = cfg.data
     b, t, n_cam = int(d.global_batch_size), int(d.seq_len), int(d.get("max_cameras", 1))
-    grid = m.vit.image_size // m.vit.patch_size
-    pooled1 = pooling_index(grid, grid, m.connector.pool_size)
-    n_tok, patches = pooled1.shape[0], grid * grid
-    pooled = np.concatenate([np.where(pooled1 >= 0, pooled1 + j * patches, -1) for j in range(n_cam)])
-    tok = m.tokens
-    row = [tok.eos_token_id]
-    for _ in range(n_cam):
-        row += [tok.image_start] + [tok.image_patch] * n_tok + [tok.image_end]
-    if len(row) > t:
-        raise ValueError(f"config.data.seq_len={t} is shorter than the {len(row)} tokens of {n_cam} camera(s)")
-    ids = np.full((b, t), 10, np.int32)
-    ids[:, :len(row)] = row
-    ae = m.action_expert
-    h, a = ae.max_action_horizon, ae.max_action_dim
-    target = np.roll(ids, -1, axis=1)
-    return dict(input_ids=ids, attention_mask=np.ones((b, t), bool), target_ids=target,
-                loss_mask=np.ones((b, t), np.float32),
-                images=jax.ShapeDtypeStruct((b, n_cam, patches, 3 * m.vit.patch_size ** 2), np.float32),
-                pooled_idx=np.broadcast_to(pooled, (b, *pooled.shape)).astype(np.int32),
-                actions=jax.ShapeDtypeStruct((b, h, a), np.float32), action_dim_valid=np.ones((b, a), bool),
-                horizon_valid=np.ones((b, h), bool), has_actions=np.ones(b, bool))
+    try:
+        return MolmoAct2(cfg.model).fake_batch(b, t, n_cam, training=True, abstract_arrays=True)
+    except ValueError as e:
+        raise ValueError(f"config.data.seq_len: {e}") from None
 
 
 def compile_report(cfg, devices, chip: Chip, topology: str) -> dict:
