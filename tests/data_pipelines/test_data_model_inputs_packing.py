@@ -10,10 +10,8 @@ from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_
 from data_pipelines.pipeline.robot_transform import RobotTransformConfig
 from data_pipelines.stats import write_norm_stats
 
-tokenizers = pytest.importorskip("tokenizers")
-text_mod = pytest.importorskip("molmoact2_jax.tokenizers.text")
-openfast_mod = pytest.importorskip("molmoact2_jax.tokenizers.openfast")
-pytest.importorskip("molmoact2_jax.preprocessing.image")
+from molmoact2_jax.tokenizers import openfast as openfast_mod
+from molmoact2_jax.tokenizers import text as text_mod
 
 
 @pytest.fixture(scope="module")

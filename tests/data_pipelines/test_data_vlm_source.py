@@ -2,6 +2,7 @@
 import pytest
 
 from data_pipelines.errors import DataError
+from molmoact2_jax.tokenizers import text as text_mod
 from data_pipelines.pipeline.vlm import (VLMConfig, VLMSource, VLMTransform, VLMTransformConfig, build_vlm_dataset,
                                          write_vlm_fixture)
 
@@ -30,7 +31,6 @@ def test_vlm_sharded_batches(tmp_path):
 
 
 def test_vlm_loss_mask_on_answers(tmp_path):
-    text_mod = pytest.importorskip("molmoact2_jax.tokenizers.text")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
