@@ -10,7 +10,7 @@ from molmoact2_jax.models.backbone import Backbone
 
 pytestmark = pytest.mark.torch
 
-REL_TOL = 1e-4
+REL_TOL = 1e-5   # measured 4.6e-7 (image+text and text-only logits vs transformers)
 
 
 def max_rel_err(ours, ref, mask):
