@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data_pipelines.convert import ConvertOptions, convert
 from data_pipelines.embodiments import EMBODIMENTS
 from data_pipelines.errors import DataError
-from data_pipelines.fixtures import FORMATS
+from data_pipelines.fixtures import FORMATS, make_fixture
 from data_pipelines.formats.lerobot_writer import DIRTY_VARIANTS
+from data_pipelines.inspect_data import inspect_path
+from data_pipelines.stats import write_norm_stats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,13 +76,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "fixture":
-            from data_pipelines.fixtures import make_fixture
             path = make_fixture(args.format, args.embodiment, args.out, episodes=args.episodes, seed=args.seed,
                                 codec=args.codec, so100_naming=args.so100_naming, dirty=tuple(args.dirty),
                                 image_hw=tuple(args.image_size) if args.image_size else None)
             print(f"wrote {args.format} {args.embodiment} fixture with {args.episodes} episodes to {path}")
         elif args.command == "convert":
-            from data_pipelines.convert import ConvertOptions, convert
             index = convert(ConvertOptions(source=args.source, embodiment=args.embodiment, out=args.out,
                                            workers=args.workers, episodes_per_shard=args.episodes_per_shard,
                                            horizon=args.horizon, image_size=args.image_size or None,
@@ -90,13 +91,11 @@ def main(argv=None) -> int:
             for s in index["skipped"][:5]:
                 print(f"  skipped {s['episode']}: {s['error']}")
         elif args.command == "stats":
-            from data_pipelines.stats import write_norm_stats
             stats = write_norm_stats(args.shard_dirs, args.out, args.norm_mode)
             for tag, m in stats["metadata_by_tag"].items():
                 print(f"{tag}: {m['action_stats']['count']} frames from {len(m['repos'])} directories")
             print(f"wrote {args.out}")
         elif args.command == "inspect":
-            from data_pipelines.inspect_data import inspect_path
             lines, errors = inspect_path(args.path, args.max_errors, args.deep)
             print("\n".join(lines))
             print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors))

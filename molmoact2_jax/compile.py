@@ -12,6 +12,12 @@ import json
 import os
 import sys
 
+from absl import app, flags
+from ml_collections import config_flags
+
+from molmoact2_jax.recipes import recipe_path
+from molmoact2_jax.train import list_flags_in_help  # imports no jax (XLA_FLAGS is set later, in main)
+
 EXIT_DOES_NOT_FIT = 3
 
 
@@ -73,10 +79,6 @@ def main(argv=None):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={n_cpu}").strip()
         os.environ["JAX_PLATFORMS"] = "cpu"
-    from absl import app, flags
-    from ml_collections import config_flags
-    from molmoact2_jax.recipes import recipe_path
-    from molmoact2_jax.train import list_flags_in_help
     default = recipe_path("pretrain", "tiny")
     cfg_flag = config_flags.DEFINE_config_file(
         "config", default, "Recipe: configs/<recipe>.py with an optional :variant, as for molmoact2-train; "
@@ -91,8 +93,8 @@ def main(argv=None):
     list_flags_in_help([cfg_flag, topo, slices, devices_flag, out], __doc__)
 
     def run(_):
-        import jax
-        from molmoact2_jax.training import aot
+        import jax  # lazy: after XLA_FLAGS / JAX_PLATFORMS are set from --devices
+        from molmoact2_jax.training import aot  # lazy: imports jax, after XLA_FLAGS is set
         if bool(topo.value) == bool(n_cpu):
             print("molmoact2-compile: give exactly one of --topology or --devices=cpu:N", file=sys.stderr)
             return 2

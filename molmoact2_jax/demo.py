@@ -14,14 +14,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before mujoco is imported
+from data_pipelines.convert import ConvertOptions, convert
+from data_pipelines.formats.lerobot_reader import LeRobotDataset
+from data_pipelines.norm_stats import NormStats
+from data_pipelines.stats import write_norm_stats
+from data_pipelines.transforms.normalize import normalize
+from data_pipelines.transforms.robot_inputs import robot_transforms
+from molmoact2_jax.evaluation.config import get_config, parse_suite
+from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
+from molmoact2_jax.evaluation.policies import ModelPolicy, make_baseline
+from molmoact2_jax.evaluation.recorder import RecordOptions, record
+from molmoact2_jax.inference.client import PolicyClient
+from molmoact2_jax.recipes import load_recipe, recipe_path
+from molmoact2_jax.tokenizers.openfast import OpenFAST
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless; before mujoco is imported (lazily, by evaluation)
 
 TASKS = ("reach-v3", "push-v3")
 IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens per camera)
@@ -37,8 +54,6 @@ def done(t0: float, what: str = ""):
 
 
 def record_data(wd: Path, tasks, train_eps: int, heldout_eps: int, workers: int):
-    from molmoact2_jax.evaluation.config import get_config, parse_suite
-    from molmoact2_jax.evaluation.recorder import RecordOptions, record
     cfg = get_config("metaworld", image_hw=(IMAGE, IMAGE))
     suite = parse_suite("metaworld:" + ",".join(tasks))
     out = {}
@@ -54,8 +69,6 @@ def record_data(wd: Path, tasks, train_eps: int, heldout_eps: int, workers: int)
 
 
 def convert_data(wd: Path, datasets: dict, horizon: int, workers: int):
-    from data_pipelines.convert import ConvertOptions, convert
-    from data_pipelines.stats import write_norm_stats
     shards = {}
     for name, src in datasets.items():
         shards[name] = wd / "shards" / name
@@ -67,11 +80,6 @@ def convert_data(wd: Path, datasets: dict, horizon: int, workers: int):
 
 
 def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizon: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from data_pipelines.formats.lerobot_reader import LeRobotDataset
-    from data_pipelines.norm_stats import NormStats
-    from data_pipelines.transforms.normalize import normalize
-    from molmoact2_jax.tokenizers.openfast import OpenFAST
 
     ds = LeRobotDataset(train_src)
     info = NormStats.load(stats_path).tag(tag)
@@ -102,7 +110,6 @@ def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizo
 
 
 def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, openfast: Path, steps: int):
-    from molmoact2_jax.recipes import load_recipe, recipe_path
     c = load_recipe(recipe_path("finetune", "tiny"))
     c.total_steps = steps
     c.model.vit.image_size = IMAGE
@@ -124,11 +131,9 @@ def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, open
 def heldout_error(cfg, params, n_batches: int = 6):
     """Mean |error| in robot units over valid steps/dims: the model's first-step-of-chunk predictions and the
     whole chunk, vs predicting the training-set mean action."""
-    import jax
-    from data_pipelines.norm_stats import NormStats
-    from data_pipelines.transforms.robot_inputs import robot_transforms
-    from molmoact2_jax.models.molmoact2 import MolmoAct2
-    from molmoact2_jax.training.data_source import make
+    import jax  # lazy: --help must not import jax
+    from molmoact2_jax.models.molmoact2 import MolmoAct2  # lazy: imports jax
+    from molmoact2_jax.training.data_source import make  # lazy: imports jax
 
     model = MolmoAct2(cfg.model)
     data = make(cfg, "eval")
@@ -152,9 +157,9 @@ def heldout_error(cfg, params, n_batches: int = 6):
 
 
 def plot(wd: Path, traj, metrics_path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: ~0.5 s, only for the plot
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the Agg backend is chosen
     rows = [json.loads(l) for l in open(metrics_path)]
     true = np.concatenate([t for t, _ in traj])[:60]
     pred = np.concatenate([p for _, p in traj])[:60]
@@ -180,8 +185,7 @@ def plot(wd: Path, traj, metrics_path: Path) -> Path:
 
 
 def save_checkpoint(wd: Path, params, cfg, stats_path: Path, tokenizer: Path, openfast: Path) -> Path:
-    import shutil
-    from molmoact2_jax.checkpoint_io import params as params_io
+    from molmoact2_jax.checkpoint_io import params as params_io  # lazy: imports jax
     ckpt = wd / "final_checkpoint"
     params_io.save_params(str(ckpt), params, cfg.model)
     assets = ckpt / "assets"
@@ -193,9 +197,6 @@ def save_checkpoint(wd: Path, params, cfg, stats_path: Path, tokenizer: Path, op
 
 
 def closed_loop(wd: Path, export: Path, stats_path: Path, tasks, episodes: int, max_steps: int):
-    from molmoact2_jax.evaluation.config import get_config, parse_suite
-    from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
-    from molmoact2_jax.evaluation.policies import ModelPolicy, make_baseline
     cfg = get_config("metaworld", image_hw=(IMAGE, IMAGE), norm_stats_path=str(stats_path))
     suite = parse_suite("metaworld:" + ",".join(tasks))
     rows = []
@@ -216,9 +217,6 @@ def closed_loop(wd: Path, export: Path, stats_path: Path, tasks, episodes: int, 
 
 
 def serve_one(export: Path, heldout_src: Path, tag: str):
-    import socket
-    from data_pipelines.formats.lerobot_reader import LeRobotDataset
-    from molmoact2_jax.inference.client import PolicyClient
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -279,10 +277,10 @@ def main(argv=None) -> int:
     done(t0)
 
     t0 = stage(4, f"train the tiny MolmoAct2 for {args.steps} steps")
-    from molmoact2_jax.training import trainer
+    from molmoact2_jax.training import trainer  # lazy: imports jax; --help must not
     cfg = train_config(wd, shards, stats_path, tokenizer, openfast, args.steps)
     out = trainer.train(cfg, str(wd / "train"))
-    import jax
+    import jax  # lazy: --help must not import jax
     params = jax.device_get(out["state"].params)
     done(t0, f"(final loss {out['last_metrics'].get('loss', float('nan')):.4f})")
 
@@ -294,11 +292,10 @@ def main(argv=None) -> int:
     done(t0)
 
     t0 = stage(6, "export to the Hugging Face MolmoAct2 layout")
-    from molmoact2_jax.convert.molmoact2_hf import export_hf
+    from molmoact2_jax.convert.molmoact2_hf import export_hf  # lazy: imports jax
     ckpt = save_checkpoint(wd, params, cfg, stats_path, tokenizer, openfast)
     export = wd / "hf_export"
     if export.exists():
-        import shutil
         shutil.rmtree(export)
     s = export_hf(str(ckpt), str(export))
     print(f"      {s}")

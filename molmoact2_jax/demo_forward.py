@@ -8,10 +8,15 @@ from __future__ import annotations
 import sys
 import time
 
+import ml_collections
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from molmoact2_jax.preprocessing.image import preprocess_images
 from molmoact2_jax.recipes import recipe_path
+from molmoact2_jax.tokenizers.text import expand_image_tokens, layout_from_model_config
+from molmoact2_jax.train import list_flags_in_help
 
 _DEFAULT = recipe_path("pretrain", "tiny")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -21,14 +26,10 @@ _BATCH = flags.DEFINE_integer("batch", 2, "Batch size: copies of the synthetic i
 
 
 def run(cfg, batch: int) -> dict:
-    import jax
-    import ml_collections
-    import numpy as np
-    from flax import linen as nn
+    import jax  # lazy: --help must not import jax
+    from flax import linen as nn  # lazy: imports jax
 
-    from molmoact2_jax.models.backbone import Backbone
-    from molmoact2_jax.preprocessing.image import preprocess_images
-    from molmoact2_jax.tokenizers.text import expand_image_tokens, layout_from_model_config
+    from molmoact2_jax.models.backbone import Backbone  # lazy: imports jax
 
     mcfg = ml_collections.FrozenConfigDict(cfg.model)
     layout = layout_from_model_config(mcfg.tokens)
@@ -53,7 +54,6 @@ def run(cfg, batch: int) -> dict:
 
 
 def main(argv=None):
-    from molmoact2_jax.train import list_flags_in_help
     list_flags_in_help([_CONFIG, _BATCH], __doc__)
 
     def _main(_):

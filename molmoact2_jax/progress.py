@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 LOG_INTERVAL_S = 30.0
 
 
@@ -43,29 +45,24 @@ class _LineWriter:
         return getattr(self._stream, name)
 
 
-def _throttled_class():
-    from tqdm import tqdm
+class ThrottledTqdm(tqdm):
+    """set_postfix / set_description redraw only on the throttled schedule, not on every call."""
 
-    class ThrottledTqdm(tqdm):
-        """set_postfix / set_description redraw only on the throttled schedule, not on every call."""
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
-        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh=False)
 
-        def set_postfix_str(self, s="", refresh=True):
-            super().set_postfix_str(s, refresh=False)
+    def set_description(self, desc=None, refresh=True):
+        super().set_description(desc, refresh=False)
 
-        def set_description(self, desc=None, refresh=True):
-            super().set_description(desc, refresh=False)
-
-        def set_description_str(self, desc=None, refresh=True):
-            super().set_description_str(desc, refresh=False)
-
-    return ThrottledTqdm
+    def set_description_str(self, desc=None, refresh=True):
+        super().set_description_str(desc, refresh=False)
 
 
 def _is_primary_process() -> bool:
-    import jax
+    import jax  # lazy: data_pipelines and evaluation use these bars without jax
     return jax.process_index() == 0
 
 
@@ -77,8 +74,6 @@ def progress_bar(iterable=None, *, total=None, desc: str | None = None, unit: st
     file: the stream (default sys.stderr, as tqdm). log_interval_s: seconds between lines when that stream is
     not a TTY. Other keyword arguments go to tqdm unchanged (on a TTY; see below otherwise).
     """
-    from tqdm import tqdm
-
     cls = tqdm
     stream = sys.stderr if file is None else file
     if primary_only and not disable:
@@ -89,5 +84,5 @@ def progress_bar(iterable=None, *, total=None, desc: str | None = None, unit: st
         kwargs.update(mininterval=log_interval_s, maxinterval=max(log_interval_s, 10.0), miniters=1)
         kwargs.pop("dynamic_ncols", None)  # there is no terminal width to follow
         stream = _LineWriter(stream)
-        cls = _throttled_class()
+        cls = ThrottledTqdm
     return cls(iterable, total=total, desc=desc, unit=unit, disable=disable, file=stream, **kwargs)

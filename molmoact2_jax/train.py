@@ -13,6 +13,14 @@ import logging
 import re
 import sys
 
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from data_pipelines.errors import DataError
+from data_pipelines.norm_stats import NormStatsError
+from molmoact2_jax.recipes import recipe_path
+
 PROG = "molmoact2-train"
 EXIT_USER_ERROR = 2
 _FLAG_NAMES = ("config", "workdir", "coordinator_address", "num_processes", "process_id")
@@ -31,9 +39,7 @@ def is_user_error(e: BaseException) -> bool:
         (`--num_processes` ...): every deliberate check in training/, sharding/ and the data source says which.
     Anything else, a ValueError from inside JAX/Flax/Orbax included, is an internal error and keeps its traceback.
     """
-    from data_pipelines.errors import DataError
-    from data_pipelines.norm_stats import NormStatsError
-    from molmoact2_jax.training.trainer import TrainingAborted
+    from molmoact2_jax.training.trainer import TrainingAborted  # lazy: imports jax; --help must not
     if isinstance(e, (TrainingAborted, DataError, NormStatsError, FileNotFoundError)):
         return True
     return isinstance(e, ValueError) and bool(_NAMES_A_SETTING.search(str(e)))
@@ -47,7 +53,6 @@ def list_flags_in_help(holders, doc: str | None = None) -> None:
     `bin/molmoact2-X` wrapper, which defines none, and `--help` printed only "Try --helpfull". So the flags are
     declared key for `sys.argv[0]` too, and the wrapper gets `doc` when it has no docstring of its own.
     """
-    from absl import flags
     main_module = sys.modules.get("__main__")
     if doc and main_module is not None and not main_module.__doc__:
         main_module.__doc__ = doc
@@ -57,10 +62,6 @@ def list_flags_in_help(holders, doc: str | None = None) -> None:
 
 def define_flags() -> dict:
     """Defines this command's absl flags (at start-up, not on import: importing this module defines nothing)."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    from molmoact2_jax.recipes import recipe_path
     holders = dict(
         config=config_flags.DEFINE_config_file(
             "config", recipe_path("pretrain", "tiny"),
@@ -86,7 +87,6 @@ def define_flags() -> dict:
 
 
 def _setup_logging(primary: bool) -> None:
-    from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/JAX info lines would drown the progress bar
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -97,11 +97,11 @@ def _setup_logging(primary: bool) -> None:
 
 
 def _train(f: dict) -> int:
-    from molmoact2_jax.sharding import distributed
+    from molmoact2_jax.sharding import distributed  # lazy: imports jax, which --help must not
     distributed.initialize(f["coordinator_address"].value, f["num_processes"].value, f["process_id"].value)
-    import jax
+    import jax  # lazy: --help must not import jax
     _setup_logging(jax.process_index() == 0)
-    from molmoact2_jax.training.trainer import train
+    from molmoact2_jax.training.trainer import train  # lazy: after distributed.initialize; --help must not import jax
     out = train(f["config"].value, f["workdir"].value)
     if jax.process_index() == 0:
         m = out["last_metrics"]
@@ -123,7 +123,6 @@ def run(f: dict) -> int:
 
 
 def main(argv=None):
-    from absl import app
     holders = define_flags()
     app.run(lambda _: sys.exit(run(holders)), argv=[sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
 

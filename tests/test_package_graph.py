@@ -143,3 +143,67 @@ def test_layers():
     assert _violations("molmoact2_jax.convert", forbidden=("molmoact2_jax.training", "molmoact2_jax.inference",
                                                            "molmoact2_jax.evaluation")) == []
     assert _violations("molmoact2_jax.checkpoint_io", allowed=("data_pipelines.norm_stats",)) == []
+
+
+# ---------------------------------------------------------------- imports at the top of files
+# Imports go at the top of a file. A function-level import is allowed only for (1) an optional dependency (not in
+# pyproject's [project] dependencies), (2) the command-line entry modules, which set XLA_FLAGS / JAX_PLATFORMS /
+# MUJOCO_GL or call jax.distributed.initialize first and keep `--help` from importing jax, and the package
+# __init__ files that expose names lazily on purpose, or (3) an import marked with a trailing `# lazy: <why>`.
+OPTIONAL_MODULES = {"metaworld", "mujoco", "gymnasium", "libero", "robosuite", "torch", "transformers", "libtpu"}
+LAZY_IMPORT_MODULES = {
+    "molmoact2_jax.train", "molmoact2_jax.compile", "molmoact2_jax.demo", "molmoact2_jax.demo_forward",
+    "molmoact2_jax.evaluation.cli", "molmoact2_jax.evaluation.envs", "molmoact2_jax.evaluation.workers",
+    "molmoact2_jax.convert.cli", "molmoact2_jax.tokenizers.openfast_cli", "molmoact2_jax.inference.server",
+    "data_pipelines.cli",
+    "molmoact2_jax.inference", "molmoact2_jax.tokenizers", "data_pipelines",   # lazy __init__ on purpose
+}
+LAZY_MARKER = "# lazy:"
+# (module, imported name) justified but not marked in the file itself. aot.py imports jax.experimental.topologies
+# only after setting ALLOW_MULTIPLE_LIBTPU_LOAD (start-up order); its `# lazy:` comment belongs in aot.py.
+UNMARKED_LAZY = {("molmoact2_jax.training.aot", "jax.experimental.topologies")}
+
+
+def _function_imports(path: Path):
+    """(node, dotted name) per name imported inside a function (nested functions included); `from a import b` is
+    a.b."""
+    out = []
+
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, ast.Import):
+                out.extend((child, a.name) for a in child.names)
+            elif in_function and isinstance(child, ast.ImportFrom):
+                prefix = "." * child.level + (child.module or "")
+                out.extend((child, f"{prefix}.{a.name}" if child.module else prefix + a.name)
+                           for a in child.names)
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    walk(ast.parse(path.read_text()), False)
+    return out
+
+
+def _unjustified_function_imports() -> list:
+    bad = []
+    for m, path in sorted(MODULES.items()):
+        if m.split(".")[0] not in ("molmoact2_jax", "data_pipelines") or m in LAZY_IMPORT_MODULES:
+            continue
+        lines = path.read_text().splitlines()
+        for node, name in _function_imports(path):
+            if name.split(".")[0] in OPTIONAL_MODULES or (m, name) in UNMARKED_LAZY:
+                continue
+            if any(LAZY_MARKER in line for line in lines[node.lineno - 1:node.end_lineno]):
+                continue
+            bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return bad
+
+
+def test_function_imports_are_walked():
+    names = {name for _, name in _function_imports(MODULES["molmoact2_jax.evaluation.envs"])}
+    assert {"mujoco", "libero.libero.envs.OffScreenRenderEnv"} <= names
+
+
+def test_imports_are_at_the_top_of_files():
+    bad = _unjustified_function_imports()
+    assert not bad, ("imports inside functions: move them to the top of the file, or mark a justified one (cycle, "
+                     "start-up order, import cost) with a trailing `# lazy: <why>`:\n  " + "\n  ".join(bad))

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from data_pipelines.errors import (DataError, FrameTimestampError, IncompleteDatasetError, MissingVideoError,
                                    NonFiniteValueError, ShapeMismatchError, TruncatedFileError)
 from data_pipelines.formats import video
+from data_pipelines.formats.images import decode_image
 
 STAT_PREFIX = "stats/"
 FROZEN_TASK = "<ALL FROZEN FRAMES>"
@@ -204,7 +205,6 @@ class LeRobotDataset:
         return table
 
     def _embedded_images(self, ep: int, key: str, frame_indices) -> np.ndarray:
-        from data_pipelines.formats.images import decode_image
         meta = self.episode(ep)
         table = self.episode_table(ep)
         if key not in table.column_names:

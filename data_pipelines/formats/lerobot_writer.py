@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from data_pipelines.embodiments import Embodiment
 from data_pipelines.formats import lerobot_stats, video
+from data_pipelines.formats.images import encode_image
 from data_pipelines.synthetic import Episode
 
 DIRTY_VARIANTS = ("names_dict", "chw_shape", "float_fps", "list_columns", "video_info", "no_quantiles",
@@ -137,7 +138,6 @@ def _episode_table(emb, ep, ep_index, from_index, task_index, fps, opts) -> pa.T
         vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), D)
     cols = {}
     if opts.image_storage == "image":  # HF `Image` feature: struct{bytes, path}, PNG bytes
-        from data_pipelines.formats.images import encode_image
         for cam, key in zip(emb.cameras, emb.camera_keys):
             cols[key] = pa.array([{"bytes": encode_image(f, "png"), "path": None} for f in ep.images[cam]],
                                  pa.struct([("bytes", pa.binary()), ("path", pa.string())]))

@@ -17,10 +17,13 @@ import dataclasses
 from pathlib import Path
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 
 from data_pipelines.convert import load_index
 from data_pipelines.norm_stats import NormStats
+from data_pipelines.pipeline.packing import PackIterDataset
 from data_pipelines.pipeline.robot_transform import RobotTransform, RobotTransformConfig
 
 
@@ -54,7 +57,6 @@ def _shard_options(cfg: PipelineConfig) -> tuple[int, int]:
             raise ValueError("PipelineConfig: set both shard_index and shard_count, or neither")
         idx, count = cfg.shard_index, cfg.shard_count
     else:
-        import jax
         idx, count = jax.process_index(), jax.process_count()
     if not 0 <= idx < count:
         raise ValueError(f"PipelineConfig: shard_index {idx} not in [0, {count})")
@@ -99,12 +101,10 @@ def build_robot_dataset(cfg: PipelineConfig) -> grain.IterDataset:
     ds = build_map_dataset(cfg)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.batch_size * 2))
     if cfg.pack is not None:
-        from data_pipelines.pipeline.packing import PackIterDataset
         it = PackIterDataset(it, cfg.pack)
     it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     if cfg.worker_count > 0:
-        from absl import flags  # Grain's worker setup reads absl flags; outside absl.app nobody parsed them
-        if not flags.FLAGS.is_parsed():
+        if not flags.FLAGS.is_parsed():  # Grain's worker setup reads absl flags; outside absl.app nobody parsed them
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
     return it

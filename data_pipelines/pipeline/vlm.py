@@ -14,10 +14,12 @@ from pathlib import Path
 
 import grain
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_pipelines.errors import DataError
 from data_pipelines.formats.images import decode_image, encode_image, resize_square
+from data_pipelines.pipeline.packing import PackIterDataset
 from data_pipelines.pipeline.robot_dataset import _shard_options
 from data_pipelines.synthetic import COLORS
 from data_pipelines.transforms.prompt import image_prefix
@@ -153,7 +155,6 @@ def build_vlm_dataset(cfg: VLMConfig) -> grain.IterDataset:
     ds = ds[idx::count].map(VLMTransform(cfg.transform, cfg.tokenizer))
     it = ds.to_iter_dataset()
     if cfg.pack is not None:
-        from data_pipelines.pipeline.packing import PackIterDataset
         it = PackIterDataset(it, cfg.pack)
     return it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
@@ -174,7 +175,6 @@ def write_vlm_fixture(path: str | Path, n: int = 8, seed: int = 0) -> Path:
                 {"role": "user", "content": "Which side is it on?"}, {"role": "assistant", "content": side}]
         rows.append((encode_image(img, "png"), msgs))
     if path.suffix == ".parquet":
-        import pyarrow as pa
         pq.write_table(pa.table({"images": [[r[0]] for r in rows], "messages": [r[1] for r in rows]}), path)
     else:
         lines = []

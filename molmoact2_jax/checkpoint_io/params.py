@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config.json"
@@ -96,7 +97,6 @@ def _params_from_train_state(path: str, target=None):
 def saved_param_metadata(ckpt_dir: str) -> dict:
     """{"a/b/kernel": (shape, dtype)} of every saved parameter, read from the checkpoint's metadata only (no
     tensor is loaded), for either layout (params checkpoint or trainer step directory)."""
-    from flax import traverse_util
     path, prefix = _params_location(ckpt_dir)
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)

@@ -36,7 +36,7 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true", help=no_progress)
     args = parser.parse_args(argv)
 
-    from molmoact2_jax.convert import molmo2
+    from molmoact2_jax.convert import molmo2  # lazy: imports jax; --help must not
     try:
         if args.command == "import-molmo2":
             _, cfg = molmo2.import_molmo2(args.src_hf_dir, args.ckpt_dir)
@@ -48,11 +48,11 @@ def main(argv=None):
             print(f"exported {s['tensors']} tensors, {s['bytes'] / 1e6:.1f} MB in {s['shards']} shard(s) "
                   f"({args.dtype}) -> {args.out_hf_dir}")
         elif args.command == "import-hf":
-            from molmoact2_jax.convert import molmoact2_hf
+            from molmoact2_jax.convert import molmoact2_hf  # lazy: imports jax; --help must not
             s = molmoact2_hf.import_hf(args.src_hf_dir, args.ckpt_dir, progress=not args.no_progress)
             print(molmoact2_hf.format_summary("import", s, args.src_hf_dir, args.ckpt_dir))
         elif args.command == "export-hf":
-            from molmoact2_jax.convert import molmoact2_hf
+            from molmoact2_jax.convert import molmoact2_hf  # lazy: imports jax; --help must not
             s = molmoact2_hf.export_hf(args.ckpt_dir, args.out_hf_dir, dtype=args.dtype,
                                        max_shard_bytes=args.max_shard_bytes, progress=not args.no_progress)
             print(molmoact2_hf.format_summary("export", s, args.ckpt_dir, args.out_hf_dir))
@@ -64,7 +64,7 @@ def main(argv=None):
 
 
 def _bf16():
-    import ml_dtypes
+    import ml_dtypes  # lazy: ~0.5 s (jax's dtype library), which --help must not pay
     return ml_dtypes.bfloat16
 
 

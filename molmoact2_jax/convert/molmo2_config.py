@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 
 import ml_collections
+from tokenizers import Tokenizer
 
 from molmoact2_jax.models.config import MULTIMODAL_FIELDS, get_model_config, set_token_layout
-from molmoact2_jax.tokenizers.text import HF_ID_KEYS, hf_token_ids
+from molmoact2_jax.models.vit import num_built_layers
+from molmoact2_jax.tokenizers.text import HF_ID_KEYS, hf_token_ids, resolve_layout
 
 # config.json key -> our config.tokens field (the text tokenizer's map, with EOS under its config name).
 TOKEN_KEYS = {**{k: ("eos_token_id" if v == "eos" else v) for k, v in HF_ID_KEYS.items()},
@@ -92,8 +94,6 @@ def model_config_from_hf(hf: dict, source: str = "config.json", tokenizer_file: 
     if pad is not None:
         t.pad_token_id = int(pad)
     if tokenizer_file is not None and os.path.exists(tokenizer_file):
-        from tokenizers import Tokenizer
-        from molmoact2_jax.tokenizers.text import resolve_layout
         try:
             backend = Tokenizer.from_file(tokenizer_file)
         except Exception as e:  # noqa: BLE001 - the library raises bare Exceptions on bad JSON
@@ -114,7 +114,6 @@ def model_config_from_hf(hf: dict, source: str = "config.json", tokenizer_file: 
 def hf_config_from_model(cfg) -> dict:
     """transformers `Molmo2Config` dict for the backbone of `cfg`."""
     v, c, m, t = cfg.vit, cfg.connector, cfg.llm, cfg.tokens
-    from molmoact2_jax.models.vit import num_built_layers
     return {
         "architectures": ["Molmo2ForConditionalGeneration"],
         "model_type": "molmo2",

@@ -30,7 +30,10 @@ import os
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from molmoact2_jax.depth import cells
 from molmoact2_jax.depth import vqvae as vq
 
@@ -76,8 +79,6 @@ def updated_masks(frames, threshold: float = cells.CHANGE_THRESHOLD) -> np.ndarr
 
 
 def _write_episode(out_dir: str, ep: int, codes: np.ndarray, masks: np.ndarray, files=None) -> str:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     cols = {"episode_index": pa.array(np.full(len(codes), ep, np.int64)),
             "frame_index": pa.array(np.arange(len(codes), dtype=np.int64)),
             "depth_buffer_codes": pa.array([c.tolist() for c in codes.astype(np.int32)], pa.list_(pa.int32())),
@@ -114,7 +115,6 @@ def codes_for_npy_dir(in_dir: str, out_dir: str, params, cfg: vq.VQVAEConfig) ->
 def codes_for_lerobot(root: str, out_dir: str, params, cfg: vq.VQVAEConfig, camera: str | None = None,
                       estimator=placeholder_depth_estimator, estimator_name: str = "placeholder",
                       episodes=None) -> dict:
-    from data_pipelines.formats.lerobot_reader import LeRobotDataset
     ds = LeRobotDataset(root)
     if not ds.camera_keys:
         raise ValueError(f"{root}: the dataset has no cameras")
@@ -153,7 +153,6 @@ def main(argv=None) -> int:
             if args.npy_dir:
                 maps = [np.load(f, allow_pickle=False) for f in sorted(glob.glob(os.path.join(args.npy_dir, "*.npy")))]
             else:
-                from data_pipelines.formats.lerobot_reader import LeRobotDataset
                 ds = LeRobotDataset(args.lerobot)
                 est = load_estimator(args.estimator)
                 maps = [est(f) for f in ds.episode_video(0, args.camera or ds.camera_keys[0])]

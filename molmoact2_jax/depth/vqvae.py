@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import optax
+from PIL import Image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,6 @@ class DepthVQVAE(nn.Module):
 
 def prepare_depth(depth, size: int = 320) -> np.ndarray:
     """One depth map (HxW or HxWx1, any float/int dtype) -> float32 [size, size] in [-1, 1]."""
-    from PIL import Image
     d = np.asarray(depth, np.float32)
     if d.ndim == 3 and d.shape[-1] == 1:
         d = d[..., 0]

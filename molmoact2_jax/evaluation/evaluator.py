@@ -17,6 +17,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import av
 import numpy as np
 
 from molmoact2_jax.progress import progress_bar
@@ -177,7 +178,6 @@ def _initial_distance(obs, simulator):
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: int) -> Path:
-    import av
     path.parent.mkdir(parents=True, exist_ok=True)
     H, W = frames[0].shape[:2]
     H2, W2 = H - H % 2, W - W % 2      # yuv420p needs even sizes
@@ -214,9 +214,9 @@ def _stats(rs: list[dict]) -> dict:
 
 
 def plot_summary(report: dict, path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: ~0.5 s with pyplot; keeps `import molmoact2_jax.evaluation` fast
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the Agg backend is chosen
     tasks = list(report["tasks"])
     rates = np.array([report["tasks"][t]["success_rate"] for t in tasks])
     ci = np.array([report["tasks"][t]["ci95"] for t in tasks]).reshape(-1, 2)

@@ -22,7 +22,9 @@ import numpy as np
 
 from molmoact2_jax.evaluation.config import SimConfig, load_norm_stats, select_tag
 from molmoact2_jax.evaluation.errors import SimEvalError
+from molmoact2_jax.evaluation.envs import ensure_render_backend
 from molmoact2_jax.checkpoint_io import assets
+from molmoact2_jax import inference   # lazy package: jax is imported only once a model is loaded
 
 BASELINES = ("mean-action", "random", "expert")
 
@@ -94,9 +96,8 @@ class ExpertPolicy:
     def __init__(self, cfg: SimConfig, task_of_instruction: dict[str, str] | None = None, n_steps: int = 1):
         if cfg.simulator != "metaworld":
             raise SimEvalError(f"--policy expert: no scripted expert for {cfg.simulator} (MetaWorld only)")
-        from molmoact2_jax.evaluation.envs import ensure_render_backend
         ensure_render_backend()
-        from metaworld.policies import ENV_POLICY_MAP
+        from metaworld.policies import ENV_POLICY_MAP  # optional: sim extra
         self._map = ENV_POLICY_MAP
         self._experts: dict[str, object] = {}
         self.n_steps = n_steps
@@ -179,10 +180,9 @@ class ModelPolicy:
     @classmethod
     def load(cls, checkpoint, cfg: SimConfig, norm_tag: str | None = None, n_action_steps: int | None = None,
              mode: str | None = None) -> "ModelPolicy":
-        from molmoact2_jax.inference import Policy   # jax: only once a model is evaluated
         fit = check_checkpoint_fits(checkpoint, cfg, norm_tag)   # fail fast, before loading weights
         n = n_action_steps or fit["n_action_steps"] or cfg.n_action_steps
-        return cls(Policy.load(str(checkpoint)), fit["tag"], int(n), mode, fit["camera_order"])
+        return cls(inference.Policy.load(str(checkpoint)), fit["tag"], int(n), mode, fit["camera_order"])
 
     def reset(self) -> None:
         if hasattr(self.policy, "reset"):

@@ -27,6 +27,8 @@ from data_pipelines.synthetic import Episode
 
 from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.evaluation.config import SimConfig, SuiteSpec
+from molmoact2_jax.evaluation.envs import MetaWorldEnv, check_metaworld_tasks, ensure_render_backend
+from molmoact2_jax.evaluation.policies import ExpertPolicy
 from molmoact2_jax.evaluation.errors import SimEvalError
 
 _ENVS: dict = {}
@@ -48,8 +50,6 @@ class RecordOptions:
 def _record_one(args) -> dict:
     global _EXPERT
     cfg, task, task_index, episode, seed, max_steps, post = args
-    from molmoact2_jax.evaluation.envs import MetaWorldEnv
-    from molmoact2_jax.evaluation.policies import ExpertPolicy
     if task not in _ENVS:
         _ENVS[task] = MetaWorldEnv(task, cfg)
     if _EXPERT is None:
@@ -80,7 +80,6 @@ def _record_one(args) -> dict:
 
 
 def _init_worker():
-    from molmoact2_jax.evaluation.envs import ensure_render_backend
     ensure_render_backend()
 
 
@@ -99,8 +98,6 @@ def metaworld_embodiment(cfg: SimConfig) -> Embodiment:
 
 def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Path) -> dict:
     """Runs the experts and writes the LeRobot v3.0 dataset to `out`; returns the recording summary."""
-    from molmoact2_jax.evaluation.envs import check_metaworld_tasks
-
     if suite.simulator != "metaworld":
         raise SimEvalError(f"recording needs scripted experts; only metaworld suites are supported, got {suite}")
     tasks = check_metaworld_tasks(suite.tasks)

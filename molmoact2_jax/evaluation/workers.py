@@ -11,6 +11,7 @@ import traceback
 from collections import OrderedDict
 
 from molmoact2_jax.evaluation.config import SimConfig
+from molmoact2_jax.evaluation.envs import make_env
 from molmoact2_jax.evaluation.errors import SimEvalError
 
 
@@ -22,7 +23,6 @@ class EnvHandler:
         self.env = None
 
     def _env(self, task: str):
-        from molmoact2_jax.evaluation.envs import make_env
         if task in self.envs:
             self.envs.move_to_end(task)
         else:

@@ -301,7 +301,7 @@ def main(argv=None) -> int:
                     help="accept any camera count (1..5) instead of the tag's camera_keys count")
     ap.add_argument("--warmup", action="store_true", help="compile with a dummy request before serving")
     args = ap.parse_args(argv)
-    from molmoact2_jax.inference.policy import Policy
+    from molmoact2_jax.inference.policy import Policy  # lazy: imports jax; --help must not
     try:
         policy = Policy.load(args.checkpoint, strict_camera_count=not args.no_strict_cameras)
         mode = args.mode or ("continuous" if policy.model.expert is not None else "discrete")

@@ -7,8 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from molmoact2_jax.checkpoint_io.params import save_params
+from molmoact2_jax.models.config import apply_overrides, get_model_config, robot_token_ids
+from molmoact2_jax.models.molmoact2 import MolmoAct2
+from molmoact2_jax.tokenizers.openfast import OpenFAST
+from molmoact2_jax.tokenizers.text import TextTokenizer
 
 CORPUS = ["The task is to pick up the red block and place it in the bowl.",
           "The setup is single franka robotic arm in droid.", "What action should the robot take?",
@@ -23,7 +34,6 @@ STATE_DIM = 7
 
 def train_text_tokenizer(path: str, vocab_size: int = 400) -> str:
     """Byte-level BPE with `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` specials, saved as tokenizer.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -39,7 +49,6 @@ def train_text_tokenizer(path: str, vocab_size: int = 400) -> str:
 def model_config(variant: str = "tiny", tokenizer=None, depth_gate: bool = False, **overrides):
     """`tiny` = the tiny model config (molmoact2_jax.models.config); `small` = a wider/deeper CPU config for benchmarks. Token ids are taken from
     `tokenizer` (a TextTokenizer) so the model and tokenizer agree."""
-    from molmoact2_jax.models.config import apply_overrides, get_model_config, robot_token_ids
     cfg = get_model_config("tiny")
     if variant == "small":
         cfg.vit.update(dict(image_size=112, hidden_size=128, num_heads=4, head_dim=32, mlp_dim=256, num_layers=4))
@@ -67,10 +76,6 @@ def model_config(variant: str = "tiny", tokenizer=None, depth_gate: bool = False
 
 def init_params(cfg, seed: int = 0, expert_noise: float = 0.05):
     """Random params (unboxed). The expert's zero-initialised gates are perturbed so it reads its context."""
-    import jax
-    import jax.numpy as jnp
-    import flax.linen as nn
-    from molmoact2_jax.models.molmoact2 import MolmoAct2
     model = MolmoAct2(cfg)
     batch = {k: jnp.asarray(v) for k, v in model.fake_batch().items()}
     params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), batch))
@@ -110,7 +115,6 @@ def norm_stats(tag: str = TAG, horizon: int = 8, n_action_steps: int = 5, action
 
 
 def fit_openfast(horizon: int = 8, action_dim: int = ACTION_DIM, vocab_size: int = 256, seed: int = 0):
-    from molmoact2_jax.tokenizers.openfast import OpenFAST
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, horizon)[None, :, None]
     chunks = [np.clip(np.sin(2 * np.pi * (t * rng.uniform(0.2, 1.0, (50, 1, action_dim))
@@ -121,7 +125,6 @@ def fit_openfast(horizon: int = 8, action_dim: int = ACTION_DIM, vocab_size: int
 def make_parts(workdir: str, variant: str = "tiny", depth_gate: bool = False, seed: int = 0, horizon=None,
                num_cameras: int = 2, **overrides):
     """-> (cfg, params, norm_stats dict, TextTokenizer, OpenFAST)."""
-    from molmoact2_jax.tokenizers.text import TextTokenizer
     tok_path = os.path.join(workdir, "tokenizer.json")
     if not os.path.exists(tok_path):
         train_text_tokenizer(tok_path)
@@ -135,8 +138,6 @@ def make_parts(workdir: str, variant: str = "tiny", depth_gate: bool = False, se
 
 def save_checkpoint(ckpt_dir: str, cfg, params, stats: dict, tokenizer_path: str, openfast=None) -> str:
     """A params checkpoint (params_io layout) with assets/ (norm_stats.json, tokenizer.json, action_tokenizer/)."""
-    import shutil
-    from molmoact2_jax.checkpoint_io.params import save_params
     save_params(ckpt_dir, params, cfg)
     assets = os.path.join(ckpt_dir, "assets")
     os.makedirs(assets, exist_ok=True)

@@ -5,6 +5,8 @@ Every recipe in `configs/` includes one of these as `config.model`; the library 
 model they are the `allenai/MolmoAct2` values of table 3.2 and must be read from a checkpoint's config.json when
 importing (ids differ between releases).
 """
+import dataclasses
+
 import ml_collections
 
 # The 14 multimodal tokens of spec 3.1 rule 4, in table order (ids vocab_size + i).
@@ -129,7 +131,6 @@ def get_model_config(variant: str = "full") -> ml_collections.ConfigDict:
 
 def set_token_layout(model_cfg, layout) -> None:
     """Takes every token id and the vocabulary size from a tokenizer's TokenLayout (the tokenizer defines them)."""
-    import dataclasses
     for f in dataclasses.fields(layout):
         if f.name == "eos":
             model_cfg.tokens.eos_token_id = layout.eos

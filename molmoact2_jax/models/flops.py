@@ -22,6 +22,9 @@ import dataclasses
 
 import numpy as np
 
+from molmoact2_jax.models.action_expert import expert_mlp_dim
+from molmoact2_jax.models.vit import num_built_layers
+
 GROUP_ORDER = ("vit", "connector", "llm", "action_expert")
 # token_type_ids == 1 in the backbone (spec 4.2): tokens that attend bidirectionally among themselves.
 IMAGE_FAMILY = ("image_start", "image_end", "image_patch", "image_col", "low_res_image_start", "frame_start",
@@ -64,8 +67,6 @@ def _mm(m, k, n) -> float:
 
 def forward_ops(cfg, c: Counts, num_flow_samples: int) -> list[Op]:
     """Every matmul of one forward pass of the training loss."""
-    from molmoact2_jax.models.action_expert import expert_mlp_dim
-    from molmoact2_jax.models.vit import num_built_layers
     ops: list[Op] = []
     v = cfg.vit
     vw, vq = v.hidden_size, v.num_heads * v.head_dim

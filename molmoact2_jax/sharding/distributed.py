@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import jax
+from jax._src import distributed as _dist
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -48,5 +49,4 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     a process that compiles slower does not make the others' first collective time out (gloo waits ~30 s)."""
     if jax.process_count() <= 1:
         return
-    from jax._src import distributed as _dist
     _dist.global_state.client.wait_at_barrier(f"molmoact2_{name}", int(timeout_s * 1000))

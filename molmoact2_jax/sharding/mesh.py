@@ -5,6 +5,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("slice", "data", "fsdp", "tensor")
@@ -38,7 +39,6 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     sizes = mesh_shape(mesh_cfg, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
     types = (AxisType.Auto,) * len(MESH_AXES)
-    from jax.experimental import mesh_utils
     if sizes["slice"] > 1 and getattr(devices[0], "slice_index", None) is not None:
         ici = (1,) + shape[1:]
         dcn = (sizes["slice"], 1, 1, 1)

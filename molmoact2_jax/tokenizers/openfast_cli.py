@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from molmoact2_jax.progress import progress_bar
+from molmoact2_jax.tokenizers.openfast import OpenFAST
+
 PROG = "molmoact2-openfast"
 
 
@@ -50,9 +53,6 @@ def iter_chunk_arrays(files: list[Path]):
 
 
 def cmd_fit(args) -> None:
-    from molmoact2_jax.progress import progress_bar
-    from molmoact2_jax.tokenizers.openfast import OpenFAST
-
     files = chunk_files(Path(args.chunks))
     counted = {"n": None}
 
@@ -76,8 +76,6 @@ def cmd_fit(args) -> None:
 
 
 def cmd_encode(args) -> None:
-    from molmoact2_jax.tokenizers.openfast import OpenFAST
-
     tok = OpenFAST.load(args.tokenizer)
     lengths, raw = [], []
     shown = 0
@@ -99,8 +97,6 @@ def cmd_encode(args) -> None:
 
 
 def cmd_decode(args) -> int:
-    from molmoact2_jax.tokenizers.openfast import OpenFAST
-
     try:
         ids = [int(t) for t in args.tokens.replace(" ", "").split(",") if t != ""]
     except ValueError:

@@ -13,6 +13,9 @@ import dataclasses
 import os
 import re
 
+import sentencepiece as spm
+from tokenizers import Tokenizer
+
 from molmoact2_jax.models.config import MULTIMODAL_FIELDS, PAD_MULTIPLE, robot_token_ids
 
 MULTIMODAL = ("<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>", "<im_low>",
@@ -210,7 +213,6 @@ class TextTokenizer:
         if not os.path.exists(path):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         if path.endswith(".model"):
-            import sentencepiece as spm
             backend = spm.SentencePieceProcessor(model_file=path)
             kind = "sentencepiece"
             eos = backend.piece_to_id(eos_token) if backend.piece_to_id(eos_token) != backend.unk_id() \
@@ -219,7 +221,6 @@ class TextTokenizer:
             if hf_config is not None:
                 layout = layout.with_overrides(hf_config)
         else:
-            from tokenizers import Tokenizer
             try:
                 backend = Tokenizer.from_file(path)
             except Exception as e:  # noqa: BLE001 - the library raises bare Exceptions on bad JSON

@@ -24,6 +24,7 @@ import time
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 log = logging.getLogger("molmoact2_jax.checkpointing")
 
@@ -112,5 +113,4 @@ def from_jsonable(state):
 
 def _sync(name: str):
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)

@@ -8,9 +8,14 @@ data; the iterator state is the step counter.
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from molmoact2_jax.preprocessing.image import preprocess_images
+from molmoact2_jax.tokenizers.openfast import OpenFAST
 
 
 class SyntheticRobotData:
@@ -101,7 +106,6 @@ def write_synthetic_tokenizer(tokens_cfg, path: str) -> str:
     """A byte-level BPE tokenizer.json with exactly `base_vocab` entries whose `<|endoftext|>` / `<|im_end|>` sit at
     the model's pad / EOS ids, so the run's token layout is reproduced by TextTokenizer.from_file. It has no merges
     (every byte is a token): the synthetic model never saw text, so any encoding of the task will do."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     base, pad, eos = int(tokens_cfg.base_vocab), int(tokens_cfg.pad_token_id), int(tokens_cfg.eos_token_id)
     byte_chars = pre_tokenizers.ByteLevel.alphabet()
     fixed = {pad: "<|endoftext|>", eos: "<|im_end|>"}
@@ -121,8 +125,6 @@ def write_synthetic_tokenizer(tokens_cfg, path: str) -> str:
 def write_synthetic_assets(cfg, dst: str) -> list[str]:
     """Writes what serving a synthetic run needs into `dst`: norm_stats.json, tokenizer.json and, when the model
     predicts discrete actions, an OpenFAST tokenizer fitted on the synthetic action chunks. Returns the names."""
-    import json
-    import os
     m = cfg.model
     action_dim = int(cfg.data.get("synthetic_action_dim", 4))
     data = SyntheticRobotData(m, 1, int(cfg.data.seq_len), int(cfg.data.seed), action_dim=action_dim)
@@ -132,7 +134,6 @@ def write_synthetic_assets(cfg, dst: str) -> list[str]:
     write_synthetic_tokenizer(m.tokens, os.path.join(dst, "tokenizer.json"))
     names = ["norm_stats.json", "tokenizer.json"]
     if m.action_mode in ("discrete", "both"):
-        from molmoact2_jax.tokenizers.openfast import OpenFAST
         chunks = [data.make_global_batch(i)["actions"][0, :, :action_dim] for i in range(128)]
         vocab = min(512, int(m.tokens.num_action_tokens))
         OpenFAST.fit(chunks, vocab_size=vocab).save(os.path.join(dst, "openfast"))

@@ -8,8 +8,11 @@ checkpoints/<step>/ (see checkpointing.py), profile/ (optional jax.profiler trac
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import time
 
@@ -18,18 +21,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from molmoact2_jax.models import flops as flops_lib
+from molmoact2_jax.models.config import set_token_layout
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
-from molmoact2_jax.training import checkpointing, lora, memory
+from molmoact2_jax.tokenizers.text import TextTokenizer
+from molmoact2_jax.training import checkpointing, data_source, lora, memory
 from molmoact2_jax.training import metrics as metrics_lib
 from molmoact2_jax.training.init_from import load_init_params
 from molmoact2_jax.training.optimizer import make_optimizer
+from molmoact2_jax.training.synthetic_data import SyntheticRobotData, write_synthetic_assets
 from molmoact2_jax.training.train_step import TrainState, init_state, make_train_step
 
 log = logging.getLogger("molmoact2_jax.trainer")
@@ -59,10 +66,8 @@ def validate_config(cfg, mesh) -> None:
 
 def make_data(cfg, split: str = "train"):
     """The training (or eval) batch iterator for this process."""
-    from molmoact2_jax.training.synthetic_data import SyntheticRobotData
     source = cfg.data.get("source", "synthetic")
     if source != "synthetic":
-        from molmoact2_jax.training import data_source
         return data_source.make(cfg, split)
     seed = int(cfg.data.seed) + (0 if split == "train" else 1_000_003)
     return SyntheticRobotData(cfg.model, int(cfg.data.global_batch_size), int(cfg.data.seq_len), seed,
@@ -143,7 +148,6 @@ class Setup:
 
     def context(self):
         """Mesh + logical axis rules, needed while tracing (activation sharding constraints)."""
-        import contextlib
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
@@ -210,7 +214,6 @@ class PreemptionWatcher:
     def should_stop(self, step: int) -> bool:
         flag = self.requested
         try:
-            from jax.experimental import multihost_utils
             if jax.process_count() > 1:
                 flag = bool(np.asarray(multihost_utils.process_allgather(np.array(flag))).any())
             flag = flag or multihost_utils.reached_preemption_sync_point(step)
@@ -232,8 +235,6 @@ def train(cfg, workdir: str) -> dict:
 
     if cfg.data.get("source", "synthetic") != "synthetic" and cfg.data.get("tokenizer"):
         # The dataset's tokenizer defines the token ids the model must use.
-        from molmoact2_jax.models.config import set_token_layout
-        from molmoact2_jax.tokenizers.text import TextTokenizer
         set_token_layout(cfg.model, TextTokenizer.from_file(cfg.data.tokenizer).layout)
     data = make_data(cfg)
     start_state = data.get_state()
@@ -333,13 +334,10 @@ def copy_assets(cfg, workdir: str) -> dict:
     copies that folder into every step directory, so each checkpoint serves on its own, and each checkpoint's meta
     lists them with their sha256. A run on synthetic data writes the synthetic embodiment's assets instead of the
     ones it has no file for (training/synthetic_data.py), so its checkpoints serve too."""
-    import hashlib
-    import shutil
     out = {}
     dst = os.path.join(workdir, "assets")
     synthetic = cfg.data.get("source", "synthetic") == "synthetic"
     if synthetic and not any(cfg.data.get(f) for f in ("norm_stats", "tokenizer", "openfast")):
-        from molmoact2_jax.training.synthetic_data import write_synthetic_assets
         write_synthetic_assets(cfg, dst)
     for field, name in (("norm_stats", "norm_stats.json"), ("tokenizer", "tokenizer.json"), ("openfast", "openfast")):
         src = cfg.data.get(field)

@@ -48,7 +48,7 @@ class MolmoAct2Torch:
     def __init__(self, folder: str, attn_implementation: str = "eager"):
         """`attn_implementation`: "eager" (the bit-comparable path of the tests) or "sdpa" (what transformers
         runs by default, for benchmarks)."""
-        from transformers import Molmo2ForConditionalGeneration
+        from transformers import Molmo2ForConditionalGeneration  # optional: transformers (test extra)
 
         with open(os.path.join(folder, "config.json")) as f:
             self.hf_config = json.load(f)
