@@ -2,6 +2,7 @@
 encoder-mask rules, depth gate, flow-matching loss, Euler sampler, full-size parameter count, partition specs."""
 import math
 
+import chex
 import numpy as np
 import pytest
 import jax
@@ -121,11 +122,7 @@ def test_converter_round_trip_bit_exact(ref_setup):
     assert "model.action_expert_depth_gate.2.weight" in hf2 and hf2["model.action_expert_depth_gate.0.bias"][0] == -4
     back = hf_to_expert_params(hf2, cfgd)
     orig = nn.meta.unbox(variables)["params"]
-    leaves_a = jax.tree_util.tree_leaves_with_path(orig)
-    leaves_b = dict(jax.tree_util.tree_leaves_with_path(back))
-    assert len(leaves_a) == len(leaves_b)
-    for path, leaf in leaves_a:
-        assert np.array_equal(np.asarray(leaf), leaves_b[path]), path
+    chex.assert_trees_all_equal(orig, back)
     # native training-only keys are skipped, anything else unknown is refused
     extra = dict(hf)
     extra["model.action_expert.blocks.0.cross_attn.kv_proj.weight"] = np.zeros((96, 48), np.float32)

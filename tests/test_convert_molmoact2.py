@@ -5,11 +5,13 @@ import json
 import os
 import tracemalloc
 
+import chex
 import numpy as np
 import pytest
 import jax
 import ml_collections
 import torch
+from flax.core import meta
 
 from molmoact2_jax.models.config import get_model_config
 from molmoact2_jax.convert import molmo2, molmoact2_hf
@@ -45,13 +47,7 @@ def tiny_config(llm_layers=3, llm_hidden=64, llm_mlp=96, llm_heads=4, kv_heads=2
 
 def random_params(cfg, seed=0):
     """Random init with every constant leaf (zero gates / final layer, unit norms, zero biases) perturbed."""
-    model = MolmoAct2(cfg)
-    v = cfg.vit
-    p = (v.image_size // v.patch_size) ** 2
-    batch = {"input_ids": np.zeros((1, 4), np.int32), "images": np.zeros((1, 1, p, 588), np.float32),
-             "pooled_idx": np.zeros((1, TOKENS_PER_IMAGE, 4), np.int32)}
-    from flax.core import meta
-    params = jax.tree.map(np.asarray, meta.unbox(model.init(jax.random.PRNGKey(seed), batch)))
+    params = jax.tree.map(np.asarray, meta.unbox(MolmoAct2(cfg).init(jax.random.PRNGKey(seed))))  # on model.fake_batch()
     rng = np.random.default_rng(seed)
 
     def perturb(x):
@@ -159,9 +155,7 @@ def test_import_export_roundtrip_is_bit_exact(release, tmp_path, capsys):
     t0, t1 = all_tensors(hf0), all_tensors(hf1)
     assert t0.keys() == t1.keys()
     assert set(t0) == set(molmoact2_hf.hf_key_shapes(cfg))
-    for k in t0:
-        assert t0[k].dtype == t1[k].dtype and t0[k].shape == t1[k].shape, k
-        np.testing.assert_array_equal(t0[k], t1[k], err_msg=k)
+    chex.assert_trees_all_equal(t0, t1, strict=True)  # strict: same dtype and shape too
     assert molmoact2_hf.ROPE_KEY in t0 and t0[molmoact2_hf.ROPE_KEY].shape == (cfg.llm.head_dim // 2,)
     # same shard layout -> the very same files
     names = sorted(n for n in os.listdir(hf0) if n.endswith(".safetensors"))
@@ -173,7 +167,7 @@ def test_import_export_roundtrip_is_bit_exact(release, tmp_path, capsys):
             assert json.load(a) == json.load(b), n
     # the imported params equal the random model's, and the config carries the ids / constants of config.json
     params, icfg = params_io.load_params(ckpt)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, release["params"])
+    chex.assert_trees_all_equal(params, release["params"])
     hf = release["hf_cfg"]
     assert icfg.tokens.action_start == hf["action_start_token_id"] == cfg.tokens.action_start
     assert icfg.tokens.image_patch == cfg.tokens.image_patch and icfg.tokens.base_vocab == cfg.tokens.base_vocab
@@ -326,8 +320,7 @@ def test_import_peak_memory_is_bounded(tmp_path):
     molmoact2_hf.export_hf(str(tmp_path / "ckpt"), hf1, max_shard_bytes=8 << 20, progress=False)
     t0, t1 = all_tensors(hf), all_tensors(hf1)
     assert t0.keys() == t1.keys() and "model.action_expert_depth_gate.15.weight" in t0
-    for key in t0:
-        np.testing.assert_array_equal(t0[key], t1[key], err_msg=key)
+    chex.assert_trees_all_equal(t0, t1)
     params, _ = params_io.load_params(str(tmp_path / "ckpt"))
     k = "model.transformer.blocks.11.mlp.ff_out.weight"
     np.testing.assert_array_equal(np.asarray(params["backbone"]["llm"]["blocks"]["down_proj"]["kernel"][11]).T,
@@ -338,6 +331,6 @@ def test_import_peak_memory_is_bounded(tmp_path):
 def test_load_hf_in_memory_equals_import(release):
     """molmoact2_hf.load_hf (what Policy.load uses on a release folder) writes nothing and gives import-hf's params."""
     params, cfg = molmoact2_hf.load_hf(release["hf0"])
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params, release["params"])
+    chex.assert_trees_all_equal(params, release["params"])
     assert cfg.llm.to_dict() == release["cfg"].llm.to_dict()
     assert cfg.tokens.to_dict() == release["cfg"].tokens.to_dict()
