@@ -42,22 +42,30 @@ def losses(workdir: str) -> list[float]:
 
 
 def run_until(workdir: str, overrides, step: int, sig=signal.SIGKILL, devices: int = 1, timeout: int = 400):
-    """Starts a run, sends `sig` once metrics.jsonl reaches `step`, returns (returncode, output)."""
-    proc = subprocess.Popen(command(workdir, overrides), env=env_for(devices), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + timeout
-    sent = False
-    while proc.poll() is None and time.time() < deadline:
-        if not sent and os.path.exists(path):
-            with open(path) as f:
-                n = sum(1 for line in f if line.strip())
-            if n >= step:
-                proc.send_signal(sig)
-                sent = True
-        time.sleep(0.05)
-    out, _ = proc.communicate(timeout=max(deadline - time.time(), 60))
-    return proc.returncode, out, sent
+    """Starts a run, sends `sig` once metrics.jsonl reaches `step`, returns (returncode, output, sent). Output goes
+    to a file, not a pipe: a pipe nobody drains while polling can fill and block the trainer before `step`."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(command(workdir, overrides), env=env_for(devices), stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        path = os.path.join(workdir, "metrics.jsonl")
+        deadline = time.monotonic() + timeout
+        sent = False
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if not sent and os.path.exists(path):
+                    with open(path) as f:
+                        n = sum(1 for line in f if line.strip())
+                    if n >= step:
+                        proc.send_signal(sig)
+                        sent = True
+                time.sleep(0.02)
+            proc.wait(timeout=max(deadline - time.monotonic(), 60))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        return proc.returncode, log.read(), sent
 
 
 def free_port() -> int:
@@ -77,9 +85,9 @@ def run_multiprocess(workdir: str, overrides, num_processes: int, devices_per_pr
         logs.append(tempfile.TemporaryFile(mode="w+"))
         procs.append(subprocess.Popen(command(workdir, overrides, extra), env=env_for(devices_per_process),
                                       stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     try:
-        codes = [p.wait(timeout=max(deadline - time.time(), 1)) for p in procs]
+        codes = [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
