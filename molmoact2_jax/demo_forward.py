@@ -13,7 +13,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from molmoact2_jax.preprocessing.image import preprocess_images
+from molmoact2_jax.preprocessing.image import pooled_grid, preprocess_images
 from molmoact2_jax.recipes import recipe_path
 from molmoact2_jax.tokenizers.text import expand_image_tokens, layout_from_model_config
 from molmoact2_jax.train import list_flags_in_help
@@ -34,11 +34,12 @@ def run(cfg, batch: int) -> dict:
     mcfg = ml_collections.FrozenConfigDict(cfg.model)
     layout = layout_from_model_config(mcfg.tokens)
     rng = np.random.default_rng(cfg.seed)
-    grid = -(-mcfg.vit.image_size // mcfg.vit.patch_size // 2)
+    grid = pooled_grid(mcfg.vit.image_size, mcfg.vit.patch_size, mcfg.connector.pool_size)
     prompt = [layout.eos] + list(rng.integers(2, 200, 4)) + [layout.image_placeholder] + list(rng.integers(2, 200, 8))
-    ids = np.array([expand_image_tokens(prompt, layout, [(grid, grid)])] * batch, np.int32)
+    ids = np.array([expand_image_tokens(prompt, layout, [grid])] * batch, np.int32)
     camera = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
-    patches, idx = preprocess_images([camera], size=mcfg.vit.image_size, patch=mcfg.vit.patch_size)
+    patches, idx = preprocess_images([camera], size=mcfg.vit.image_size, patch=mcfg.vit.patch_size,
+                                     pool=mcfg.connector.pool_size)
     images, pooled = np.stack([patches] * batch), np.stack([idx] * batch)
 
     model = Backbone(mcfg)

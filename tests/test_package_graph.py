@@ -161,7 +161,7 @@ LAZY_IMPORT_MODULES = {
 LAZY_MARKER = "# lazy:"
 # (module, imported name) justified but not marked in the file itself. aot.py imports jax.experimental.topologies
 # only after setting ALLOW_MULTIPLE_LIBTPU_LOAD (start-up order); its `# lazy:` comment belongs in aot.py.
-UNMARKED_LAZY = {("molmoact2_jax.training.aot", "jax.experimental.topologies")}
+UNMARKED_LAZY: set = set()   # (module, import) pairs allowed without a marker: none
 
 
 def _function_imports(path: Path):

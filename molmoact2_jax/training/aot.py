@@ -48,7 +48,7 @@ def topology_devices(topology: str, num_slices: int = 1):
     # Only a description of the chips is needed: let several such processes (parallel tests, a table of pods)
     # load libtpu at once instead of failing on its single-process lock file.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # lazy: after ALLOW_MULTIPLE_LIBTPU_LOAD is set
     if int(num_slices) < 1:
         raise ValueError(f"--num-slices={num_slices}: must be >= 1")
     try:

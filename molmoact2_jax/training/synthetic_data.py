@@ -61,7 +61,8 @@ class SyntheticRobotData:
         chunk = np.zeros((self.horizon, ae.max_action_dim), np.float32)
         chunk[:, :2] = target * steps
         chunk[:, 2:self.action_dim] = 0.5 * target[::-1] * (1 - steps)
-        patches, pooled = preprocess_images([img], size=c.vit.image_size, patch=c.vit.patch_size)
+        patches, pooled = preprocess_images([img], size=c.vit.image_size, patch=c.vit.patch_size,
+                                            pool=c.connector.pool_size)
         n_tok = int((pooled >= 0).any(-1).sum())
         task = list(rng.integers(10, 200, 6))
         prompt = [t.eos_token_id] + task + [t.image_start] + [t.image_patch] * n_tok + [t.image_end] + [
