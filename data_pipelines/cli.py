@@ -54,13 +54,27 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --image-size 0: cap on the longer side in pixels (default: %(default)s)")
     c.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="on a bad episode: stop (raise, the default) or skip it and list it in index.json")
+    c.add_argument("--delta-action-dims", type=_dims, default=None, metavar="D,D,...",
+                   help="action dims to train as deltas w.r.t. the same state dim (e.g. 0,1,2,3,4,5 for six "
+                        "joints; 'none' for absolute; default: the embodiment's, absolute for the released tags)")
     c.add_argument("--tolerance-s", type=float, default=1e-4,
                    help="allowed timestamp error in seconds (frame spacing vs 1/fps, video frame times; "
                         "default: %(default)s)")
 
-    s = sub.add_parser("stats", help="norm_stats.json from shard directories")
-    s.add_argument("shard_dirs", nargs="+", help="shard folders written by `molmoact2-data convert`")
+    s = sub.add_parser("stats", help="norm_stats.json from shard directories, or from raw datasets without video")
+    s.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR|lerobot:PATH|rlds:PATH",
+                   help="shard folders written by `molmoact2-data convert`, or raw sources (only their numeric "
+                        "columns are read: no video is decoded; needs --embodiment)")
     s.add_argument("--out", required=True, help="norm_stats.json file to write")
+    s.add_argument("--embodiment", choices=sorted(EMBODIMENTS), default=None,
+                   help="with lerobot:/rlds: sources: their embodiment (tag, state names, tag metadata)")
+    s.add_argument("--horizon", type=int, default=None,
+                   help="with lerobot:/rlds: sources: the action chunk length to record (default: the "
+                        "embodiment's, as `convert` does)")
+    s.add_argument("--delta-action-dims", type=_dims, default=None, metavar="D,D,...",
+                   help="with lerobot:/rlds: sources: action dims trained as deltas (as for convert)")
+    s.add_argument("--on-error", default="raise", choices=("raise", "skip"),
+                   help="with lerobot:/rlds: sources: skip episodes with bad data instead of stopping")
     s.add_argument("--norm-mode", default="q01_q99",
                    help="normalisation recorded in the file: q01_q99 (default), mean_std, min_max, q10_q90 or none")
 
@@ -70,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="report at most this many errors (default: %(default)s)")
     i.add_argument("--deep", action="store_true", help="decode every video frame")
     return p
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated action dims like 0,1,2, got {text!r}") from None
 
 
 def main(argv=None) -> int:
@@ -85,13 +108,16 @@ def main(argv=None) -> int:
                                            workers=args.workers, episodes_per_shard=args.episodes_per_shard,
                                            horizon=args.horizon, image_size=args.image_size or None,
                                            max_image_side=args.max_image_side,
-                                           on_error=args.on_error, tolerance_s=args.tolerance_s))
+                                           on_error=args.on_error, tolerance_s=args.tolerance_s,
+                                           delta_action_dims=args.delta_action_dims))
             print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
                   f"shards ({index['resumed_shards']} already done); skipped {len(index['skipped'])} episodes")
             for s in index["skipped"][:5]:
                 print(f"  skipped {s['episode']}: {s['error']}")
         elif args.command == "stats":
-            stats = write_norm_stats(args.shard_dirs, args.out, args.norm_mode)
+            stats = write_norm_stats(args.shard_dirs, args.out, args.norm_mode, embodiment=args.embodiment,
+                                     horizon=args.horizon, on_error=args.on_error,
+                                     delta_action_dims=args.delta_action_dims)
             for tag, m in stats["metadata_by_tag"].items():
                 print(f"{tag}: {m['action_stats']['count']} frames from {len(m['repos'])} directories")
             print(f"wrote {args.out}")

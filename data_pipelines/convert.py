@@ -44,10 +44,18 @@ class ConvertOptions:
     on_error: str = "raise"             # "raise" | "skip" (skips are counted in index.json)
     tolerance_s: float = 1e-4
     progress: bool = True
+    delta_action_dims: tuple[int, ...] | None = None   # None: the embodiment's (released tags: none)
 
     def __post_init__(self):
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.delta_action_dims is not None:
+            dims = tuple(int(d) for d in self.delta_action_dims)
+            dim = get_embodiment(self.embodiment).dim
+            if any(not 0 <= d < dim for d in dims) or len(set(dims)) != len(dims):
+                raise ValueError(f"delta_action_dims {list(dims)}: expected distinct action dims in [0, {dim}) of "
+                                 f"embodiment {self.embodiment}")
+            self.delta_action_dims = dims
 
 
 def shard_name(k: int, n: int) -> str:
@@ -142,9 +150,7 @@ def convert(opts: ConvertOptions) -> dict:
                 bar.update()
     bar.close()
     first_key = src.camera_keys[0] if src.camera_keys else None
-    tag_meta = emb.tag_metadata()
-    if opts.horizon:  # the records hold chunks of this length: norm_stats.json must say so
-        tag_meta.update(action_horizon=int(opts.horizon), n_action_steps=int(opts.horizon))
+    tag_meta = tag_metadata(emb, opts.horizon, opts.delta_action_dims)
     index = {
         "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
         "tag_metadata": tag_meta, "camera_keys": src.camera_keys, "state_names": src.state_names,
@@ -159,6 +165,19 @@ def convert(opts: ConvertOptions) -> dict:
     }
     (out / "index.json").write_text(json.dumps(index, indent=2))
     return index
+
+
+def tag_metadata(emb, horizon: int | None = None, delta_action_dims=None) -> dict:
+    """The embodiment's tag metadata as a conversion records it: the chunk length the records hold, and the action
+    dims stored as deltas (the records keep absolute actions; training applies the delta)."""
+    meta = emb.tag_metadata()
+    if horizon:  # the records hold chunks of this length: norm_stats.json must say so
+        meta.update(action_horizon=int(horizon), n_action_steps=int(horizon))
+    if delta_action_dims is not None:
+        meta.pop("delta_action_dims", None)
+        if delta_action_dims:
+            meta["delta_action_dims"] = [int(d) for d in delta_action_dims]
+    return meta
 
 
 def load_index(shard_dir) -> dict:

@@ -33,6 +33,9 @@ class Embodiment:
     normalize_gripper: bool
     action_horizon: int
     fixed_camera_order: bool      # False: per-episode random camera order (SO100)
+    # Action dims that are trained as deltas w.r.t. the same state dim (openpi's DeltaActions): off for the
+    # released tags (absolute joints); `molmoact2-data convert --delta-action-dims` turns it on for a dataset.
+    delta_action_dims: tuple[int, ...] = ()
 
     @property
     def dim(self) -> int:
@@ -58,6 +61,7 @@ class Embodiment:
             "n_action_steps": self.action_horizon,
             "setup_type": self.setup_type,
             "control_mode": self.control_mode,
+            **({"delta_action_dims": list(self.delta_action_dims)} if self.delta_action_dims else {}),
         }
 
 

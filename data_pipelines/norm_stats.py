@@ -119,6 +119,7 @@ class TagInfo:
     camera_keys: tuple          # fixed camera order; empty: any order (per-episode permutation in training)
     normalize_gripper: bool
     metadata: dict              # the tag's raw entry (repos, name_variants, action_key, ...)
+    delta_action_dims: tuple = ()   # action dims trained as a[t+k] - s[t] of the same state dim (openpi DeltaActions)
 
     @property
     def action_dim(self) -> int:   # spec 21.4: the length of the stats vector, not metadata.action_dim
@@ -147,12 +148,21 @@ class TagInfo:
             raise NormStatsError(f"{where}: action_horizon={horizon}, n_action_steps={n_steps}: expected "
                                  f"1 <= n_action_steps <= action_horizon")
         grip = bool(meta.get("normalize_gripper", False))
+        action_stats = FeatureStats.from_json(meta["action_stats"], where + ".action_stats", grip)
+        state_stats = FeatureStats.from_json(meta["state_stats"], where + ".state_stats", grip)
+        try:
+            delta = tuple(int(d) for d in meta.get("delta_action_dims") or ())
+        except (TypeError, ValueError):
+            raise NormStatsError(f"{where}.delta_action_dims: expected a list of action dims") from None
+        limit = min(action_stats.dim, state_stats.dim)
+        if any(not 0 <= d < limit for d in delta) or len(set(delta)) != len(delta):
+            raise NormStatsError(f"{where}.delta_action_dims {list(delta)}: expected distinct dims in [0, {limit}) "
+                                 f"(each delta is taken w.r.t. the same state dim)")
         return cls(name=tag,
-                   action_stats=FeatureStats.from_json(meta["action_stats"], where + ".action_stats", grip),
-                   state_stats=FeatureStats.from_json(meta["state_stats"], where + ".state_stats", grip),
-                   norm_mode=mode, horizon=horizon, n_action_steps=n_steps,
+                   action_stats=action_stats, state_stats=state_stats, norm_mode=mode, horizon=horizon, n_action_steps=n_steps,
                    setup_type=str(meta.get("setup_type", "")), control_mode=str(meta.get("control_mode", "")),
-                   camera_keys=tuple(meta.get("camera_keys") or ()), normalize_gripper=grip, metadata=dict(meta))
+                   camera_keys=tuple(meta.get("camera_keys") or ()), normalize_gripper=grip, metadata=dict(meta),
+                   delta_action_dims=delta)
 
 
 @dataclasses.dataclass(frozen=True)

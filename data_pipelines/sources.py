@@ -58,6 +58,15 @@ class LeRobotSource:
             except Exception as e:  # noqa: BLE001 - handed to the caller's skip/raise policy
                 yield ep, e
 
+    def load_numeric(self, ids):
+        """Yield (episode id, (states, actions) or DataError) from the parquet files alone: no video is opened."""
+        for ep in ids:
+            try:
+                cols = self.ds.episode_columns(ep)
+                yield ep, (cols["observation.state"], cols["action"])
+            except Exception as e:  # noqa: BLE001 - handed to the caller's skip/raise policy
+                yield ep, e
+
 
 class RLDSSource:
     """One group per input tfrecord shard; episode ids are '<shard>#<record>'."""
@@ -88,6 +97,24 @@ class RLDSSource:
                             {f"observation.images.{c}": v for c, v in ep.images.items()}, task)
                     except Exception as e:  # noqa: BLE001
                         yield f"{Path(shard).name}#{n}", e
+            except Exception as e:  # noqa: BLE001 - framing error: rest of the shard is unreadable
+                yield f"{Path(shard).name}#{n}+", e
+
+    def load_numeric(self, ids):
+        """Yield (episode id, (states, actions) or DataError) without decoding any image."""
+        for shard in ids:
+            n = 0
+            try:
+                for n, rec in enumerate(tfrecord.read_records(shard)):
+                    key = f"{Path(shard).name}#{n}"
+                    try:
+                        states, actions = DroidRLDS.numeric_steps(
+                            Path(shard), n, tf_example.parse_example(rec, path=shard, record=n))
+                        if not (np.isfinite(states).all() and np.isfinite(actions).all()):
+                            raise NonFiniteValueError("NaN/inf in state or action", path=shard, episode=n)
+                        yield key, (states, actions)
+                    except Exception as e:  # noqa: BLE001
+                        yield key, e
             except Exception as e:  # noqa: BLE001 - framing error: rest of the shard is unreadable
                 yield f"{Path(shard).name}#{n}+", e
 

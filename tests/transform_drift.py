@@ -46,7 +46,7 @@ def training_and_policy(tmp_path, lerobot_root, shards, stats_path, frames=(0, 1
         task = source.task(ep, int(np.asarray(cols["task_index"][t]).reshape(-1)[0]))
         images = [decode_image(rec[f"image/{k}"]) for k in tag.camera_keys]
         inp = policy.build_inputs(policy.check_images(images, tag), task, policy.check_state(state, tag), tag)
-        out.append(dict(example=ex, policy=inp, tag=tag, state=state, task=task, record=rec))
+        out.append(dict(example=ex, policy=inp, tag=tag, state=state, task=task, record=rec, policy_object=policy))
     return out
 
 

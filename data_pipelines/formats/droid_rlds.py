@@ -159,7 +159,8 @@ class DroidRLDS:
             yield self.to_episode(shard, n, feats)
 
     @staticmethod
-    def to_episode(shard, n, feats) -> RLDSEpisode:
+    def numeric_steps(shard, n, feats) -> tuple[np.ndarray, np.ndarray]:
+        """(states [T, 8], actions [T, 8]) float32 of one parsed episode, without touching its images."""
         if "steps/is_first" not in feats:
             raise ShapeMismatchError("episode has no steps/is_first", path=shard, episode=n, key="steps/is_first")
         T = len(feats["steps/is_first"])
@@ -178,6 +179,12 @@ class DroidRLDS:
                                  steps("steps/observation/gripper_position")], 1)
         actions = np.concatenate([steps("steps/action_dict/joint_position"),
                                   steps("steps/action_dict/gripper_position")], 1)
+        return states, actions
+
+    @staticmethod
+    def to_episode(shard, n, feats) -> RLDSEpisode:
+        states, actions = DroidRLDS.numeric_steps(shard, n, feats)
+        T = len(states)
         imgs = {}
         for rlds_cam, cam in zip(CAMERAS, LEROBOT_CAMERAS):
             key = f"steps/observation/{rlds_cam}"

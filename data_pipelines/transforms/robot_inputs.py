@@ -9,6 +9,9 @@ example and for a live observation, and the output side un-normalizes the model'
 
 Training adds the raw chunk under "actions" (normalized on the input side); `RobotTransform` (Grain) wraps the
 stack with record decoding, camera choice, augmentation and padding, `Policy` with input checks and the model.
+Tags with `delta_action_dims` train those dims as a[t+k] - s[t] (DeltaActions, before normalization, as the norm
+stats were computed) and serve them back as absolute actions (AbsoluteActions, after un-normalization, which
+needs the raw "state" next to the "actions" on the output side).
 """
 from __future__ import annotations
 
@@ -21,6 +24,42 @@ from data_pipelines.transforms.normalize import normalize, state_bins, unnormali
 from data_pipelines.transforms.prompt import build_robot_prompt
 
 STATE_FORMATS = ("discrete", "continuous")
+
+
+class DeltaActions:
+    """Raw action chunk [H, D] -> deltas w.r.t. the raw current state on the tag's delta dims (no-op without)."""
+
+    def __init__(self, tag: TagInfo):
+        self.dims = np.asarray(tag.delta_action_dims, int)
+
+    def __call__(self, x: dict) -> dict:
+        if not self.dims.size or x.get("actions") is None:
+            return x
+        x = dict(x)
+        actions = np.array(x["actions"], np.float64)
+        actions[..., self.dims] -= np.asarray(x["state"], np.float64)[self.dims]
+        x["actions"] = actions
+        return x
+
+
+class AbsoluteActions:
+    """Robot-unit actions with delta dims -> absolute, adding back the raw state the chunk was predicted from."""
+
+    def __init__(self, tag: TagInfo):
+        self.dims = np.asarray(tag.delta_action_dims, int)
+        self.tag = tag.name
+
+    def __call__(self, x: dict) -> dict:
+        if not self.dims.size:
+            return x
+        if x.get("state") is None:
+            raise ValueError(f"norm_tag {self.tag!r} predicts delta actions on dims {self.dims.tolist()}: the raw "
+                             f"state is needed to make them absolute")
+        x = dict(x)
+        actions = np.array(x["actions"], np.float64)
+        actions[..., self.dims] += np.asarray(x["state"], np.float64)[self.dims]
+        x["actions"] = actions.astype(np.float32)
+        return x
 
 
 class NormalizeInputs:
@@ -90,6 +129,6 @@ class Group:
 def robot_transforms(tag: TagInfo, *, num_state_tokens: int = 256, state_format: str = "discrete",
                      think: bool = False, normalize_language: bool = True) -> Group:
     """The stack every robot example and every served observation of `tag` goes through."""
-    return Group(inputs=(NormalizeInputs(tag, num_state_tokens),
+    return Group(inputs=(DeltaActions(tag), NormalizeInputs(tag, num_state_tokens),
                          RobotPrompt(tag, state_format, think, normalize_language)),
-                 outputs=(UnnormalizeActions(tag),))
+                 outputs=(UnnormalizeActions(tag), AbsoluteActions(tag)))

@@ -268,7 +268,8 @@ class Policy:
         norm = np.asarray(norm, np.float32)
         result.normalized_actions = norm
         # n_obs_steps = 1 in released configs: the executed steps are [0 : n_action_steps] (spec 11.2)
-        result.actions = self.transforms(tag, think).apply_outputs({"actions": norm[:n_steps]})["actions"]
+        out = self.transforms(tag, think).apply_outputs({"actions": norm[:n_steps], "state": s})
+        result.actions = out["actions"]
         return result
 
     def _decode_discrete(self, gen, h, d, result) -> np.ndarray:

@@ -129,6 +129,42 @@ def test_norm_stats_multi_repo_merge(tmp_path, so100_v21):
     np.testing.assert_allclose(a["std"], pooled)
 
 
+def _without_paths(stats):
+    for m in stats["metadata_by_tag"].values():
+        m["repos"] = [{k: v for k, v in r.items() if k == "count"} for r in m["repos"]]
+    return stats
+
+
+def test_norm_stats_without_video_equal_the_converters(yam_v3, yam_shards, so100_v21, droid_rlds, tmp_path,
+                                                       monkeypatch):
+    """`molmoact2-data stats lerobot:DIR|rlds:DIR` reads numeric columns only and gives the converter's numbers."""
+    from data_pipelines.formats import images, lerobot_reader
+    from data_pipelines.stats import compute_source_norm_stats, write_norm_stats
+    # the converter's stats first: one YAM repo; two SO100 repos of one tag (old v2.1 naming + v3.0); DROID RLDS
+    make_fixture("lerobot-v3.0", "so100", tmp_path / "new", episodes=2, seed=1)
+    so100_dirs = []
+    for name, src in (("old", so100_v21), ("new", tmp_path / "new")):
+        convert(ConvertOptions(f"lerobot:{src}", "so100", str(tmp_path / f"s_{name}"), horizon=10, progress=False))
+        so100_dirs.append(tmp_path / f"s_{name}")
+    convert(ConvertOptions(f"rlds:{droid_rlds}", "droid", str(tmp_path / "s_droid"), progress=False))
+    # then the direct path, with every video and image decoder disabled: it must not need one
+    monkeypatch.setattr(lerobot_reader.LeRobotDataset, "episode_video", None)
+    monkeypatch.setattr(images, "decode_image", None)
+    assert _without_paths(compute_source_norm_stats([f"lerobot:{yam_v3}"], "yam")) == \
+        _without_paths(compute_norm_stats([yam_shards]))
+    direct = compute_source_norm_stats([f"lerobot:{so100_v21}", f"lerobot:{tmp_path / 'new'}"], "so100",
+                                       horizon=10)
+    assert _without_paths(direct) == _without_paths(compute_norm_stats(so100_dirs))
+    assert direct["metadata_by_tag"]["so100_so101_molmoact2"]["action_horizon"] == 10
+    assert cli.main(["stats", f"rlds:{droid_rlds}", "--embodiment", "droid", "--out", str(tmp_path / "r.json")]) == 0
+    assert _without_paths(json.loads((tmp_path / "r.json").read_text())) == \
+        _without_paths(compute_norm_stats([tmp_path / "s_droid"]))
+    with pytest.raises(ValueError, match="need --embodiment"):
+        write_norm_stats([f"lerobot:{yam_v3}"], tmp_path / "x.json")
+    with pytest.raises(ValueError, match="not both"):
+        write_norm_stats([f"lerobot:{yam_v3}", str(yam_shards)], tmp_path / "x.json", embodiment="yam")
+
+
 def test_cli_end_to_end(tmp_path, capsys, droid_rlds):
     assert cli.main(["fixture", "--format", "droid-rlds", "--embodiment", "droid", "--out", str(tmp_path / "f"),
                      "--episodes", "2"]) == 0
