@@ -23,7 +23,7 @@ from molmoact2_jax.checkpoint_io import params as params_io
 
 pytestmark = pytest.mark.torch
 
-REL_TOL = 1e-4
+REL_TOL = 1e-5   # measured: logits 1.3e-6 (Molmo2 export and the torch reference), actions 2.1e-7
 TOKENS_PER_IMAGE = 4  # 42 px: 3x3 patches -> 2x2 pooled
 NORM_STATS = {"format": "molmoact2_norm_stats.v1", "norm_mode": "q01_q99", "metadata_by_tag": {"tiny": {
     "action_key": "action", "state_keys": ["state"], "camera_keys": ["cam"], "normalize_gripper": False,
@@ -188,7 +188,7 @@ def test_bf16_export(release, tmp_path):
     ref = all_tensors(release["hf0"])
     k = "model.action_expert.blocks.0.mlp.up_proj.weight"
     assert str(t[k].dtype) == "bfloat16" and t[molmoact2_hf.ROPE_KEY].dtype == np.float32
-    np.testing.assert_allclose(t[k].astype(np.float32), ref[k], rtol=1e-2, atol=1e-6)
+    np.testing.assert_allclose(t[k].astype(np.float32), ref[k], rtol=2 ** -8, atol=1e-6)  # bf16 rounding
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["torch_dtype"] == "bfloat16"
     # a bf16 folder imports too (params are widened to fp32)
