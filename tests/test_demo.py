@@ -10,7 +10,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
 
 
 def test_demo_end_to_end_small(tmp_path):
-    pytest.importorskip("metaworld")
     from molmoact2_jax.demo import main
     wd = tmp_path / "demo"
     code = main(["--workdir", str(wd), "--tasks", "reach-v3", "--train-episodes", "2", "--heldout-episodes", "1",
