@@ -52,6 +52,9 @@ def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
         warmup_steps=2 if tiny else 200, final_lr_fraction=0.1, freeze=(),
         lr=ml_collections.ConfigDict(TINY_LR if tiny else REFERENCE_LR),
     ))
+    # EMA of the params (openpi's ema_decay): 0 = off. Kept sharded like the params, checkpointed, used by the
+    # trainer's eval and, by default, by Policy.load / export-hf / molmoact2-serve (--weights ema|raw).
+    c.ema = ml_collections.ConfigDict(dict(decay=0.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10 if tiny else 1000, keep_last=3, keep_every=0,
                                                   async_save=True))
     c.trainer = ml_collections.ConfigDict(dict(

@@ -16,17 +16,21 @@ from train_harness import BASE, ROOT, env_for, losses, read_metrics, run, run_mu
 CKPT = ["--config.checkpoint.every_steps=2", "--config.checkpoint.keep_last=10"]
 
 
+EMA = ["--config.ema.decay=0.9"]   # the kill -9 guarantee covers the EMA weights too
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("full"))
-    r = run(wd, ["--config.total_steps=12"] + CKPT)
+    r = run(wd, ["--config.total_steps=12"] + CKPT + EMA)
     assert r.returncode == 0, r.stderr[-3000:]
-    return losses(wd)
+    return losses(wd), wd
 
 
 def test_kill9_at_three_points_then_resume_is_exact(uninterrupted, tmp_path):
     wd = str(tmp_path)
-    overrides = ["--config.total_steps=12"] + CKPT
+    overrides = ["--config.total_steps=12"] + CKPT + EMA
+    uninterrupted, full_wd = uninterrupted
     # Fixed points (reproducible), each >= 4 steps before the end so the kill lands before the run finishes.
     points = sorted(np.random.default_rng(17).choice(np.arange(2, 9), 3, replace=False))
     for k in points:
@@ -40,6 +44,11 @@ def test_kill9_at_three_points_then_resume_is_exact(uninterrupted, tmp_path):
     print("kill points", points, "\nuninterrupted", uninterrupted, "\nresumed     ", resumed)
     assert [row["step"] for row in read_metrics(wd)] == list(range(1, 13))
     assert resumed == uninterrupted  # bitwise: same programs, same restored arrays, same data order
+    from molmoact2_jax.checkpoint_io.params import load_params
+    for weights in ("ema", "raw"):
+        a = load_params(os.path.join(full_wd, "checkpoints", "12"), weights=weights)[0]
+        b = load_params(os.path.join(wd, "checkpoints", "12"), weights=weights)[0]
+        chex.assert_trees_all_equal(a, b)
 
 
 def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):

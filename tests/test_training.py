@@ -3,6 +3,7 @@ import glob
 import os
 import types
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,3 +135,37 @@ def test_bad_configs_fail_before_compiling():
     cfg.sharding = {"rules": [list(r) for r in rules]}
     with pytest.raises(ValueError, match="logical axis 'expert_mlp' has no entry in config.sharding.rules"):
         trainer.Setup(cfg, next(iter(trainer.make_data(cfg))))
+
+
+def test_ema_follows_the_params_and_is_what_a_step_directory_serves(tmp_path):
+    d = 0.6
+    cfg = tiny_cfg(total_steps=3, **{"ema.decay": d, "checkpoint.every_steps": 3, "trainer.eval_every_steps": 0})
+    data = trainer.make_data(cfg)
+    start = data.get_state()
+    setup = trainer.Setup(cfg, next(data))
+    data.set_state(start)
+    state = setup.create_state()
+    expected = jax.tree.map(np.asarray, state.params)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, state.ema_params), expected)
+    with setup.context():
+        for _ in range(3):
+            batch = trainer.global_batch(next(data), setup.batch_shardings, int(cfg.data.global_batch_size))
+            state, _ = setup.train_step(state, batch)
+            expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, state.params)
+    chex.assert_trees_all_close(jax.tree.map(np.asarray, state.ema_params), expected, rtol=1e-6, atol=1e-7)
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+             zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params))]
+    assert max(moved) > 1e-4   # the average lags the params
+    # the trainer run: its step directory serves the EMA by default, the params on request
+    out = trainer.train(cfg, str(tmp_path / "run"))
+    step = str(tmp_path / "run" / "checkpoints" / "3")
+    from molmoact2_jax.checkpoint_io.params import load_params
+    chex.assert_trees_all_equal(load_params(step)[0], jax.tree.map(np.asarray, out["state"].ema_params))
+    chex.assert_trees_all_equal(load_params(step, weights="raw")[0], jax.tree.map(np.asarray, out["state"].params))
+    chex.assert_trees_all_close(load_params(step)[0], expected, rtol=1e-6, atol=1e-7)   # same run, same batches
+    plain = tiny_cfg(total_steps=1, **{"checkpoint.every_steps": 1, "trainer.eval_every_steps": 0})
+    trainer.train(plain, str(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="kept no EMA weights"):
+        load_params(str(tmp_path / "plain" / "checkpoints" / "1"), weights="ema")
+    with pytest.raises(ValueError, match="config.ema.decay=1.0"):
+        trainer.Setup(tiny_cfg(**{"ema.decay": 1.0}), next(trainer.make_data(plain)))

@@ -57,12 +57,21 @@ def load_model_config(ckpt_dir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(d)
 
 
-def load_params(ckpt_dir: str, target=None):
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def load_params(ckpt_dir: str, target=None, weights: str = "auto"):
     """Returns (params as numpy/jax arrays, model config). `target` (e.g. from jax.eval_shape with shardings)
-    restores directly onto devices in that layout."""
+    restores directly onto devices in that layout. `weights` (trainer step directories): "ema" the EMA of the params
+    (config.ema.decay > 0), "raw" the trained params, "auto" the EMA when the run kept one, else the params."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: expected one of {WEIGHTS}")
     cfg = load_model_config(ckpt_dir)
     if is_training_step(ckpt_dir):
-        return _params_from_train_state(os.path.join(os.path.abspath(ckpt_dir), "state"), target), cfg
+        return _params_from_train_state(os.path.join(os.path.abspath(ckpt_dir), "state"), target, weights), cfg
+    if weights == "ema":
+        raise ValueError(f"{ckpt_dir}: a params checkpoint holds one set of weights; --weights ema needs a trainer "
+                         f"step directory of a run with config.ema.decay > 0")
     path = os.path.join(os.path.abspath(ckpt_dir), PARAMS)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{ckpt_dir}: no {PARAMS}/ directory")
@@ -75,23 +84,26 @@ def load_params(ckpt_dir: str, target=None):
     return params, cfg
 
 
-def _params_from_train_state(path: str, target=None):
-    """Restores only `params` out of a saved TrainState (optimizer state is never read)."""
+def _params_from_train_state(path: str, target=None, weights: str = "auto"):
+    """Restores only the params (or their EMA) out of a saved TrainState (optimizer state is never read)."""
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
         if "params" not in tree:
             raise ValueError(f"{path}: the saved state has no params")
+        has_ema = isinstance(tree.get("ema_params"), dict) and bool(tree.get("ema_params"))
+        if weights == "ema" and not has_ema:
+            raise ValueError(f"{path}: this run kept no EMA weights (config.ema.decay was 0); use --weights raw")
+        key = "ema_params" if has_ema and weights != "raw" else "params"
         if target is None:
-            target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"])
+            target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[key])
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         else:
             restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(item={"params": target},
-                                                              restore_args={"params": restore_args},
+        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(item={key: target}, restore_args={key: restore_args},
                                                               partial_restore=True))
-    return out["params"]
+    return out[key]
 
 
 def saved_param_metadata(ckpt_dir: str) -> dict:

@@ -33,6 +33,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=dtype)
     p.add_argument("--max-shard-bytes", type=int, default=5 * 1024 ** 3,
                    help="largest safetensors shard in bytes (default: 5 GiB = %(default)s)")
+    p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="for a trainer step directory: its EMA weights (auto: when the run kept them) or the raw "
+                        "trained params")
     p.add_argument("--no-progress", action="store_true", help=no_progress)
     args = parser.parse_args(argv)
 
@@ -54,7 +57,8 @@ def main(argv=None):
         elif args.command == "export-hf":
             from molmoact2_jax.convert import molmoact2_hf  # lazy: imports jax; --help must not
             s = molmoact2_hf.export_hf(args.ckpt_dir, args.out_hf_dir, dtype=args.dtype,
-                                       max_shard_bytes=args.max_shard_bytes, progress=not args.no_progress)
+                                       max_shard_bytes=args.max_shard_bytes, progress=not args.no_progress,
+                                       weights=args.weights)
             print(molmoact2_hf.format_summary("export", s, args.ckpt_dir, args.out_hf_dir))
     except (FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -417,15 +417,16 @@ def hf_tensors(params, cfg, inv_freq=None):
 
 
 def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-              progress: bool = True) -> dict:
-    """Params checkpoint -> HF MolmoAct2 folder. Returns a summary dict (tensors, bytes, shards, dtype)."""
+              progress: bool = True, weights: str = "auto") -> dict:
+    """Params checkpoint (or trainer step directory) -> HF MolmoAct2 folder. Returns a summary dict (tensors,
+    bytes, shards, dtype). `weights`: "auto" exports a run's EMA weights when it kept them, "ema" / "raw" choose."""
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"{ckpt_dir}: no such checkpoint folder")
     if os.path.isdir(out_dir) and any(n.endswith(".safetensors") or n == INDEX for n in os.listdir(out_dir)):
         raise ConversionError(f"{out_dir}: already holds safetensors files; export into an empty folder")
-    params, cfg = params_io.load_params(ckpt_dir)
+    params, cfg = params_io.load_params(ckpt_dir, weights=weights)
     cfg.use_action_expert = bool(cfg.get("use_action_expert", True))
     assets = os.path.join(ckpt_dir, ASSETS)
     original = None

@@ -62,15 +62,17 @@ def load_action_tokenizer(ckpt_dir: str, action_tokenizer=None) -> OpenFAST | No
     return OpenFAST.load(path) if path is not None else None
 
 
-def load_checkpoint(ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None) -> CheckpointParts:
-    """Params, model config and assets of a folder; arguments (objects or paths) override the assets."""
+def load_checkpoint(ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None,
+                    weights: str = "auto") -> CheckpointParts:
+    """Params, model config and assets of a folder; arguments (objects or paths) override the assets. `weights`:
+    for a trainer step directory, "auto" (the EMA when the run kept one), "ema" or "raw"."""
     ckpt_dir = os.path.abspath(ckpt_dir)
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")
     if is_hf_folder(ckpt_dir):
         params, cfg = molmoact2_hf.load_hf(ckpt_dir)
     else:
-        params, cfg = load_params(ckpt_dir)
+        params, cfg = load_params(ckpt_dir, weights=weights)
     stats = NormStats.load(find_norm_stats(ckpt_dir) if norm_stats is None else norm_stats)
     return CheckpointParts(cfg, params, stats, load_tokenizer(ckpt_dir, tokenizer),
                            load_action_tokenizer(ckpt_dir, action_tokenizer))

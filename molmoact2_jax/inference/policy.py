@@ -90,13 +90,15 @@ class Policy:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None, **kwargs) -> "Policy":
+    def load(cls, ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None, weights: str = "auto",
+             **kwargs) -> "Policy":
         """Loads a params checkpoint (`params/` + `model_config.json`), a trainer step dir, or an HF MolmoAct2
         folder (converted in memory). Assets are looked up in DIR/assets/ then DIR/: norm_stats.json,
         tokenizer.json (or tokenizer.model), optional config.json (token-id overrides) and the OpenFAST folder
-        (assets/action_tokenizer/). Arguments override the assets (objects or paths). See inference/loading.py."""
+        (assets/action_tokenizer/). Arguments override the assets (objects or paths). `weights` ("auto", "ema",
+        "raw"): a trainer step directory serves its EMA weights when the run kept them. See inference/loading.py."""
         parts = loading.load_checkpoint(ckpt_dir, norm_stats=norm_stats, tokenizer=tokenizer,
-                                        action_tokenizer=action_tokenizer)
+                                        action_tokenizer=action_tokenizer, weights=weights)
         return cls(parts.model_cfg, parts.params, parts.norm_stats, parts.tokenizer, parts.action_tokenizer,
                    **kwargs)
 

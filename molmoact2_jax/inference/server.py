@@ -300,10 +300,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-strict-cameras", action="store_true",
                     help="accept any camera count (1..5) instead of the tag's camera_keys count")
     ap.add_argument("--warmup", action="store_true", help="compile with a dummy request before serving")
+    ap.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                    help="for a trainer step directory: its EMA weights (auto: when the run kept them) or the raw "
+                         "trained params")
     args = ap.parse_args(argv)
     from molmoact2_jax.inference.policy import Policy  # lazy: imports jax; --help must not
     try:
-        policy = Policy.load(args.checkpoint, strict_camera_count=not args.no_strict_cameras)
+        policy = Policy.load(args.checkpoint, strict_camera_count=not args.no_strict_cameras, weights=args.weights)
         mode = args.mode or ("continuous" if policy.model.expert is not None else "discrete")
         service = PolicyService(policy, args.norm_tag, mode, args.think, args.num_steps)
     except (OSError, ValueError) as e:

@@ -3,7 +3,8 @@
 `loss_fn(params, batch, rng) -> (loss, metrics)` is pure; the step is jitted by the trainer with explicit
 in/out shardings and a donated state. A step whose loss or gradients are not finite leaves params and optimizer
 state untouched, and counts it (`bad_steps` consecutive, `skipped_steps` in total); the trainer aborts after
-`trainer.max_consecutive_bad_steps`.
+`trainer.max_consecutive_bad_steps`. With `ema_decay` > 0 the state also carries an exponential moving average of
+the params (ema = decay * ema + (1 - decay) * params after every good step).
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ class TrainState:
     rng: jax.Array          # base key; step s uses fold_in(rng, s), so resuming needs nothing else
     bad_steps: jax.Array    # consecutive non-finite steps
     skipped_steps: jax.Array
+    ema_params: Any = None  # EMA of params (config.ema.decay > 0), else None
 
 
-def init_state(params, tx, rng) -> TrainState:
+def init_state(params, tx, rng, ema: bool = False) -> TrainState:
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=rng, bad_steps=zero,
-                      skipped_steps=zero)
+                      skipped_steps=zero, ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
 def split_microbatches(batch, n: int):
@@ -41,7 +43,7 @@ def split_microbatches(batch, n: int):
     return jax.tree.map(one, batch)
 
 
-def make_train_step(loss_fn: Callable, tx, tree_labels, grad_accum_steps: int = 1):
+def make_train_step(loss_fn: Callable, tx, tree_labels, grad_accum_steps: int = 1, ema_decay: float = 0.0):
     def grads_of(params, batch, rng):
         def f(p):
             return loss_fn(stop_frozen(p, tree_labels), batch, rng)
@@ -70,8 +72,12 @@ def make_train_step(loss_fn: Callable, tx, tree_labels, grad_accum_steps: int = 
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        ema = state.ema_params
+        if ema_decay:
+            ema = keep(jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params), ema)
         new_state = state.replace(
             step=state.step + 1,
+            ema_params=ema,
             params=keep(new_params, state.params),
             opt_state=keep(new_opt, state.opt_state),
             bad_steps=jnp.where(finite, 0, state.bad_steps + 1),

@@ -122,23 +122,31 @@ class Setup:
         opt_shardings = optax.tree_map_params(
             self.tx, lambda p, s: p if masked(p) else s, abstract_opt, self.param_shardings,
             transform_non_params=lambda _: replicated, is_leaf=masked)
+        self.ema_decay = float(cfg.get("ema", {}).get("decay", 0.0) or 0.0)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"config.ema.decay={self.ema_decay}: expected 0 (off) or a decay in (0, 1)")
+        ema = self.ema_decay > 0
         self.state_shardings = TrainState(step=replicated, params=self.param_shardings, opt_state=opt_shardings,
-                                          rng=replicated, bad_steps=replicated, skipped_steps=replicated)
+                                          rng=replicated, bad_steps=replicated, skipped_steps=replicated,
+                                          ema_params=self.param_shardings if ema else None)
 
         def create(rng):
             zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in self.batch_shapes.items()}
             params = nn.unbox(init_boxed(rng, zeros))
-            return init_state(params, self.tx, jax.random.fold_in(rng, 1))
+            return init_state(params, self.tx, jax.random.fold_in(rng, 1), ema)
 
         with self.context():
             self.abstract_state = jax.eval_shape(create, rng)
         self._create = jax.jit(create, out_shardings=self.state_shardings)
         self._compiled: dict = {}
         self.init_rng = rng
-        step_fn = make_train_step(self.loss_fn, self.tx, self.labels, int(cfg.trainer.grad_accum_steps))
+        step_fn = make_train_step(self.loss_fn, self.tx, self.labels, int(cfg.trainer.grad_accum_steps),
+                                  self.ema_decay)
         self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings),
                                   out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-        self.eval_step = jax.jit(lambda s, b: self.loss_fn(s.params, b, jax.random.PRNGKey(0))[1],
+        # The trainer's eval scores the weights that are served: the EMA when there is one.
+        self.eval_step = jax.jit(lambda s, b: self.loss_fn(s.params if s.ema_params is None else s.ema_params, b,
+                                                           jax.random.PRNGKey(0))[1],
                                  in_shardings=(self.state_shardings, self.batch_shardings), out_shardings=replicated)
 
     def loss_fn(self, params, batch, rng):
@@ -168,7 +176,8 @@ class Setup:
     def state_from_params(self, params):
         """A fresh train state (new optimizer state) around given params, placed with the param shardings."""
         params = jax.device_put(params, self.param_shardings)
-        fn = jax.jit(lambda p, rng: init_state(p, self.tx, rng), out_shardings=self.state_shardings)
+        fn = jax.jit(lambda p, rng: init_state(p, self.tx, rng, self.ema_decay > 0),
+                     out_shardings=self.state_shardings)
         rng = jax.random.fold_in(self.init_rng, 1)
         return self.compiled("state_from_params", fn, params, rng)(params, rng)
 
