@@ -207,10 +207,13 @@ def test_evaluator_baselines(tmp_path):
     stats = tmp_path / "norm_stats.json"
     stats.write_text(json.dumps(_norm_stats("metaworld_sawyer", 4, 4, ["corner2", "gripperPOV"])))
     pol = make_baseline("mean-action", cfg, norm_stats=str(stats))
-    assert isinstance(pol, MeanActionPolicy) and pol.act({}).shape == (cfg.n_action_steps, 4)
+    assert isinstance(pol, MeanActionPolicy)
+    np.testing.assert_array_equal(pol.act({}), np.full((cfg.n_action_steps, 4), 0.1, np.float32))  # the file's mean
     rep = evaluate(pol, suite, cfg, EvalOptions(episodes=1, max_steps=10, policy_name="mean-action",
                                                 videos_per_task=0, progress=False), tmp_path / "mean")
     assert rep["overall"]["episodes"] == 1 and not (tmp_path / "mean/videos").exists()
+    ep = rep["episodes"][0]
+    assert ep["length"] == 10 and ep["queries"] == 2 and not ep["success"]   # 8 + 2 of the 8-step chunks
 
 
 def _norm_stats(tag, action_dim, state_dim, cams, n_action_steps=5):
