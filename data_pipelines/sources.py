@@ -82,41 +82,51 @@ class RLDSSource:
     def groups(self, episodes_per_shard: int) -> list[list]:
         return [[str(s)] for s in self.reader.shards]
 
-    def load_group(self, ids):
+    def _parsed(self, ids):
+        """Yield (episode id, shard, record index, parsed features or the DataError reading them)."""
         for shard in ids:
             n = 0
             try:
                 for n, rec in enumerate(tfrecord.read_records(shard)):
                     try:
-                        ep = DroidRLDS.to_episode(Path(shard), n, tf_example.parse_example(rec, path=shard, record=n))
-                        if not (np.isfinite(ep.states).all() and np.isfinite(ep.actions).all()):
-                            raise NonFiniteValueError("NaN/inf in state or action", path=shard, episode=n)
-                        task = next((t for t in ep.instructions if t), "")
-                        yield f"{Path(shard).name}#{n}", SourceEpisode(
-                            f"{shard}#{n}", ep.states, ep.actions,
-                            {f"observation.images.{c}": v for c, v in ep.images.items()}, task)
+                        yield f"{Path(shard).name}#{n}", shard, n, tf_example.parse_example(rec, path=shard, record=n)
                     except Exception as e:  # noqa: BLE001
-                        yield f"{Path(shard).name}#{n}", e
+                        yield f"{Path(shard).name}#{n}", shard, n, e
             except Exception as e:  # noqa: BLE001 - framing error: rest of the shard is unreadable
-                yield f"{Path(shard).name}#{n}+", e
+                yield f"{Path(shard).name}#{n}+", shard, n, e
+
+    def _converted(self, ids, convert):
+        """Yield (episode id, shard, record index, convert(shard, n, features) or the DataError), with NaN/inf in
+        the converted states/actions refused. `convert` returns (states, actions, anything else...)."""
+        for key, shard, n, feats in self._parsed(ids):
+            if isinstance(feats, Exception):
+                yield key, shard, n, feats
+                continue
+            try:
+                out = convert(Path(shard), n, feats)
+                if not (np.isfinite(out[0]).all() and np.isfinite(out[1]).all()):
+                    raise NonFiniteValueError("NaN/inf in state or action", path=shard, episode=n)
+                yield key, shard, n, out
+            except Exception as e:  # noqa: BLE001 - handed to the caller's skip/raise policy
+                yield key, shard, n, e
+
+    def load_group(self, ids):
+        def episode(shard, n, feats):
+            ep = DroidRLDS.to_episode(shard, n, feats)
+            return ep.states, ep.actions, ep
+        for key, shard, n, out in self._converted(ids, episode):
+            if isinstance(out, Exception):
+                yield key, out
+                continue
+            ep = out[2]
+            task = next((t for t in ep.instructions if t), "")
+            yield key, SourceEpisode(f"{shard}#{n}", ep.states, ep.actions,
+                                     {f"observation.images.{c}": v for c, v in ep.images.items()}, task)
 
     def load_numeric(self, ids):
         """Yield (episode id, (states, actions) or DataError) without decoding any image."""
-        for shard in ids:
-            n = 0
-            try:
-                for n, rec in enumerate(tfrecord.read_records(shard)):
-                    key = f"{Path(shard).name}#{n}"
-                    try:
-                        states, actions = DroidRLDS.numeric_steps(
-                            Path(shard), n, tf_example.parse_example(rec, path=shard, record=n))
-                        if not (np.isfinite(states).all() and np.isfinite(actions).all()):
-                            raise NonFiniteValueError("NaN/inf in state or action", path=shard, episode=n)
-                        yield key, (states, actions)
-                    except Exception as e:  # noqa: BLE001
-                        yield key, e
-            except Exception as e:  # noqa: BLE001 - framing error: rest of the shard is unreadable
-                yield f"{Path(shard).name}#{n}+", e
+        for key, _, _, out in self._converted(ids, DroidRLDS.numeric_steps):
+            yield key, out
 
 
 def _check_dim(dim, emb, where):

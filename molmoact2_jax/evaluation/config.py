@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from data_pipelines.embodiments import EMBODIMENTS
-from data_pipelines.norm_stats import NormStats, TagInfo
+from data_pipelines.norm_stats import NormStats, NormStatsError, TagInfo
 
 from molmoact2_jax.evaluation.errors import SimEvalError
 
@@ -179,9 +179,8 @@ def load_norm_stats(path) -> NormStats:
 
 
 def select_tag(stats: NormStats, tag: str | None, where="norm stats") -> TagInfo:
-    """`tag` if given, else the only tag present."""
-    if tag is not None and tag in stats.tags:
-        return stats.tags[tag]
-    if tag is None and len(stats.tags) == 1:
-        return next(iter(stats.tags.values()))
-    raise SimEvalError(f"{where} has no norm tag {tag!r} (has {sorted(stats.tags)}); pass --norm-tag")
+    """`tag` if given, else the only tag present (NormStats.select), as a SimEvalError naming `where`."""
+    try:
+        return stats.select(tag)
+    except NormStatsError as e:
+        raise SimEvalError(f"{where}: {e}; pass --norm-tag") from None
