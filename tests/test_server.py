@@ -244,7 +244,9 @@ def test_replies_equal_policy_predict_action(server, served_checkpoint):
     imgs = [rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(2)]
     state = rng.uniform(-1, 1, 7).astype(np.float32)
     noise = rng.standard_normal((8, 32)).astype(np.float32)
-    cases = [dict(seed=0), dict(seed=11, n_action_steps=3), dict(seed=5, mode="discrete"), dict(noise=noise)]
+    prev = rng.uniform(-1, 1, (6, 7)).astype(np.float32)
+    cases = [dict(seed=0), dict(seed=11, n_action_steps=3), dict(seed=5, mode="discrete"),
+             dict(seed=2, n_action_steps=8, prev_chunk=prev, inference_delay=2, execution_horizon=5), dict(noise=noise)]
     for extra in cases:
         payload = {"images": imgs, "instruction": "open the drawer", "state": state, "tag": T.TAG, **extra}
         status, body = post_raw(url, dumps(payload).encode())
@@ -254,8 +256,16 @@ def test_replies_equal_policy_predict_action(server, served_checkpoint):
         want = policy.predict_action(imgs, "open the drawer", state, T.TAG, mode=extra.get("mode", "continuous"),
                                      num_steps=4, **kw).actions
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(list(extra)))
+        if "prev_chunk" in extra:   # real-time chunking: the delay's actions are the previous chunk's
+            np.testing.assert_array_equal(got[:2], prev[:2])
     again = np.asarray(loads(post_raw(url, dumps(payload).encode())[1])["actions"])
     np.testing.assert_array_equal(again, got)  # explicit noise: reproducible
     bad = dict(payload, noise=np.zeros((3, 32), np.float32))
     status, body = post_raw(url, dumps(bad).encode())
     assert status == 400 and "noise" in body
+    for bad, word in ((dict(payload, prev_chunk=prev[:, :5]), "prev_chunk has shape"),
+                      (dict(payload, prev_chunk=prev, inference_delay=7), "inference_delay=7"),
+                      (dict(payload, inference_delay=1), "need prev_chunk"),
+                      (dict(payload, prev_chunk=prev, mode="discrete"), "needs the flow head")):
+        status, body = post_raw(url, dumps(bad).encode())
+        assert status == 400 and word in body, (word, body)

@@ -77,6 +77,14 @@ class NormalizeInputs:
         return x
 
 
+def actions_to_model_space(tag: TagInfo, actions, state) -> np.ndarray:
+    """A robot-unit chunk [N, D] -> model space, as the input side treats a training chunk (delta dims w.r.t. the
+    raw `state`, then normalization): the inverse of the output side. Real-time chunking guides the next chunk
+    towards the previous one in this space."""
+    x = DeltaActions(tag)({"actions": np.asarray(actions, np.float64), "state": state})
+    return normalize(x["actions"], tag.action_stats, tag.norm_mode)
+
+
 class RobotPrompt:
     """task + number of images + state bins + the tag's setup / control mode -> prompt text (spec 4.1)."""
 

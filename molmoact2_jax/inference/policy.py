@@ -9,6 +9,11 @@ token expansion with BOS -> prefill (bidirectional image attention) -> encoder m
 and gate (14, 10.2)] -> 10-step Euler flow over H = tag horizon, or greedy OpenFAST decoding (12) -> slice to the
 tag's action dim and n_action_steps -> un-normalize (gripper dims pass through, spec 13).
 
+Real-time chunking (models/rtc.py): with `prev_chunk` (the previous chunk's actions not yet executed when this
+observation was taken, robot units, as returned), the flow is guided to continue it: the first `inference_delay`
+returned actions are the previous chunk's (the robot executes them while this call runs) and the overlap up to
+`execution_horizon` is pulled towards it with the paper's soft mask, in the same jitted Euler loop.
+
 Compilation: one jitted function per mode; prompts are left-padded (masked, positions unchanged) to a multiple of
 `prompt_bucket` tokens so different task strings reuse one compilation per (cameras, bucket, horizon, mode).
 """
@@ -24,9 +29,10 @@ import ml_collections
 
 from data_pipelines.norm_stats import NormStats, TagInfo
 from data_pipelines.transforms.model_inputs import ModelInputs
-from data_pipelines.transforms.robot_inputs import Group, robot_transforms
+from data_pipelines.transforms.robot_inputs import Group, actions_to_model_space, robot_transforms
 from molmoact2_jax.inference import loading
 from molmoact2_jax.inference import think as think_lib
+from molmoact2_jax.models import rtc
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.preprocessing.image import to_uint8_rgb
 from molmoact2_jax.tokenizers.openfast import MAX_ACTION_DIM, from_llm_ids
@@ -113,10 +119,10 @@ class Policy:
     def _batch(self, ids, images, pooled, attn):
         return dict(input_ids=ids, images=images, pooled_idx=pooled, attention_mask=attn)
 
-    def _continuous_fn(self, params, ids, images, pooled, attn, noise, dim_valid, num_steps):
+    def _continuous_fn(self, params, ids, images, pooled, attn, noise, dim_valid, guidance, num_steps):
         batch = self._batch(ids, images, pooled, attn)
         batch["action_dim_valid"] = dim_valid
-        return self.model.sample_actions(params, batch, noise=noise, num_steps=num_steps)
+        return self.model.sample_actions(params, batch, noise=noise, num_steps=num_steps, guidance=guidance)
 
     def _generate_fn(self, params, ids, images, pooled, attn, max_new):
         return self.model.generate(params, self._batch(ids, images, pooled, attn), max_new)
@@ -213,15 +219,61 @@ class Policy:
             seed = np.random.SeedSequence().entropy % (2 ** 31)
         return self._noise(jax.random.PRNGKey(int(seed)), horizon)
 
+    def rtc_guidance(self, prev_chunk, inference_delay, execution_horizon, max_guidance_weight, tag: TagInfo,
+                     state, n_steps: int):
+        """Checks the real-time chunking arguments; returns (rtc.Guidance, robot-unit prev_chunk [n, action_dim],
+        model-space target [horizon, action_dim], d), or (None, None, None, 0) without a previous chunk."""
+        if prev_chunk is None:
+            if inference_delay or execution_horizon is not None:
+                raise ValueError("inference_delay / execution_horizon need prev_chunk (real-time chunking)")
+            return None, None, None, 0
+        h, dim = tag.horizon, tag.action_dim
+        try:
+            prev = np.asarray(prev_chunk, np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("prev_chunk must be an (N, action_dim) array of numbers") from None
+        if prev.ndim == 3 and prev.shape[0] == 1:
+            prev = prev[0]
+        if prev.ndim != 2 or not 1 <= prev.shape[0] <= h or prev.shape[1] != dim:
+            raise ValueError(f"prev_chunk has shape {prev.shape}; norm_tag {tag.name!r} expects (N, {dim}) with "
+                             f"1 <= N <= horizon={h}")
+        if not np.isfinite(prev).all():
+            raise ValueError("prev_chunk contains NaN or inf")
+        n = prev.shape[0]
+        d = int(inference_delay or 0)
+        if not 0 <= d <= min(n, n_steps):
+            raise ValueError(f"inference_delay={inference_delay} must be in [0, min(len(prev_chunk)={n}, "
+                             f"n_action_steps={n_steps})]")
+        end = n if execution_horizon is None else int(execution_horizon)
+        if not d <= end <= n:
+            raise ValueError(f"execution_horizon={execution_horizon} must be in [inference_delay={d}, "
+                             f"len(prev_chunk)={n}]")
+        beta = float(max_guidance_weight)
+        if not (np.isfinite(beta) and beta >= 0):
+            raise ValueError(f"max_guidance_weight={max_guidance_weight}: expected a finite number >= 0")
+        target = np.zeros((h, dim), np.float32)
+        target[:n] = actions_to_model_space(tag, prev, state)
+        padded = np.zeros((1, h, self.cfg.action_expert.max_action_dim), np.float32)
+        padded[0, :, :dim] = target
+        return rtc.make_guidance(padded, d, end, beta), prev.astype(np.float32), target, d
+
     # ------------------------------------------------------------------ main entry point
     def predict_action(self, images, task: str, state, norm_tag: str, mode: str = "continuous", think: bool = False,
                        depth_cache=None, num_steps: int | None = None, n_action_steps: int | None = None,
-                       seed: int | None = None, noise=None, normalize_language: bool | None = None) -> ActionResult:
+                       seed: int | None = None, noise=None, normalize_language: bool | None = None,
+                       prev_chunk=None, inference_delay: int = 0, execution_horizon: int | None = None,
+                       max_guidance_weight: float = rtc.MAX_GUIDANCE_WEIGHT) -> ActionResult:
         """images: list of HxWx3 uint8 (or float) arrays in camera order; task: instruction; state: raw state
         vector; norm_tag: a tag of norm_stats.json; mode: "continuous" (flow expert) or "discrete" (OpenFAST
         tokens); think: MolmoThink depth prefix (with `depth_cache` from the previous call to re-predict only
         changed cells); num_steps: Euler steps (default config flow.num_steps); n_action_steps: default the
-        tag's; seed / noise: the flow's starting noise (noise shaped (horizon, 32) wins over seed)."""
+        tag's; seed / noise: the flow's starting noise (noise shaped (horizon, 32) wins over seed).
+
+        Real-time chunking (continuous mode): prev_chunk (N, action_dim) robot units, the previous chunk's
+        actions from this observation's step on (prev_chunk[0] is the action due now; N <= horizon);
+        inference_delay d: steps the robot executes from prev_chunk while this call runs (the returned
+        actions[:d] are prev_chunk[:d]); execution_horizon: the guided overlap ends there (default N); the
+        guidance clip max_guidance_weight (the paper's beta, 5)."""
         tag = self.tag(norm_tag)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -242,11 +294,15 @@ class Policy:
                 raise ValueError(f"num_steps={steps}: expected >= 1")
             x0 = self._draw_noise(h, seed, noise)
         else:
+            if prev_chunk is not None:
+                raise ValueError("real-time chunking (prev_chunk) needs the flow head: use mode='continuous'")
             if self.action_tokenizer is None:
                 raise ValueError("mode='discrete' needs an OpenFAST action tokenizer (assets/action_tokenizer/ or "
                                  "action_tokenizer=)")
             if d > MAX_ACTION_DIM:
                 raise ValueError(f"discrete mode supports action_dim <= {MAX_ACTION_DIM}, got {d}")
+        guidance, prev, target, delay = self.rtc_guidance(prev_chunk, inference_delay, execution_horizon,
+                                                          max_guidance_weight, tag, s, n_steps)
         inp = self.build_inputs(imgs, task, s, tag, think, normalize_language)
         dim_valid = jnp.asarray((np.arange(self.cfg.action_expert.max_action_dim) < d)[None])
         args = (self.params, jnp.asarray(inp["ids"]), jnp.asarray(inp["images"]), jnp.asarray(inp["pooled"]),
@@ -254,24 +310,28 @@ class Policy:
         with self._lock:
             self._calls += 1
             self.compiled_shapes.add((mode, bool(think), len(imgs), inp["ids"].shape[1], h,
-                                      steps if mode == "continuous" else None))
+                                      steps if mode == "continuous" else None, guidance is not None))
             result = ActionResult(actions=None, normalized_actions=None, mode=mode, norm_tag=tag.name,
                                   prompt_tokens=inp["prompt_tokens"])
             if think:
                 norm = self._predict_think(args, inp, imgs[0], depth_cache, mode, h, d, x0 if mode == "continuous"
-                                           else None, dim_valid, steps, result)
+                                           else None, dim_valid, steps, result, guidance)
             elif mode == "continuous":
-                norm = np.asarray(self._continuous(*args, x0, dim_valid, num_steps=steps))[0, :, :d]
+                norm = np.asarray(self._continuous(*args, x0, dim_valid, guidance, num_steps=steps))[0, :, :d]
             else:
                 tokens, count = self._generate(*args, max_new=16 * h)
                 gen = np.asarray(tokens)[0, :int(np.asarray(count)[0])]
                 result.generated_token_ids = gen.astype(np.int32)
                 norm = self._decode_discrete(gen, h, d, result)
-        norm = np.asarray(norm, np.float32)
+        norm = np.array(norm, np.float32)
+        if delay:   # executed from the previous chunk while this call ran: returned as they were
+            norm[:delay] = target[:delay]
         result.normalized_actions = norm
         # n_obs_steps = 1 in released configs: the executed steps are [0 : n_action_steps] (spec 11.2)
         out = self.transforms(tag, think).apply_outputs({"actions": norm[:n_steps], "state": s})
-        result.actions = out["actions"]
+        result.actions = np.array(out["actions"], np.float32)
+        if delay:
+            result.actions[:delay] = prev[:delay]
         return result
 
     def _decode_discrete(self, gen, h, d, result) -> np.ndarray:
@@ -281,7 +341,8 @@ class Policy:
         result.valid = bool(valid[0])   # invalid -> zero chunk (spec 21.5/22.3), flagged instead of raising
         return actions[0]
 
-    def _predict_think(self, args, inp, first_image, depth_cache, mode, h, d, x0, dim_valid, steps, result):
+    def _predict_think(self, args, inp, first_image, depth_cache, mode, h, d, x0, dim_valid, steps, result,
+                       guidance=None):
         params = args[0]
         prompt_len = inp["ids"].shape[1]
         size = self.think.cache_size(prompt_len, h, mode == "discrete")
@@ -302,5 +363,5 @@ class Policy:
         slots[0, :prompt_len] = inp["ids"][0]
         fed = generated[1:]   # <depth_start> is the prompt's last token
         slots[0, prompt_len:prompt_len + len(fed)] = fed
-        out = self.think.expert_actions(params, cache, slots, x0, dim_valid, steps)
+        out = self.think.expert_actions(params, cache, slots, x0, dim_valid, steps, guidance)
         return np.asarray(out)[0, :, :d]

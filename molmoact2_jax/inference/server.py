@@ -14,8 +14,11 @@ Request keys:
   task       `instruction` | `task`
   state      `state` (raw units)
   tag        `tag` | `norm_tag` | `normalization_tag` (default: --norm-tag, or the only tag of the checkpoint)
-  optional   `mode` ("continuous"/"discrete"), `num_steps`, `n_action_steps`, `seed`, `reset_depth_cache`;
+  optional   `mode` ("continuous"/"discrete"), `num_steps`, `n_action_steps`, `seed`, `noise`, `reset_depth_cache`;
              `timestamp` and `enable_cuda_graph` are accepted and ignored.
+  RTC        `prev_chunk` ((N, D) robot units, the previous chunk's actions from this observation on),
+             `inference_delay`, `execution_horizon`, `max_guidance_weight`: real-time chunking, as
+             `Policy.predict_action` (the reply's first `inference_delay` actions are prev_chunk's).
 
 Every input problem is answered with a 4xx and `{"error": msg}` (400 bad JSON / fields / values, 404 route,
 411 no Content-Length, 413 body over --max-request-mb) and logged as one line on stderr; the server keeps
@@ -146,11 +149,25 @@ class PolicyService:
             noise = _array(payload["noise"], "noise", None)
             if noise.dtype.kind != "f":
                 raise RequestError(400, f"noise: dtype {noise.dtype} is not floating point")
+        rtc = {}
+        if payload.get("prev_chunk") is not None:   # real-time chunking
+            prev = _array(payload["prev_chunk"], "prev_chunk", None)
+            if prev.dtype.kind not in "iuf":
+                raise RequestError(400, f"prev_chunk: dtype {prev.dtype} is not numeric")
+            rtc = dict(prev_chunk=prev, inference_delay=_int_option(payload, "inference_delay", 0, info.horizon) or 0,
+                       execution_horizon=_int_option(payload, "execution_horizon", 0, info.horizon))
+            if payload.get("max_guidance_weight") is not None:
+                beta = payload["max_guidance_weight"]
+                if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+                    raise RequestError(400, f"max_guidance_weight: expected a number, got {beta!r}")
+                rtc["max_guidance_weight"] = float(beta)
+        elif any(payload.get(k) is not None for k in ("inference_delay", "execution_horizon")):
+            raise RequestError(400, "inference_delay / execution_horizon need prev_chunk (real-time chunking)")
         return dict(images=images, task=task, state=state, norm_tag=tag, mode=mode, noise=noise,
                     num_steps=_int_option(payload, "num_steps", 1, MAX_NUM_STEPS) or self.num_steps,
                     n_action_steps=_int_option(payload, "n_action_steps", 1, info.horizon),
                     seed=_int_option(payload, "seed", 0, 2 ** 31 - 1),
-                    reset=bool(payload.get("reset_depth_cache", False)))
+                    reset=bool(payload.get("reset_depth_cache", False)), rtc=rtc)
 
     def act(self, payload) -> dict:
         req = self.parse(payload)
@@ -161,7 +178,7 @@ class PolicyService:
                 out = self.policy.predict_action(req["images"], req["task"], req["state"], req["norm_tag"],
                                                  mode=req["mode"], think=self.think, depth_cache=cache,
                                                  num_steps=req["num_steps"], n_action_steps=req["n_action_steps"],
-                                                 seed=req["seed"], noise=req["noise"])
+                                                 seed=req["seed"], noise=req["noise"], **req["rtc"])
                 if self.think:
                     self._depth_cache = out.depth_cache
         except ValueError as e:   # the policy's input validation

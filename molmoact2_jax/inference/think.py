@@ -145,10 +145,10 @@ class ThinkDecoder:
         out, n, cache, logits = self.model.greedy(params, cache, logits[None], max_steps, stop_id)
         return out[0], n[0], cache, logits[0]
 
-    def _expert_fn(self, params, keys, values, slot_ids, valid, noise, dim_valid, num_steps):
+    def _expert_fn(self, params, keys, values, slot_ids, valid, noise, dim_valid, guidance, num_steps):
         cache = dict(keys=keys, values=values, valid=valid)
         return self.model.actions_from_cache(params, cache, slot_ids, noise=noise, action_dim_valid=dim_valid,
-                                             num_steps=num_steps)
+                                             num_steps=num_steps, guidance=guidance)
 
     # ---- host orchestration
     def cache_size(self, prompt_len: int, horizon: int, discrete: bool) -> int:
@@ -193,8 +193,8 @@ class ThinkDecoder:
                                     max_steps=int(max_new))
         return [int(t) for t in np.asarray(out)[:int(n)]]
 
-    def expert_actions(self, params, cache, slot_ids, noise, dim_valid, num_steps: int):
+    def expert_actions(self, params, cache, slot_ids, noise, dim_valid, num_steps: int, guidance=None):
         """The flow expert on the KV cache (prompt + depth tokens). slot_ids: int [1, cache_size] (pad where
-        unused). Returns normalized actions [1, H, max_action_dim]."""
+        unused); guidance: real-time chunking (models/rtc.py). Returns normalized actions [1, H, max_action_dim]."""
         return self._expert(params, cache["keys"], cache["values"], jnp.asarray(slot_ids), cache["valid"],
-                            noise, dim_valid, num_steps=num_steps)
+                            noise, dim_valid, guidance, num_steps=num_steps)

@@ -14,6 +14,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from molmoact2_jax.models import rtc
 from molmoact2_jax.models.action_expert import ActionExpert
 
 
@@ -108,9 +109,10 @@ def flow_matching_loss(expert: ActionExpert, params, actions, action_dim_valid, 
 
 
 def sample_actions_from_context(expert: ActionExpert, params, ctx, noise, action_dim_valid=None,
-                                num_steps: int | None = None, horizon_valid=None):
+                                num_steps: int | None = None, horizon_valid=None, guidance: rtc.Guidance | None = None):
     """Euler integration of spec 11.2 from a projected context: x0 = noise (pad dims zeroed), then for k in
-    0..N-1 with t = k/N: v = expert(x, t); v[pad] = 0; x = x + v / N; x[pad] = 0. Returns fp32 [B, H, D]."""
+    0..N-1 with t = k/N: v = expert(x, t); v[pad] = 0; x = x + v / N; x[pad] = 0. Returns fp32 [B, H, D].
+    guidance: real-time chunking towards a previous chunk (models/rtc.py): v is replaced by the guided velocity."""
     flow_cfg = expert.config.flow
     n = int(flow_cfg.num_steps if num_steps is None else num_steps)
     if n < 1:
@@ -131,7 +133,11 @@ def sample_actions_from_context(expert: ActionExpert, params, ctx, noise, action
     def step(i, x):
         t = jnp.full((b,), times[i], jnp.float32)
         step_cond = jax.tree.map(lambda a: a[i], cond)
-        v = expert.apply(variables, ctx, x, t, horizon_valid, step_cond, method=ActionExpert.velocity) * dim_f
+
+        def velocity(z):
+            return expert.apply(variables, ctx, z, t, horizon_valid, step_cond, method=ActionExpert.velocity) * dim_f
+
+        v = velocity(x) if guidance is None else rtc.guided_velocity(velocity, x, times[i], guidance, dim_f)
         return (x + dt * v) * dim_f
 
     return jax.lax.fori_loop(0, n, step, x)
@@ -139,14 +145,15 @@ def sample_actions_from_context(expert: ActionExpert, params, ctx, noise, action
 
 def sample_actions(expert: ActionExpert, params, context_k, context_v, encoder_mask, *, action_dim_valid=None,
                    noise=None, rng=None, num_steps: int | None = None, horizon: int | None = None,
-                   depth_positions=None):
+                   depth_positions=None, guidance: rtc.Guidance | None = None):
     """Sample an action chunk by Euler flow integration (spec 11.2). Returns fp32 [B, H, max_action_dim].
 
     context_k/context_v: [L, B, T, context_dim]; encoder_mask: bool [B, T]; action_dim_valid: bool [B, D] or [D]
     (None = all dims valid); noise: the starting noise, shape (horizon, D) per example, i.e. [B, H, D] (takes
     precedence over rng); rng: PRNG key to draw it from N(0, I) as [B, horizon, D] (horizon defaults to
-    action_expert.max_action_horizon); num_steps: Euler steps (default flow.num_steps). The context is projected
-    once and reused by every step.
+    action_expert.max_action_horizon); num_steps: Euler steps (default flow.num_steps); guidance: real-time
+    chunking (`rtc.make_guidance`), target shaped like the noise. The context is projected once and reused by
+    every step.
     """
     ae = expert.config.action_expert
     b = encoder_mask.shape[0]
@@ -158,5 +165,8 @@ def sample_actions(expert: ActionExpert, params, context_k, context_v, encoder_m
     noise = jnp.asarray(noise)
     if noise.ndim != 3 or noise.shape[0] != b or noise.shape[-1] != ae.max_action_dim:
         raise ValueError(f"sample_actions: noise shape {noise.shape}, expected [B={b}, H, {ae.max_action_dim}]")
+    if guidance is not None and guidance.target.shape != noise.shape:
+        raise ValueError(f"sample_actions: RTC target shape {guidance.target.shape} differs from the noise's "
+                         f"{noise.shape}")
     ctx = project_context(expert, params, context_k, context_v, encoder_mask, depth_positions)
-    return sample_actions_from_context(expert, params, ctx, noise, action_dim_valid, num_steps)
+    return sample_actions_from_context(expert, params, ctx, noise, action_dim_valid, num_steps, guidance=guidance)

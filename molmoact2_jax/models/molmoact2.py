@@ -182,15 +182,16 @@ class MolmoAct2:
         return total, metrics
 
     # ---- inference
-    def sample_actions(self, params, batch, *, rng=None, noise=None, num_steps=None, horizon=None):
+    def sample_actions(self, params, batch, *, rng=None, noise=None, num_steps=None, horizon=None, guidance=None):
         """Prefills once, projects the context once, runs the Euler loop in one `fori_loop`.
-        `noise`: explicit starting noise, (horizon, 32) per example -> [B, H, 32]."""
+        `noise`: explicit starting noise, (horizon, 32) per example -> [B, H, 32]; `guidance`: real-time chunking
+        towards a previous chunk (`models.rtc.make_guidance`)."""
         if self.expert is None:
             raise ValueError("config.model.use_action_expert is False: this model has no flow head")
         _, k, v, enc, depth = self.context(params, batch)
         return flow.sample_actions(self.expert, params["action_expert"], k, v, enc,
                                    action_dim_valid=batch.get("action_dim_valid"), noise=noise, rng=rng,
-                                   num_steps=num_steps, horizon=horizon, depth_positions=depth)
+                                   num_steps=num_steps, horizon=horizon, depth_positions=depth, guidance=guidance)
 
     def prefill(self, params, batch, cache_size: int | None = None):
         """The prompt through the backbone into a KV cache with room for `cache_size` tokens in all.
@@ -235,7 +236,8 @@ class MolmoAct2:
         out, count, _, _ = self.greedy(params, cache, logits[:, -1], max_new_tokens)
         return out, count
 
-    def actions_from_cache(self, params, cache, slot_ids, *, noise, action_dim_valid=None, num_steps=None):
+    def actions_from_cache(self, params, cache, slot_ids, *, noise, action_dim_valid=None, num_steps=None,
+                           guidance=None):
         """The flow expert on a KV cache (prompt + generated tokens, e.g. MolmoThink's depth codes).
         slot_ids: int [B, cache_size], the token in each cache slot (pad where unused); the encoder mask and
         depth positions are computed from them and the cache's validity. Returns actions [B, H, max_action_dim]."""
@@ -247,4 +249,4 @@ class MolmoAct2:
         depth = em.depth_positions(slot_ids, enc, cfg.tokens) if cfg.action_expert.depth_gate else None
         return flow.sample_actions(self.expert, params["action_expert"], k, v, enc,
                                    action_dim_valid=action_dim_valid, noise=noise, num_steps=num_steps,
-                                   depth_positions=depth)
+                                   depth_positions=depth, guidance=guidance)
