@@ -119,9 +119,10 @@ class Policy:
     def _batch(self, ids, images, pooled, attn):
         return dict(input_ids=ids, images=images, pooled_idx=pooled, attention_mask=attn)
 
-    def _continuous_fn(self, params, ids, images, pooled, attn, noise, dim_valid, guidance, num_steps):
+    def _continuous_fn(self, params, ids, images, pooled, attn, noise, dim_valid, rtc_args, num_steps):
         batch = self._batch(ids, images, pooled, attn)
         batch["action_dim_valid"] = dim_valid
+        guidance = None if rtc_args is None else rtc.make_guidance(*rtc_args)   # built in the jit: no host work
         return self.model.sample_actions(params, batch, noise=noise, num_steps=num_steps, guidance=guidance)
 
     def _generate_fn(self, params, ids, images, pooled, attn, max_new):
@@ -221,8 +222,9 @@ class Policy:
 
     def rtc_guidance(self, prev_chunk, inference_delay, execution_horizon, max_guidance_weight, tag: TagInfo,
                      state, n_steps: int):
-        """Checks the real-time chunking arguments; returns (rtc.Guidance, robot-unit prev_chunk [n, action_dim],
-        model-space target [horizon, action_dim], d), or (None, None, None, 0) without a previous chunk."""
+        """Checks the real-time chunking arguments; returns (`rtc.make_guidance` arguments as host arrays,
+        robot-unit prev_chunk [n, action_dim], model-space target [horizon, action_dim], d), or (None, None, None, 0)
+        without a previous chunk."""
         if prev_chunk is None:
             if inference_delay or execution_horizon is not None:
                 raise ValueError("inference_delay / execution_horizon need prev_chunk (real-time chunking)")
@@ -255,7 +257,8 @@ class Policy:
         target[:n] = actions_to_model_space(tag, prev, state)
         padded = np.zeros((1, h, self.cfg.action_expert.max_action_dim), np.float32)
         padded[0, :, :dim] = target
-        return rtc.make_guidance(padded, d, end, beta), prev.astype(np.float32), target, d
+        args = (padded, np.int32(d), np.int32(end), np.float32(beta))
+        return args, prev.astype(np.float32), target, d
 
     # ------------------------------------------------------------------ main entry point
     def predict_action(self, images, task: str, state, norm_tag: str, mode: str = "continuous", think: bool = False,
@@ -301,7 +304,7 @@ class Policy:
                                  "action_tokenizer=)")
             if d > MAX_ACTION_DIM:
                 raise ValueError(f"discrete mode supports action_dim <= {MAX_ACTION_DIM}, got {d}")
-        guidance, prev, target, delay = self.rtc_guidance(prev_chunk, inference_delay, execution_horizon,
+        rtc_args, prev, target, delay = self.rtc_guidance(prev_chunk, inference_delay, execution_horizon,
                                                           max_guidance_weight, tag, s, n_steps)
         inp = self.build_inputs(imgs, task, s, tag, think, normalize_language)
         dim_valid = jnp.asarray((np.arange(self.cfg.action_expert.max_action_dim) < d)[None])
@@ -310,14 +313,14 @@ class Policy:
         with self._lock:
             self._calls += 1
             self.compiled_shapes.add((mode, bool(think), len(imgs), inp["ids"].shape[1], h,
-                                      steps if mode == "continuous" else None, guidance is not None))
+                                      steps if mode == "continuous" else None, rtc_args is not None))
             result = ActionResult(actions=None, normalized_actions=None, mode=mode, norm_tag=tag.name,
                                   prompt_tokens=inp["prompt_tokens"])
             if think:
                 norm = self._predict_think(args, inp, imgs[0], depth_cache, mode, h, d, x0 if mode == "continuous"
-                                           else None, dim_valid, steps, result, guidance)
+                                           else None, dim_valid, steps, result, rtc_args)
             elif mode == "continuous":
-                norm = np.asarray(self._continuous(*args, x0, dim_valid, guidance, num_steps=steps))[0, :, :d]
+                norm = np.asarray(self._continuous(*args, x0, dim_valid, rtc_args, num_steps=steps))[0, :, :d]
             else:
                 tokens, count = self._generate(*args, max_new=16 * h)
                 gen = np.asarray(tokens)[0, :int(np.asarray(count)[0])]
@@ -342,7 +345,7 @@ class Policy:
         return actions[0]
 
     def _predict_think(self, args, inp, first_image, depth_cache, mode, h, d, x0, dim_valid, steps, result,
-                       guidance=None):
+                       rtc_args=None):
         params = args[0]
         prompt_len = inp["ids"].shape[1]
         size = self.think.cache_size(prompt_len, h, mode == "discrete")
@@ -363,5 +366,5 @@ class Policy:
         slots[0, :prompt_len] = inp["ids"][0]
         fed = generated[1:]   # <depth_start> is the prompt's last token
         slots[0, prompt_len:prompt_len + len(fed)] = fed
-        out = self.think.expert_actions(params, cache, slots, x0, dim_valid, steps, guidance)
+        out = self.think.expert_actions(params, cache, slots, x0, dim_valid, steps, rtc_args)
         return np.asarray(out)[0, :, :d]

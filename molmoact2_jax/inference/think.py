@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from molmoact2_jax.depth.cells import (CHANGE_THRESHOLD, NUM_CELLS, cell_similarity,  # noqa: F401 (re-exported)
                                        changed_cells)
+from molmoact2_jax.models import rtc
 
 STEP_WIDTHS = (1, 4, 16, NUM_CELLS)
 STEP_COST = (1.0, 1.3, 3.2, 16.0)  # relative cost of one step, measured on 2 CPU cores (the `small` bench model)
@@ -145,8 +146,9 @@ class ThinkDecoder:
         out, n, cache, logits = self.model.greedy(params, cache, logits[None], max_steps, stop_id)
         return out[0], n[0], cache, logits[0]
 
-    def _expert_fn(self, params, keys, values, slot_ids, valid, noise, dim_valid, guidance, num_steps):
+    def _expert_fn(self, params, keys, values, slot_ids, valid, noise, dim_valid, rtc_args, num_steps):
         cache = dict(keys=keys, values=values, valid=valid)
+        guidance = None if rtc_args is None else rtc.make_guidance(*rtc_args)
         return self.model.actions_from_cache(params, cache, slot_ids, noise=noise, action_dim_valid=dim_valid,
                                              num_steps=num_steps, guidance=guidance)
 
@@ -193,8 +195,9 @@ class ThinkDecoder:
                                     max_steps=int(max_new))
         return [int(t) for t in np.asarray(out)[:int(n)]]
 
-    def expert_actions(self, params, cache, slot_ids, noise, dim_valid, num_steps: int, guidance=None):
+    def expert_actions(self, params, cache, slot_ids, noise, dim_valid, num_steps: int, rtc_args=None):
         """The flow expert on the KV cache (prompt + depth tokens). slot_ids: int [1, cache_size] (pad where
-        unused); guidance: real-time chunking (models/rtc.py). Returns normalized actions [1, H, max_action_dim]."""
+        unused); rtc_args: real-time chunking, the arguments of `rtc.make_guidance`. Returns normalized actions
+        [1, H, max_action_dim]."""
         return self._expert(params, cache["keys"], cache["values"], jnp.asarray(slot_ids), cache["valid"],
-                            noise, dim_valid, guidance, num_steps=num_steps)
+                            noise, dim_valid, rtc_args, num_steps=num_steps)
