@@ -19,7 +19,8 @@ if [[ $1 != "--" ]]; then
   exit 2
 fi
 shift
-port=${MOLMOACT2_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+# below the OS's ephemeral range, so no outgoing connection takes it before process 0 binds it (molmoact2_jax/ports.py)
+port=${MOLMOACT2_PORT:-$(python3 -c 'from molmoact2_jax.ports import coordinator_port; print(coordinator_port())')}
 export MOLMOACT2_COORDINATOR="127.0.0.1:${port}" MOLMOACT2_NUM_PROCESSES="$num"
 export XLA_FLAGS="--xla_force_host_platform_device_count=${devices} ${XLA_FLAGS:-}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"

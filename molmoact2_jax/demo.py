@@ -15,9 +15,10 @@ import argparse
 import json
 import os
 import shutil
-import socket
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -217,23 +218,26 @@ def closed_loop(wd: Path, export: Path, stats_path: Path, tasks, episodes: int, 
 
 
 def serve_one(export: Path, heldout_src: Path, tag: str):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # --port 0: the server binds a free port itself and prints it, so no other process can take it in between
     proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.inference.server", "--checkpoint", str(export),
-                             "--port", str(port), "--norm-tag", tag], stdout=subprocess.PIPE,
+                             "--port", "0", "--norm-tag", tag], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # drained
     try:
-        client = PolicyClient(f"http://127.0.0.1:{port}", timeout=300)
-        deadline = time.time() + 300
-        while True:
+        url, seen, deadline = None, [], time.monotonic() + 300
+        while url is None:
+            if time.monotonic() > deadline or (proc.poll() is not None and lines.empty()):
+                raise RuntimeError("policy server did not start:\n" + "".join(seen))
             try:
-                client.health()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("policy server did not start:\n" + (proc.stdout.read() or ""))
-                time.sleep(0.5)
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if "listening on " in line:
+                url = line.split("listening on ")[1].split()[0]
+        client = PolicyClient(url, timeout=300)
+        client.health()
         ds = LeRobotDataset(heldout_src)
         cols = ds.episode_columns(0)
         images = [ds.frames(0, key, [0])[0] for key in ds.camera_keys]

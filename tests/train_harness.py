@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from molmoact2_jax.ports import coordinator_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join("/tmp", f"molmoact2_test_xla_cache_{os.getuid()}")
@@ -68,16 +69,10 @@ def run_until(workdir: str, overrides, step: int, sig=signal.SIGKILL, devices: i
         return proc.returncode, log.read(), sent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_multiprocess(workdir: str, overrides, num_processes: int, devices_per_process: int, timeout: int = 400):
     """Starts `num_processes` trainers on one coordinator; returns (exit codes, outputs). Each process writes to
     its own file, not a pipe, so a talkative process can never block on a full pipe while another is waited on."""
-    port = free_port()
+    port = coordinator_port()
     procs, logs = [], []
     for pid in range(num_processes):
         extra = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
