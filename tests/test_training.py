@@ -169,3 +169,32 @@ def test_ema_follows_the_params_and_is_what_a_step_directory_serves(tmp_path):
         load_params(str(tmp_path / "plain" / "checkpoints" / "1"), weights="ema")
     with pytest.raises(ValueError, match="config.ema.decay=1.0"):
         trainer.Setup(tiny_cfg(**{"ema.decay": 1.0}), next(trainer.make_data(plain)))
+
+
+def test_freeze_never_computes_the_frozen_groups_gradients():
+    """optimizer.freeze stops gradients before they are computed (not computed, then zeroed by the optimizer): the
+    step's grad_norm leaves the frozen groups out exactly, and XLA drops their backward (fewer FLOPs)."""
+    frozen = ("vit", "connector")
+    out = {}
+    for freeze in ((), frozen):
+        cfg = tiny_cfg(**{"optimizer.freeze": freeze, "model.flow.detach_vlm": False})
+        host = next(iter(trainer.make_data(cfg)))
+        setup = trainer.Setup(cfg, host)
+        state = setup.create_state()
+        batch = jax.device_put(host, setup.batch_shardings)
+        rng = jax.random.fold_in(state.rng, state.step)
+        with setup.context():
+            grads = jax.jit(jax.grad(lambda p: setup.loss_fn(p, batch, rng)[0]))(state.params)  # all groups
+            compiled = setup.train_step.lower(setup.abstract_sharded_state(), setup.abstract_sharded_batch()).compile()
+        labels = trainer.make_optimizer(state.params, tiny_cfg().optimizer, 10)[1]   # the unfrozen labelling
+        _, metrics = compiled(state, batch)
+        out[freeze] = dict(grad_norm=float(metrics["grad_norm"]), flops=compiled.cost_analysis()["flops"],
+                           grads=grads, labels=labels)
+    full, part = out[()], out[frozen]
+    sq = lambda keep: sum(float(jnp.sum(jnp.square(g))) for g, lab in
+                          zip(jax.tree.leaves(full["grads"]), jax.tree.leaves(full["labels"])) if keep(lab))
+    frozen_sq = sq(lambda lab: lab in frozen)
+    assert frozen_sq > 1e-6 * sq(lambda lab: True)          # the frozen groups would have had gradients
+    np.testing.assert_allclose(full["grad_norm"], np.sqrt(sq(lambda lab: True)), rtol=1e-4)
+    np.testing.assert_allclose(part["grad_norm"], np.sqrt(sq(lambda lab: lab not in frozen)), rtol=1e-4)
+    assert part["flops"] < full["flops"]   # the frozen backward is gone (cost_analysis counts scanned layers once)
