@@ -198,3 +198,44 @@ def test_freeze_never_computes_the_frozen_groups_gradients():
     np.testing.assert_allclose(full["grad_norm"], np.sqrt(sq(lambda lab: True)), rtol=1e-4)
     np.testing.assert_allclose(part["grad_norm"], np.sqrt(sq(lambda lab: lab not in frozen)), rtol=1e-4)
     assert part["flops"] < full["flops"]   # the frozen backward is gone (cost_analysis counts scanned layers once)
+
+
+def test_init_from_reports_missing_and_unexpected_keys(tmp_path, caplog):
+    """config.init_from over fresh params: loaded tensors replace fresh ones, a key the checkpoint lacks stays fresh
+    and is reported missing, a key only the checkpoint has is reported unexpected, init_fresh groups stay fresh,
+    and a shape mismatch names the key."""
+    import logging
+
+    import ml_collections
+    from flax import traverse_util
+
+    from molmoact2_jax.checkpoint_io.params import save_params
+    from molmoact2_jax.inference import testing as T
+    from molmoact2_jax.training.init_from import load_init_params
+
+    cfg = T.model_config("tiny")
+    saved = traverse_util.flatten_dict(T.init_params(cfg, seed=1), sep="/")
+    fresh = traverse_util.flatten_dict(T.init_params(cfg, seed=2), sep="/")
+    gone = sorted(k for k in saved if k.startswith("backbone/connector/"))[0]
+    del saved[gone]
+    saved["backbone/retired_head/kernel"] = np.ones((3, 4), np.float32)
+    save_params(str(tmp_path / "ckpt"), traverse_util.unflatten_dict(saved, sep="/"), cfg)
+    run = ml_collections.ConfigDict({"init_from": str(tmp_path / "ckpt"), "init_fresh": ("action_expert",)})
+    with caplog.at_level(logging.INFO, logger="molmoact2_jax.trainer"):
+        out = traverse_util.flatten_dict(load_init_params(run, traverse_util.unflatten_dict(
+            {k: jnp.asarray(v) for k, v in fresh.items()}, sep="/")), sep="/")
+    msg = caplog.text
+    assert f"missing 1 ['{gone}']" in msg and "unexpected 1 ['backbone/retired_head/kernel']" in msg, msg
+    assert "fresh groups ['action_expert']" in msg
+    assert set(out) == set(fresh)
+    for k, v in out.items():
+        want = fresh[k] if (k == gone or k.startswith("action_expert/")) else saved[k]
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(want), err_msg=k)
+    # a shape mismatch is an error naming the key
+    other = dict(saved)
+    key = next(k for k in saved if k.startswith("backbone/llm/") and np.ndim(saved[k]) >= 2)
+    other[key] = np.zeros(np.shape(saved[key])[:-1] + (np.shape(saved[key])[-1] + 1,), np.float32)
+    save_params(str(tmp_path / "bad"), traverse_util.unflatten_dict(other, sep="/"), cfg)
+    run.init_from = str(tmp_path / "bad")
+    with pytest.raises(ValueError, match=f"{key} has shape"):
+        load_init_params(run, traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in fresh.items()}, sep="/"))
