@@ -1,4 +1,4 @@
-"""Same losses on 1 device, 8 fake devices under different meshes, and 2 real processes x 4 devices (gloo)."""
+"""Same losses on 1 device as on 8 fake devices under different meshes and on 2 real processes x 4 devices (gloo)."""
 import json
 import os
 
@@ -52,15 +52,15 @@ def test_meshes_match_single_device(single_device, mesh, tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_processes_match_single_process_eight_devices(tmp_path):
+def test_two_processes_data2_fsdp4_match_one_device(single_device, tmp_path):
+    """2 real processes x 4 devices under data=2 x fsdp=4 against the 1-device run: the README's "match one
+    device" for both the multi-process path and that mesh."""
     mesh = ["--config.mesh.data=2", "--config.mesh.fsdp=4"]
-    one = str(tmp_path / "one")
-    r = run(one, STEPS + mesh, devices=8)
-    assert r.returncode == 0, r.stderr[-3000:]
     two = str(tmp_path / "two")
     codes, outs = run_multiprocess(two, STEPS + mesh, num_processes=2, devices_per_process=4)
     assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-    np.testing.assert_allclose(losses(two), losses(one), rtol=RTOL)
+    print("1 device:", single_device, "\n2 processes:", losses(two))
+    np.testing.assert_allclose(losses(two), single_device, rtol=2e-6)   # measured 2.3e-7
     info = json.load(open(os.path.join(two, "run_info.json")))
     assert info["processes"] == 2 and info["devices"] == 8
 
