@@ -150,6 +150,23 @@ def test_discrete_think(think_policy):
     gen = r.generated_token_ids.tolist()
     assert gen[0] == t.depth_start and all(t.depth_token_start <= g < t.depth_token_start + 128
                                            for g in gen[1:101])
+    assert len(gen) > 102   # the random model runs to the cap (16 x horizon after <depth_end>) without EOS
+    naive_codes_check(think_policy, r, imgs, np.arange(100))     # no cache: every code re-predicted
+    # the tail after the codes: greedy over the full vocabulary, checked on the whole sequence teacher-forced
+    # without a cache (sequence position of gen[i] is n - 1 + i, predicted by the logits at n - 2 + i)
+    p = think_policy
+    tag = p.tag(T.TAG)
+    inp = p.build_inputs(p.check_images(imgs, tag), "pick up the block", STATE, tag, think=True)
+    n = inp["prompt_tokens"]
+    ids = np.concatenate([inp["ids"][:, -n:], np.asarray(gen[1:], np.int32)[None]], axis=1)
+    batch = dict(input_ids=ids, attention_mask=np.ones_like(ids, bool), images=inp["images"],
+                 pooled_idx=inp["pooled"])
+    logits = np.asarray(jax.jit(p.model.context)(p.params, batch)[0])[0]
+    tail = np.arange(101, len(gen))
+    np.testing.assert_array_equal(logits[n - 2 + tail].argmax(-1), np.asarray(gen)[tail])
+    # the depth prefix does not depend on the action mode
+    c = p.predict_action(imgs, "pick up the block", STATE, T.TAG, think=True, seed=0)
+    np.testing.assert_array_equal(c.depth_bins, r.depth_bins)
 
 
 # ---------------------------------------------------------------------------------------------------------------
