@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,21 +22,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.sampling_bench import timings  # noqa: E402
 from molmoact2_jax.inference import testing as T  # noqa: E402
 from molmoact2_jax.inference.policy import Policy  # noqa: E402
 from molmoact2_jax.models import flow, rtc  # noqa: E402
 from molmoact2_jax.models.action_expert import ActionExpert  # noqa: E402
 from molmoact2_jax.models.molmoact2 import MolmoAct2  # noqa: E402
-
-
-def timings(fn, runs: int) -> list[float]:
-    jax.block_until_ready(fn())   # compile
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def ms(t, how=np.median) -> float:
