@@ -3,7 +3,11 @@
 Both paths produce the same training example for the same (episode, frame): every camera image
 resized to a square, the normalized state and the normalized, padded action chunk. The LeRobot
 path does what LeRobot does per sample: read the parquet rows, seek and decode each camera's mp4
-at the frame timestamp (decoders cached, as LeRobot's LRU does). Not a test; run:
+at the frame timestamp (decoders cached, as LeRobot's LRU does), on as many threads as Grain gets
+(`--read-threads`, one dataset reader per thread, as DataLoader workers each hold one). Reported
+next to the ratio: the one-off conversion cost and the number of samples after which it has paid for
+itself, and what one full-size fine-tuning step consumes per chip (from the analytic FLOPs and a
+stated MFU, since no CPU can run it). Not a test; run:
 
     python benchmarks/data_pipeline_bench.py --samples 300
 """
@@ -14,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +65,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=0, help="Grain worker processes")
     p.add_argument("--read-threads", type=int, default=2)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--chip-tflops", type=float, default=459.0,
+                   help="peak bf16 TFLOP/s per chip for the full-size estimate (default: TPU v5p)")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed MFU of the full-size step (default: %(default)s)")
     args = p.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dp_bench_"))
@@ -80,8 +88,12 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     picks = [(int(g) // args.length, int(g) % args.length) for g in rng.integers(0, total, args.samples)]
 
+    threads = max(args.read_threads, 1)
+    parts = [picks[i::threads] for i in range(threads)]
+    count = lambda part: sum(1 for _ in lerobot_samples(root, tag_meta, part, args.image_size, horizon))
     start = time.perf_counter()
-    n_le = sum(1 for _ in lerobot_samples(root, tag_meta, picks, args.image_size, horizon))
+    with ThreadPoolExecutor(threads) as pool:
+        n_le = sum(pool.map(count, parts))
     le_s = time.perf_counter() - start
 
     cfg = PipelineConfig(sources=[Source(str(shards))], norm_stats=stats, batch_size=args.batch_size, seed=0,
@@ -100,15 +112,36 @@ def main(argv=None):
     print(f"dataset: {args.embodiment} LeRobot v3.0 {args.codec}, {args.episodes} episodes x {args.length} frames, "
           f"{len(tag_meta['camera_keys']) or 'dataset'} cameras at {args.height}x{args.width}; "
           f"examples resized to {args.image_size}px, action chunk {horizon}")
-    print(f"setup: fixture {t1 - t0:.1f}s, convert+stats {t2 - t1:.1f}s (one-off)")
-    print(f"lerobot mp4 per-sample decode: {n_le} samples in {le_s:.2f}s = {le_rate:.1f} samples/s")
+    convert_s = t2 - t1
+    print(f"setup: fixture {t1 - t0:.1f}s; convert+stats {convert_s:.1f}s one-off ({total / convert_s:.1f} frames/s)")
+    print(f"lerobot mp4 per-sample decode ({threads} threads): {n_le} samples in {le_s:.2f}s = {le_rate:.1f} "
+          f"samples/s")
     print(f"grain arrayrecord (workers={args.workers}, threads={args.read_threads}): {n_gr} samples in {gr_s:.2f}s "
           f"= {gr_rate:.1f} samples/s")
-    print(f"speed-up: {gr_rate / le_rate:.2f}x (target >= 5x)")
+    saved_per_sample = 1.0 / le_rate - 1.0 / gr_rate
+    print(f"speed-up: {gr_rate / le_rate:.2f}x, same threads; the conversion pays for itself after "
+          f"{convert_s / saved_per_sample:.0f} samples ({convert_s / saved_per_sample / total:.1f} epochs of this "
+          f"dataset)" if saved_per_sample > 0 else f"speed-up: {gr_rate / le_rate:.2f}x")
     step_rate = tiny_train_samples_per_s()
     print(f"tiny-model train step (fp32, 1 CPU device, batch 8): {step_rate:.1f} samples/s; the pipeline is "
           f"{gr_rate / step_rate:.1f}x faster than the trainer consumes")
+    per_chip, flops = full_size_samples_per_chip(args.chip_tflops, args.mfu, len(tag_meta["camera_keys"]) or 2)
+    print(f"full-size finetune step: {flops / 1e12:.2f} TFLOP per sample (analytic) -> {per_chip:.1f} samples/s per "
+          f"chip at {args.chip_tflops:.0f} TFLOP/s x {args.mfu:.0%} MFU; one host's pipeline here feeds "
+          f"{gr_rate / per_chip:.1f} chips (a v5p host has 4)")
     return gr_rate / le_rate
+
+
+def full_size_samples_per_chip(chip_tflops: float, mfu: float, num_images: int) -> tuple[float, float]:
+    """Samples/s one chip consumes in the full-size fine-tuning step (configs/finetune.py), from the analytic
+    hardware FLOPs of one example; a figure for sizing the input pipeline, not a measurement."""
+    from configs.finetune import get_config
+    from molmoact2_jax.models import flops as flops_lib
+    from molmoact2_jax.models.molmoact2 import MolmoAct2
+    c = get_config()
+    batch = MolmoAct2(c.model).fake_batch(1, num_images=num_images, training=True, abstract_arrays=True)
+    flops = flops_lib.train_step_flops(c.model, batch)["hardware"]
+    return chip_tflops * 1e12 * mfu / flops, flops
 
 
 def tiny_train_samples_per_s(steps: int = 5, batch: int = 8) -> float:
