@@ -21,19 +21,24 @@ from molmoact2_jax.evaluation.envs import MetaWorldEnv  # noqa: E402
 from molmoact2_jax.evaluation.policies import ExpertPolicy, MeanActionPolicy, RandomPolicy  # noqa: E402
 
 
-def env_steps_per_s(task: str, hw, fast: bool, steps: int, render: bool = True) -> float:
+def env_steps_per_s(task: str, hw, fast: bool, steps: int, render: bool = True, runs: int = 3) -> list[float]:
+    """Steps/s of `runs` timed runs of `steps` random-action steps each (same seeds every run)."""
     cfg = get_config("metaworld", image_hw=hw, fast_render=fast)
     env = MetaWorldEnv(task, cfg, render=render)
+    rates = []
     try:
-        rng = np.random.default_rng(0)
         env.reset(seed=0)
         env.step(np.zeros(4))                          # first render allocates buffers
-        t0 = time.perf_counter()
-        for i in range(steps):
-            if i and i % 100 == 0:
-                env.reset(seed=i)
-            env.step(rng.uniform(-1, 1, 4))
-        return steps / (time.perf_counter() - t0)
+        for _ in range(runs):
+            rng = np.random.default_rng(0)
+            env.reset(seed=0)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                if i and i % 100 == 0:
+                    env.reset(seed=i)
+                env.step(rng.uniform(-1, 1, 4))
+            rates.append(steps / (time.perf_counter() - t0))
+        return rates
     finally:
         env.close()
 
@@ -52,17 +57,22 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--runs", type=int, default=3, help="timed runs per environment setting (median and best shown)")
     args = p.parse_args(argv)
     hw = (args.image_size, args.image_size)
     print(f"MetaWorld {args.task}, 2 cameras at {hw[0]}x{hw[1]}, MUJOCO_GL={os.environ['MUJOCO_GL']}, "
           f"{args.steps} random-action steps each")
-    slow = env_steps_per_s(args.task, hw, False, args.steps)
-    fast = env_steps_per_s(args.task, hw, True, args.steps)
-    physics = env_steps_per_s(args.task, hw, True, args.steps * 5, render=False)
-    print(f"  env steps/s, default rendering (shadows, 4x MSAA): {slow:8.1f}  ({1000 / slow:6.1f} ms/step)")
-    print(f"  env steps/s, fast rendering (no shadows, no MSAA):  {fast:8.1f}  ({1000 / fast:6.1f} ms/step)")
-    print(f"  env steps/s, physics only (no cameras):             {physics:8.1f}  ({1000 / physics:6.2f} ms/step)")
-    print(f"  fast / default rendering speed-up: {fast / slow:.2f}x")
+    runs = {name: env_steps_per_s(args.task, hw, fast_render, args.steps * (5 if not render else 1), render, args.runs)
+            for name, fast_render, render in (("slow", False, True), ("fast", True, True), ("physics", True, False))}
+    slow, fast, physics = (float(np.median(runs[k])) for k in ("slow", "fast", "physics"))
+    best = {k: max(v) for k, v in runs.items()}
+    print(f"  env steps/s (median / best of {args.runs}), default rendering (shadows, 4x MSAA): {slow:8.1f} / "
+          f"{best['slow']:8.1f}  ({1000 / slow:6.1f} ms/step)")
+    print(f"  env steps/s (median / best), fast rendering (no shadows, no MSAA):  {fast:8.1f} / {best['fast']:8.1f}  "
+          f"({1000 / fast:6.1f} ms/step)")
+    print(f"  env steps/s (median / best), physics only (no cameras):             {physics:8.1f} / "
+          f"{best['physics']:8.1f}  ({1000 / physics:6.2f} ms/step)")
+    print(f"  fast / default rendering speed-up (medians): {fast / slow:.2f}x")
 
     cfg = get_config("metaworld", image_hw=hw)
     env = MetaWorldEnv(args.task, cfg)
