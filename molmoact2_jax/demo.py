@@ -15,10 +15,7 @@ import argparse
 import json
 import os
 import shutil
-import queue
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
 from molmoact2_jax.evaluation.policies import ModelPolicy, make_baseline
 from molmoact2_jax.evaluation.recorder import RecordOptions, record
 from molmoact2_jax.inference.client import PolicyClient
+from molmoact2_jax.inference.server import ServerProcess
 from molmoact2_jax.recipes import load_recipe, recipe_path
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 
@@ -218,25 +216,9 @@ def closed_loop(wd: Path, export: Path, stats_path: Path, tasks, episodes: int, 
 
 
 def serve_one(export: Path, heldout_src: Path, tag: str):
-    # --port 0: the server binds a free port itself and prints it, so no other process can take it in between
-    proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.inference.server", "--checkpoint", str(export),
-                             "--port", "0", "--norm-tag", tag], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # drained
+    server = ServerProcess(export, "--norm-tag", tag)
     try:
-        url, seen, deadline = None, [], time.monotonic() + 300
-        while url is None:
-            if time.monotonic() > deadline or (proc.poll() is not None and lines.empty()):
-                raise RuntimeError("policy server did not start:\n" + "".join(seen))
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            if "listening on " in line:
-                url = line.split("listening on ")[1].split()[0]
-        client = PolicyClient(url, timeout=300)
+        client = PolicyClient(server.url, timeout=300)
         client.health()
         ds = LeRobotDataset(heldout_src)
         cols = ds.episode_columns(0)
@@ -246,8 +228,7 @@ def serve_one(export: Path, heldout_src: Path, tag: str):
               f"expert's first action {np.round(cols['action'][0], 3).tolist()}")
         return actions
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop(timeout=30)
 
 
 def main(argv=None) -> int:

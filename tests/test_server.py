@@ -4,10 +4,8 @@ server still healthy afterwards. Plus the json_numpy codec."""
 import base64
 import json
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +17,7 @@ import pytest
 from molmoact2_jax.inference import testing as T
 from molmoact2_jax.inference.client import PolicyClient, PolicyServerError, WireError, decode_array, dumps, \
     encode_array, loads
+from molmoact2_jax.inference.server import ServerProcess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BI = "tiny_bimanual"
@@ -39,35 +38,10 @@ def test_json_numpy_codec():
 
 
 def start_server(ckpt, *args):
-    """Starts molmoact2-serve on `ckpt` on a free port; returns (url, process, stderr lines)."""
+    """Starts molmoact2-serve on `ckpt` on a port it picks; returns (url, process, stderr lines)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.inference.server", "--checkpoint", ckpt,
-                             "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
-    errors = []
-    threading.Thread(target=lambda: [errors.append(l) for l in proc.stderr], daemon=True).start()
-    url = None
-    deadline = time.time() + 180
-    while url is None and time.time() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            assert proc.poll() is None, "server died at start-up: " + "".join(errors)
-            continue
-        if "listening on" in line:
-            url = line.split("listening on ")[1].split()[0]
-    assert url, "server did not start: " + "".join(errors)
-    return url, proc, errors
-
-
-def stop_server(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = ServerProcess(ckpt, *args, timeout=180, env=env, cwd=REPO)
+    return server.url, server, server.errors
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +58,7 @@ def server(served_checkpoint):
     ckpt = served_checkpoint
     url, proc, errors = start_server(ckpt, "--norm-tag", T.TAG, "--max-request-mb", "1", "--num-steps", "4")
     yield url, proc, errors
-    stop_server(proc)
+    proc.stop()
 
 
 @pytest.mark.parametrize("recipe", ["pretrain.py:tiny", "posttrain.py:tiny"])
@@ -108,7 +82,7 @@ def test_checkpoint_of_a_synthetic_run_serves(tmp_path, recipe):
         actions = np.asarray(reply["actions"])
         assert actions.ndim == 2 and actions.shape[1] == 4 and np.isfinite(actions).all()
     finally:
-        stop_server(proc)
+        proc.stop()
 
 
 def post_raw(url, body: bytes, path="/act", headers=None):
@@ -225,7 +199,7 @@ def test_server_200_requests_with_20_malformed(server):
             assert status == want, (name, status, text)
             assert "error" in json.loads(text), name
     time.sleep(0.5)
-    assert proc.poll() is None
+    assert proc.proc.poll() is None
     assert client.health()["status"] == "ok"
     new_errors = errors[n_err_before:]
     assert len(new_errors) == 20, new_errors

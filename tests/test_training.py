@@ -15,6 +15,7 @@ from configs.pretrain import get_config
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
 from molmoact2_jax.training import trainer
+from molmoact2_jax.training.optimizer import make_optimizer
 from molmoact2_jax.training.train_step import init_state, make_train_step
 from train_harness import CACHE
 
@@ -186,7 +187,7 @@ def test_freeze_never_computes_the_frozen_groups_gradients():
         with setup.context():
             grads = jax.jit(jax.grad(lambda p: setup.loss_fn(p, batch, rng)[0]))(state.params)  # all groups
             compiled = setup.train_step.lower(setup.abstract_sharded_state(), setup.abstract_sharded_batch()).compile()
-        labels = trainer.make_optimizer(state.params, tiny_cfg().optimizer, 10)[1]   # the unfrozen labelling
+        labels = make_optimizer(state.params, tiny_cfg().optimizer, 10)[1]   # the unfrozen labelling
         _, metrics = compiled(state, batch)
         out[freeze] = dict(grad_norm=float(metrics["grad_norm"]), flops=compiled.cost_analysis()["flops"],
                            grads=grads, labels=labels)

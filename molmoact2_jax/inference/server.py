@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
+import subprocess
 import sys
 import threading
 import time
@@ -288,6 +290,52 @@ def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 800
     return server
 
 
+LISTENING = "molmoact2-serve: listening on "
+
+
+class ServerProcess:
+    """`molmoact2-serve` in a subprocess on a port it picks itself (--port 0, so nothing can take the port
+    between choosing and binding it); stdout and stderr are drained by threads into `output` / `errors` (lists of
+    lines), so a talkative server never blocks on a full pipe."""
+
+    def __init__(self, checkpoint, *args, timeout: float = 300.0, env=None, cwd=None):
+        self.proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.inference.server", "--checkpoint",
+                                      str(checkpoint), "--port", "0", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+        self.output: list = []
+        self.errors: list = []
+        started: queue.Queue = queue.Queue()   # stdout lines, watched until the listening line
+
+        def drain(stream, sink, notify=None):
+            for line in stream:
+                sink.append(line)
+                if notify is not None:
+                    notify.put(line)
+
+        threading.Thread(target=drain, args=(self.proc.stdout, self.output, started), daemon=True).start()
+        threading.Thread(target=drain, args=(self.proc.stderr, self.errors), daemon=True).start()
+        self.url = None
+        deadline = time.monotonic() + timeout
+        while self.url is None:
+            if time.monotonic() > deadline or (self.proc.poll() is not None and started.empty()):
+                self.stop()
+                raise RuntimeError("policy server did not start:\n" + "".join(self.output + self.errors))
+            try:
+                line = started.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line.startswith(LISTENING):
+                self.url = line[len(LISTENING):].split()[0]
+
+    def stop(self, timeout: float = 20.0):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def warmup(service: PolicyService):
     """One prediction on dummy inputs per default tag so the first real request does not pay compilation."""
     tag = service.default_tag
@@ -333,7 +381,7 @@ def main(argv=None) -> int:
         warmup(service)
     server = make_server(service, args.host, args.port, int(args.max_request_mb * (1 << 20)))
     host, port = server.server_address[:2]
-    print(f"molmoact2-serve: listening on http://{host}:{port} (tags {sorted(policy.tags)})", flush=True)
+    print(f"{LISTENING}http://{host}:{port} (tags {sorted(policy.tags)})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
