@@ -371,3 +371,62 @@ def test_libero_smoke_random_policy(tmp_path):
     assert (tmp_path / "summary.png").exists() and (tmp_path / ep["video"]).exists()
     print(f"\nLIBERO 1 episode (8 policy steps + 10 settle steps, 128px): {wall:.1f}s end to end, "
           f"{ep['wall_s'] / ep['length'] * 1000:.0f} ms/step")
+
+
+@pytest.mark.sim
+@needs_mw
+def test_evaluator_renders_only_the_frames_it_uses(tmp_path, monkeypatch):
+    """Cameras are rendered for the policy's queries and recorded videos only; the episodes are the same."""
+    from molmoact2_jax.evaluation.envs import MetaWorldEnv
+    from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
+    from molmoact2_jax.evaluation.policies import ModelPolicy, RandomPolicy
+    renders = []
+    real = MetaWorldEnv._images
+    monkeypatch.setattr(MetaWorldEnv, "_images", lambda self: renders.append(1) or real(self))
+    cfg = get_config("metaworld", **SMALL)
+    suite = parse_suite("metaworld:reach-v3")
+    reps = {}
+    for videos in (0, 1):
+        renders.clear()
+        FakeInferencePolicy.calls.clear()
+        pol = ModelPolicy(FakeInferencePolicy(), "metaworld_sawyer", n_action_steps=5)
+        reps[videos] = evaluate(pol, suite, cfg, EvalOptions(episodes=1, max_steps=10, n_action_steps=5,
+                                                             videos_per_task=videos, progress=False), tmp_path / "m")
+        assert [c["n_images"] for c in FakeInferencePolicy.calls] == [2, 2]   # every query sees both cameras
+        # reset + the frame after each 5-step chunk; with a video: reset + every step
+        assert len(renders) == (11 if videos else 3), videos
+    assert reps[0]["episodes"][0]["final_distance"] == reps[1]["episodes"][0]["final_distance"]
+    renders.clear()
+    evaluate(RandomPolicy(cfg, n_steps=5), suite, cfg, EvalOptions(episodes=1, max_steps=10, n_action_steps=5,
+                                                                    videos_per_task=0, progress=False), tmp_path / "r")
+    assert len(renders) == 1   # a policy that ignores images: only the reset observation
+
+
+@pytest.mark.sim
+@needs_mw
+def test_checkpoint_sim_settings_are_the_eval_defaults(tmp_path, monkeypatch):
+    """molmoact2-eval --checkpoint evaluates with the checkpoint's sim_settings.json; flags still win."""
+    import molmoact2_jax.inference as inference
+    from molmoact2_jax.evaluation.cli import eval_main
+    from molmoact2_jax.evaluation.config import SIM_SETTINGS_FILE, config_from_settings, parse_cameras, sim_settings
+    monkeypatch.setattr(inference, "Policy", FakeInferencePolicy, raising=False)
+    cfg = get_config("metaworld", image_hw=(48, 48), cameras=parse_cameras("metaworld", "behindGripper"),
+                     n_action_steps=4, max_steps=9)
+    assert config_from_settings(json.loads(json.dumps(sim_settings(cfg)))) == cfg
+    ckpt = _fake_checkpoint(tmp_path / "ckpt", tag="metaworld_sawyer", action_dim=4, state_dim=4,
+                            cams=["behindGripper"], n_action_steps=2)
+    (ckpt / "assets" / SIM_SETTINGS_FILE).write_text(json.dumps(sim_settings(cfg)))
+    for extra, steps in (([], 9), (["--max-steps", "4"], 4)):
+        FakeInferencePolicy.calls.clear()
+        out = tmp_path / f"eval{len(extra)}"
+        assert eval_main(["--checkpoint", str(ckpt), "--suite", "metaworld:reach-v3", "--episodes", "1",
+                          "--out", str(out), "--quiet", *extra]) == 0
+        rep = json.loads((out / "report.json").read_text())
+        assert (rep["cameras"], rep["image_hw"], rep["n_action_steps"], rep["max_steps"]) == (
+            ["observation.images.behindGripper"], [48, 48], 4, steps)
+        assert rep["episodes"][0]["length"] == steps and rep["episodes"][0]["queries"] == -(-steps // 4)
+        assert FakeInferencePolicy.calls[0]["n_images"] == 1 and FakeInferencePolicy.calls[0]["shape"] == (48, 48, 3)
+    with pytest.raises(SimEvalError, match="format"):
+        config_from_settings({"format": "v0"}, where="x.json")
+    with pytest.raises(SimEvalError, match="unknown MetaWorld camera"):
+        parse_cameras("metaworld", "corner2,wristcam")

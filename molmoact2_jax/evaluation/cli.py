@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+from pathlib import Path
 
 from molmoact2_jax.evaluation.errors import SimEvalError
-from molmoact2_jax.evaluation.config import get_config, parse_suite
+from molmoact2_jax.checkpoint_io.assets import find_asset
+from molmoact2_jax.evaluation.config import (SIM_SETTINGS_FILE, config_from_settings, get_config, parse_cameras,
+                                             parse_suite)
 from molmoact2_jax.evaluation.envs import check_libero_tasks, check_metaworld_tasks
 from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate, format_report
 from molmoact2_jax.evaluation.policies import ModelPolicy, check_checkpoint_fits, make_baseline
@@ -32,21 +36,39 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0,
                    help="base seed: episode k of task i uses seed + 1000 * i + k (default: 0)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="policy steps per episode (default: the simulator's, e.g. 500 for MetaWorld, "
-                        "220-520 per LIBERO suite)")
+                   help="policy steps per episode (default: the checkpoint's sim_settings.json, else the "
+                        "simulator's: 500 for MetaWorld, 220-520 per LIBERO suite)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="camera image size in pixels (default: 180 320 for MetaWorld, 256 256 for LIBERO)")
+                   help="camera image size in pixels (default: the checkpoint's sim_settings.json, else 224 224 "
+                        "for MetaWorld, 256 256 for LIBERO)")
+    p.add_argument("--cameras", default=None,
+                   help="comma-separated MetaWorld cameras in policy order, e.g. corner2,gripperPOV (default: "
+                        "the checkpoint's sim_settings.json, else corner2,gripperPOV)")
     p.add_argument("--instruction-template", default=None, help="e.g. 'In simulation, {instruction}.'")
     p.add_argument("--slow-render", action="store_true", help="keep shadows and multisampling (MetaWorld)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _config(args, suite):
-    return get_config(suite.simulator, image_hw=tuple(args.image_size) if args.image_size else None,
-                      instruction_template=args.instruction_template,
-                      fast_render=False if args.slow_render else None,
-                      norm_stats_path=getattr(args, "norm_stats", None),
-                      norm_tag=getattr(args, "norm_tag", None))
+    """The simulator config: a checkpoint's sim_settings.json (how it was trained) if it has one, else the
+    simulator's defaults; flags given on the command line win over both."""
+    overrides = dict(image_hw=tuple(args.image_size) if args.image_size else None,
+                     cameras=parse_cameras(suite.simulator, args.cameras),
+                     instruction_template=args.instruction_template,
+                     fast_render=False if args.slow_render else None,
+                     norm_stats_path=getattr(args, "norm_stats", None),
+                     norm_tag=getattr(args, "norm_tag", None))
+    path = find_asset(args.checkpoint, [SIM_SETTINGS_FILE]) if getattr(args, "checkpoint", None) else None
+    if path is None:
+        return get_config(suite.simulator, **overrides)
+    try:
+        settings = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SimEvalError(f"{path}: unreadable sim settings ({e})") from None
+    if settings.get("simulator") != suite.simulator:
+        raise SimEvalError(f"{path}: the checkpoint was set up for {settings.get('simulator')!r}, "
+                           f"not the suite's simulator {suite.simulator!r}")
+    return config_from_settings(settings, where=path, **overrides)
 
 
 def _check_suite(suite):
@@ -106,7 +128,9 @@ def eval_main(argv=None) -> int:
     p.add_argument("--norm-tag", default=None, help="norm tag in the checkpoint's norm_stats.json")
     p.add_argument("--norm-stats", default=None,
                    help="mean-action: norm_stats.json, checkpoint dir or LeRobot dataset with meta/stats.json")
-    p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per policy query")
+    p.add_argument("--n-action-steps", type=int, default=None,
+                   help="actions executed per policy query (default: the checkpoint's sim_settings.json, else its "
+                        "norm tag's, else 8)")
     p.add_argument("--mode", default=None,
                    help="checkpoint only: continuous (action expert, Policy.predict_action's default) or discrete "
                         "(OpenFAST tokens)")
@@ -121,7 +145,9 @@ def eval_main(argv=None) -> int:
             check_checkpoint_fits(args.checkpoint, cfg, args.norm_tag)   # before any simulator starts
         suite = _check_suite(suite)
         if args.checkpoint:
-            policy = ModelPolicy.load(args.checkpoint, cfg, args.norm_tag, args.n_action_steps, args.mode)
+            from_settings = cfg.n_action_steps if find_asset(args.checkpoint, [SIM_SETTINGS_FILE]) else None
+            policy = ModelPolicy.load(args.checkpoint, cfg, args.norm_tag, args.n_action_steps or from_settings,
+                                      args.mode)
             name = f"model:{os.path.basename(os.path.normpath(args.checkpoint))}"
             n_exec = policy.n_action_steps
         else:

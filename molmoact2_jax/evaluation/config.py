@@ -94,6 +94,55 @@ LIBERO = SimConfig(
 
 CONFIGS = {"metaworld": METAWORLD, "libero": LIBERO}
 
+# MetaWorld's cameras, and whether our renderer gives each upside down (all but the wrist view).
+METAWORLD_CAMERAS = {"corner": True, "corner2": True, "corner3": True, "topview": True, "behindGripper": True,
+                     "gripperPOV": False}
+
+
+def parse_cameras(simulator: str, spec: str | None) -> tuple[CameraSpec, ...] | None:
+    """'corner2,gripperPOV' -> CameraSpecs (MetaWorld), None when not given."""
+    if not spec:
+        return None
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if simulator != "metaworld":
+        raise SimEvalError(f"--cameras: choosing cameras is supported for metaworld only, not {simulator}")
+    bad = [n for n in names if n not in METAWORLD_CAMERAS]
+    if bad or not names:
+        raise SimEvalError(f"--cameras {spec!r}: unknown MetaWorld camera(s) {bad}; expected names from "
+                           f"{list(METAWORLD_CAMERAS)}")
+    return tuple(CameraSpec(n, n, rotate180=METAWORLD_CAMERAS[n]) for n in names)
+
+
+# What a checkpoint trained in simulation needs to be evaluated as it was trained: written next to its norm stats
+# (the demo writes it into the checkpoint's assets; export-hf copies assets into the HF folder), read by
+# molmoact2-eval --checkpoint, where command-line flags still win.
+SIM_SETTINGS_FILE = "sim_settings.json"
+SIM_SETTINGS_FORMAT = "molmoact2_sim_settings.v1"
+_SETTINGS_FIELDS = ("image_hw", "max_steps", "n_action_steps", "instruction_template", "fast_render")
+
+
+def sim_settings(cfg: SimConfig) -> dict:
+    """The SimConfig fields a policy depends on, as JSON (see SIM_SETTINGS_FILE)."""
+    return {"format": SIM_SETTINGS_FORMAT, "simulator": cfg.simulator,
+            "cameras": [dataclasses.asdict(c) for c in cfg.cameras],
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in
+               ((k, getattr(cfg, k)) for k in _SETTINGS_FIELDS)}}
+
+
+def config_from_settings(settings: dict, where: str = SIM_SETTINGS_FILE, **overrides) -> SimConfig:
+    """SimConfig of a sim_settings.json dict; `overrides` (None = not given) win over it."""
+    if settings.get("format") != SIM_SETTINGS_FORMAT:
+        raise SimEvalError(f"{where}: format {settings.get('format')!r}, expected {SIM_SETTINGS_FORMAT!r}")
+    try:
+        kw = {k: settings[k] for k in _SETTINGS_FIELDS if k in settings}
+        kw["image_hw"] = tuple(int(v) for v in kw.get("image_hw", CONFIGS[settings["simulator"]].image_hw))
+        kw["cameras"] = tuple(CameraSpec(**c) for c in settings["cameras"])
+        simulator = settings["simulator"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise SimEvalError(f"{where}: bad sim settings ({type(e).__name__}: {e})") from None
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return get_config(simulator, **kw)
+
 
 def get_config(simulator: str, **overrides) -> SimConfig:
     if simulator not in CONFIGS:

@@ -140,9 +140,9 @@ class MetaWorldEnv:
             out.append(np.ascontiguousarray(img[::-1, ::-1]) if cam.rotate180 else img.copy())
         return out
 
-    def _obs(self, raw) -> dict:
-        return {"images": self._images(), "state": np.asarray(raw[:4], np.float32), "task": self.instruction,
-                "privileged": np.asarray(raw, np.float64)}
+    def _obs(self, raw, render: bool = True) -> dict:
+        return {"images": self._images() if render else [], "state": np.asarray(raw[:4], np.float32),
+                "task": self.instruction, "privileged": np.asarray(raw, np.float64)}
 
     def reset(self, seed: int = 0, episode: int = 0) -> dict:
         env = self.env
@@ -155,14 +155,16 @@ class MetaWorldEnv:
         self._distance = float(np.linalg.norm(raw[4:7] - raw[-3:]))
         return self._obs(raw)
 
-    def step(self, action) -> tuple[dict, bool, dict]:
+    def step(self, action, render: bool = True) -> tuple[dict, bool, dict]:
+        """`render=False` skips the cameras (obs["images"] is empty): rendering costs ~20 ms per camera on a CPU,
+        ~50x the physics step, and a chunking policy only looks at the frames where it is queried."""
         a = np.clip(np.asarray(action, np.float64).reshape(-1), self.cfg.action_low, self.cfg.action_high)
         if a.shape != (self.cfg.action_dim,):
             raise SimEvalError(f"policy returned a {a.shape[0]}-D action; MetaWorld takes {self.cfg.action_dim}-D")
         raw, reward, _, _, info = self.env.step(a)
         self._last_obs = raw
         self._distance = float(info.get("obj_to_target", np.linalg.norm(raw[4:7] - raw[-3:])))
-        return self._obs(raw), bool(info.get("success", False)), {"reward": float(reward),
+        return self._obs(raw, render), bool(info.get("success", False)), {"reward": float(reward),
                                                                  "distance": self._distance}
 
     def goal_distance(self) -> float | None:
@@ -252,7 +254,8 @@ class LiberoEnv:
             raw, _, _, _ = self.env.step(noop)
         return self._obs(raw)
 
-    def step(self, action) -> tuple[dict, bool, dict]:
+    def step(self, action, render: bool = True) -> tuple[dict, bool, dict]:
+        """robosuite renders inside its own step, so `render` changes nothing here."""
         a = np.clip(np.asarray(action, np.float64).reshape(-1), self.cfg.action_low, self.cfg.action_high)
         if a.shape != (self.cfg.action_dim,):
             raise SimEvalError(f"policy returned a {a.shape[0]}-D action; LIBERO takes {self.cfg.action_dim}-D")

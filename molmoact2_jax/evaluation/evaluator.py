@@ -86,6 +86,7 @@ def run_episodes(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, vi
     slots = [_Slot(w) for w in workers]
     bar = progress_bar(total=n_jobs, unit="ep", desc=f"eval {opts.policy_name} on {suite}", disable=not opts.progress)
     fps = opts.video_fps or min(cfg.fps, 30)
+    uses_images = getattr(policy, "uses_images", True)
 
     def start(slot):
         slot.job = jobs.popleft()
@@ -156,7 +157,9 @@ def run_episodes(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, vi
                                            f"[n_steps, {cfg.action_dim}] for {suite.simulator}")
                     slot.queries += 1
                     slot.queue.extend(chunk[:n_exec])
-                slot.worker.send("step", slot.queue.popleft())
+                action = slot.queue.popleft()
+                # Render only the frames someone looks at: the policy's next query, or a recorded video.
+                slot.worker.send("step", (action, slot.frames is not None or (uses_images and not slot.queue)))
                 still.append(slot)
             active = still
     finally:

@@ -31,6 +31,8 @@ BASELINES = ("mean-action", "random", "expert")
 
 @runtime_checkable
 class SimPolicy(Protocol):
+    """`uses_images` (optional, default True): False lets the evaluator skip rendering for this policy."""
+
     def reset(self) -> None: ...
 
     def act(self, observation: dict) -> np.ndarray: ...
@@ -38,6 +40,7 @@ class SimPolicy(Protocol):
 
 class RandomPolicy:
     name = "random"
+    uses_images = False
 
     def __init__(self, cfg: SimConfig, n_steps: int | None = None, seed: int = 0):
         self.low, self.high = np.asarray(cfg.action_low, np.float32), np.asarray(cfg.action_high, np.float32)
@@ -53,6 +56,7 @@ class RandomPolicy:
 
 class MeanActionPolicy:
     name = "mean-action"
+    uses_images = False
 
     def __init__(self, mean, n_steps: int = 1):
         self.mean = np.asarray(mean, np.float32).reshape(-1)
@@ -92,6 +96,7 @@ class MeanActionPolicy:
 class ExpertPolicy:
     """MetaWorld's scripted expert for each task (reads observation['privileged'])."""
     name = "expert"
+    uses_images = False
 
     def __init__(self, cfg: SimConfig, task_of_instruction: dict[str, str] | None = None, n_steps: int = 1):
         if cfg.simulator != "metaworld":
@@ -169,6 +174,7 @@ def check_checkpoint_fits(checkpoint, cfg: SimConfig, norm_tag: str | None = Non
 class ModelPolicy:
     """Adapter: molmoact2_jax.inference.Policy (or any object with predict_action) -> SimPolicy."""
     name = "model"
+    uses_images = True
 
     def __init__(self, policy, norm_tag: str, n_action_steps: int, mode: str | None = None,
                  camera_order: list[int] | None = None):

@@ -38,7 +38,8 @@ class EnvHandler:
             self.env = self._env(task)
             return self.env.reset(seed=seed, episode=episode)
         if cmd == "step":
-            obs, success, info = self.env.step(payload)
+            action, render = payload
+            obs, success, info = self.env.step(action, render=render)
             info["distance"] = self.env.goal_distance()
             return obs, success, info
         if cmd == "close":
