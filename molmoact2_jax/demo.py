@@ -43,6 +43,7 @@ TASKS = ("reach-v3", "push-v3")
 IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens per camera)
 CAMERAS = "corner2,gripperPOV"
 ACTION_DIMS = ("dx", "dy", "dz", "gripper")   # MetaWorld: end-effector position delta + gripper effort
+EXPERT_STEPS = 300   # recording limit per expert episode (the policy's closed-loop limit is --max-steps)
 EVAL_SEED = 900  # closed-loop seeds 900+ (train 0+, held-out 500+; seed = base + 1000 * task index + episode)
 
 
@@ -55,32 +56,34 @@ def done(t0: float, what: str = ""):
     print(f"      done in {time.perf_counter() - t0:.1f}s {what}", flush=True)
 
 
-def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int):
+def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goal_marker: float | None = None):
     return get_config("metaworld", image_hw=(image, image), cameras=parse_cameras("metaworld", cameras),
-                      n_action_steps=execute_steps, max_steps=max_steps)
+                      n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker)
 
 
-def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks) -> bool:
+def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str) -> bool:
     """An existing recording made with these settings (else it is recorded again)."""
     meta = path / "meta" / "sim_recording.json"
     if not meta.exists():
         return False
     s = json.loads(meta.read_text())
     return (s.get("cameras") == list(cfg.camera_names) and s.get("image_hw") == list(cfg.image_hw)
-            and s.get("seed") == seed and s.get("suite") == "metaworld:" + ",".join(tasks)
+            and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
             and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))
 
 
-def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers: int):
+def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers: int, storage: str = "image"):
     suite = parse_suite("metaworld:" + ",".join(tasks))
     out = {}
     for name, eps, seed in (("train", train_eps, 0), ("heldout", heldout_eps, 500)):
         path = wd / "lerobot" / name
-        if not _recorded_as(path, cfg, eps, seed, tasks):
+        if not _recorded_as(path, cfg, eps, seed, tasks, storage):
             shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(wd / "shards" / name, ignore_errors=True)
-            s = record(suite, cfg, RecordOptions(episodes=eps, seed=seed, workers=workers, codec="h264",
-                                                 only_success=True), path)
+            # Lossless frames: the goal marker is 1-2 pixels at 112 px, and LeRobot's mp4 (crf 30, yuv420p)
+            # erases it, so a policy trained on the videos never sees the goal it is evaluated on.
+            s = record(suite, cfg, RecordOptions(episodes=eps, seed=seed, workers=workers, codec="h264", max_steps=EXPERT_STEPS,
+                                                 image_storage=storage, only_success=True), path)
             rates = {t: f"{v['successes']}/{v['episodes']}" for t, v in s.get("tasks", {}).items()}
             print(f"      {name}: expert successes {rates}, {s['frames']} frames")
         out[name] = path
@@ -133,6 +136,11 @@ def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, open
     c = load_recipe(recipe_path("finetune", "tiny"))
     c.total_steps = args.steps
     c.model.vit.image_size = args.image_size
+    if args.vit_width:   # a wider tiny ViT (the tiny default is 32)
+        w = int(args.vit_width)
+        c.model.vit.hidden_size = c.model.connector.hidden_size = w
+        c.model.vit.head_dim = c.model.connector.head_dim = w // c.model.vit.num_heads
+        c.model.vit.mlp_dim = 2 * w
     c.model.action_mode = "both"
     c.data.source = "arrayrecord"
     c.data.sources = [{"path": str(shards["train"]), "weight": 1.0}]
@@ -150,13 +158,18 @@ def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, open
     return c
 
 
-def heldout_error(cfg, params, n_batches: int = 6) -> tuple[dict, list]:
-    """Mean |error| in robot units over valid steps/dims on held-out episodes: the model's first step of each
-    chunk and its whole chunk vs predicting the training-set mean action (per action dim and overall)."""
+def action_error(cfg, params, shards: Path, max_batches: int = 64, noise_scale: float = 1.0) -> tuple[dict, list]:
+    """Mean |error| in robot units over valid steps/dims of every frame of `shards` (in order, up to
+    `max_batches` batches): the model's first step of each chunk and its whole chunk vs predicting the training-set
+    mean action (per action dim and overall)."""
     import jax  # lazy: --help must not import jax
     from molmoact2_jax.models.molmoact2 import MolmoAct2  # lazy: imports jax
     from molmoact2_jax.training.data_source import make  # lazy: imports jax
 
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.eval_sources = [{"path": str(shards), "weight": 1.0}]
+    frames = json.loads((shards / "index.json").read_text())["total_frames"]
+    B = int(cfg.data.global_batch_size)
     model = MolmoAct2(cfg.model)
     data = make(cfg, "eval")
     info = NormStats.load(cfg.data.norm_stats).select()
@@ -166,9 +179,9 @@ def heldout_error(cfg, params, n_batches: int = 6) -> tuple[dict, list]:
     sample = jax.jit(lambda p, b, z: model.sample_actions(p, b, noise=z))
     err = {"model_chunk": [], "model_first_step": [], "mean_action": []}
     traj = []
-    for i in range(n_batches):
+    for i in range(min(max_batches, -(-frames // B))):
         b = next(data)
-        noise = np.random.default_rng(i).standard_normal(b["actions"].shape).astype(np.float32)
+        noise = noise_scale * np.random.default_rng(i).standard_normal(b["actions"].shape).astype(np.float32)
         pred = unnormalize(np.asarray(sample(params, b, noise))[..., :d])
         true = unnormalize(b["actions"][..., :d])
         valid = b["horizon_valid"]
@@ -182,6 +195,12 @@ def heldout_error(cfg, params, n_batches: int = 6) -> tuple[dict, list]:
         table[k] = {"mean": float(e.mean()), "per_dim": [float(x) for x in e.mean(0)], "samples": len(e)}
     table["dims"] = list(ACTION_DIMS[:d])
     return table, traj
+
+
+def print_error(title: str, err: dict):
+    print(f"      {title} mean |action error| ({', '.join(err['dims'])}), {err['model_chunk']['samples']} steps:")
+    for k in ("model_first_step", "model_chunk", "mean_action"):
+        print(f"        {k:17s} {err[k]['mean']:.4f}  per dim {np.round(err[k]['per_dim'], 4).tolist()}")
 
 
 def plot(wd: Path, traj, metrics_path: Path) -> Path:
@@ -287,13 +306,19 @@ def main(argv=None) -> int:
                     help="comma-separated MetaWorld tasks (default: %(default)s)")
     ap.add_argument("--cameras", default=CAMERAS, help="MetaWorld cameras, policy order (default: %(default)s)")
     ap.add_argument("--image-size", type=int, default=IMAGE, help="camera and model image size (default: %(default)s)")
-    ap.add_argument("--train-episodes", type=int, default=12, help="per task (default: %(default)s)")
+    ap.add_argument("--train-episodes", type=int, default=40, help="per task (default: %(default)s)")
     ap.add_argument("--heldout-episodes", type=int, default=3, help="per task (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=800, help="training steps (default: %(default)s)")
+    ap.add_argument("--vit-width", type=int, default=0, help="ViT width (default: the tiny model's, 32)")
     ap.add_argument("--batch", type=int, default=8, help="training batch (default: %(default)s)")
     ap.add_argument("--seq-len", type=int, default=160, help="training sequence length (default: %(default)s)")
-    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                    help="training image augmentation (default: on)")
+    # Off by default: the cameras are fixed, and crops / rotations move the few pixels that place the goal.
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                    help="training image augmentation (spec 5.6; default: off)")
+    ap.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=True,
+                    help="record PNG frames (default) instead of LeRobot's lossy mp4 videos")
+    ap.add_argument("--goal-marker", type=float, default=None,
+                    help="draw the goal marker with this radius in m (default: the task's own, 0.02)")
     ap.add_argument("--execute-steps", type=int, default=8,
                     help="actions of each predicted chunk executed before re-planning (default: %(default)s)")
     ap.add_argument("--mode", default=None, help="closed-loop action head: continuous (default) or discrete")
@@ -309,12 +334,13 @@ def main(argv=None) -> int:
     wd = Path(args.workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t)
-    sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps)
+    sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker)
     t_all = time.perf_counter()
     seconds = {}
 
     t0 = stage(1, f"record MetaWorld expert episodes ({', '.join(tasks)}) as LeRobot v3.0")
-    datasets = record_data(wd, sim_cfg, tasks, args.train_episodes, args.heldout_episodes, args.workers)
+    datasets = record_data(wd, sim_cfg, tasks, args.train_episodes, args.heldout_episodes, args.workers,
+                           "image" if args.lossless else "video")
     done(t0)
     seconds["record"] = time.perf_counter() - t0
     t0 = stage(2, "convert to ArrayRecord shards + norm_stats.json")
@@ -335,13 +361,13 @@ def main(argv=None) -> int:
     seconds["train"] = time.perf_counter() - t0
 
     t0 = stage(5, "held-out action error and plots")
-    err, traj = heldout_error(cfg, params)
+    err, traj = action_error(cfg, params, shards["heldout"])
+    fit, _ = action_error(cfg, params, shards["train"], max_batches=16)   # the first training episodes
     png = plot(wd, traj, wd / "train" / "metrics.jsonl")
+    print_error("training episodes:", fit)
+    print_error("held-out episodes:", err)
     e_model, e_mean = err["model_chunk"]["mean"], err["mean_action"]["mean"]
-    print(f"      held-out mean |action error| ({', '.join(err['dims'])}):")
-    for k in ("model_first_step", "model_chunk", "mean_action"):
-        print(f"        {k:17s} {err[k]['mean']:.4f}  per dim {np.round(err[k]['per_dim'], 4).tolist()}")
-    print(f"      model {e_mean / max(e_model, 1e-9):.2f}x better than the mean action; plot {png}")
+    print(f"      held-out: model {e_mean / max(e_model, 1e-9):.2f}x better than the mean action; plot {png}")
     done(t0)
 
     t0 = stage(6, "export to the Hugging Face MolmoAct2 layout")
@@ -365,10 +391,11 @@ def main(argv=None) -> int:
     serve_one(export, datasets["heldout"], sim_cfg.norm_tag)
     done(t0)
     ok = beats_mean_action(table)
-    summary = {"closed_loop": table, "heldout_action_error": err,
+    summary = {"closed_loop": table, "heldout_action_error": err, "train_action_error": fit,
                "settings": {**sim_settings(sim_cfg), "tasks": list(tasks), "train_episodes": args.train_episodes,
                             "heldout_episodes": args.heldout_episodes, "steps": args.steps, "batch": args.batch,
-                            "augment": args.augment, "mode": args.mode or "continuous",
+                            "vit_width": args.vit_width or 32,
+                            "augment": args.augment, "lossless": args.lossless, "mode": args.mode or "continuous",
                             "eval_episodes": args.eval_episodes, "eval_seed": args.eval_seed},
                "export": str(export), "model_beats_mean_action": ok,
                "seconds": {k: round(v, 1) for k, v in seconds.items()},

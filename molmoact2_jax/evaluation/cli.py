@@ -95,6 +95,9 @@ def sim_main(argv=None) -> int:
     _common(r)
     r.add_argument("--codec", choices=("av1", "h264"), default="av1",
                    help="video codec of the dataset (default: av1, LeRobot's; h264 encodes faster)")
+    r.add_argument("--images", choices=("video", "png"), default="video",
+                   help="frame storage: video (mp4, LeRobot's crf 30; default) or png (lossless frames in the "
+                        "parquet: small details such as a MetaWorld goal marker survive)")
     r.add_argument("--post-success-steps", type=int, default=5,
                    help="frames kept after the expert succeeds before the episode ends (default: %(default)s)")
     r.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
@@ -108,7 +111,8 @@ def sim_main(argv=None) -> int:
         cfg = _config(args, suite)
         summary = record(suite, cfg, RecordOptions(
             episodes=args.episodes, max_steps=args.max_steps, post_success_steps=args.post_success_steps,
-            seed=args.seed, workers=args.workers, codec=args.codec, only_success=args.only_success,
+            seed=args.seed, workers=args.workers, codec=args.codec,
+            image_storage="image" if args.images == "png" else "video", only_success=args.only_success,
             progress=not args.quiet), args.out)
         for task, s in summary["tasks"].items():
             print(f"  {task:28s} expert success {s['successes']}/{s['episodes']}  mean length {s['mean_length']:.1f}")

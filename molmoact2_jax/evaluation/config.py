@@ -46,6 +46,9 @@ class SimConfig:
     control_mode: str = ""
     wait_steps: int = 0                     # LIBERO: no-op steps after reset while objects settle
     max_steps_by_suite: tuple[tuple[str, int], ...] = ()
+    # MetaWorld: radius (m) the goal marker is drawn with; None keeps the task's own (0.02 m: 1-2 pixels at
+    # 112 px). Drawing only: sites do not collide and success is still the task's own check.
+    goal_marker_radius: float | None = None
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -118,7 +121,8 @@ def parse_cameras(simulator: str, spec: str | None) -> tuple[CameraSpec, ...] | 
 # molmoact2-eval --checkpoint, where command-line flags still win.
 SIM_SETTINGS_FILE = "sim_settings.json"
 SIM_SETTINGS_FORMAT = "molmoact2_sim_settings.v1"
-_SETTINGS_FIELDS = ("image_hw", "max_steps", "n_action_steps", "instruction_template", "fast_render")
+_SETTINGS_FIELDS = ("image_hw", "max_steps", "n_action_steps", "instruction_template", "fast_render",
+                    "goal_marker_radius")
 
 
 def sim_settings(cfg: SimConfig) -> dict:

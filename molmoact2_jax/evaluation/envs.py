@@ -120,6 +120,12 @@ class MetaWorldEnv:
         if cfg.fast_render:
             model.light_castshadow[:] = 0
             model.vis.quality.offsamples = 0
+        if cfg.goal_marker_radius is not None:
+            import mujoco  # optional: sim extra
+            goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            if goal < 0:
+                raise SimEvalError(f"goal_marker_radius: MetaWorld task {task} has no 'goal' site to draw larger")
+            model.site_size[goal, 0] = float(cfg.goal_marker_radius)
         self.renderer = None
         if render:
             import mujoco  # optional: sim extra

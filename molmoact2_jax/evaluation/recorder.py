@@ -43,6 +43,9 @@ class RecordOptions:
     seed: int = 0
     workers: int = 0                   # 0: record in this process
     codec: str = "av1"                 # LeRobot's default; "h264" encodes faster
+    # "video": mp4 at LeRobot's crf 30 (what real datasets hold; lossy: yuv420p smears a 2-pixel goal marker
+    # away at 112 px); "image": lossless PNG frames in the parquet, the frames the policy sees in closed loop.
+    image_storage: str = "video"
     only_success: bool = False         # drop episodes where the expert failed
     progress: bool = True
 
@@ -136,7 +139,8 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
     episodes = [Episode(states=r["states"], actions=r["actions"], images=r["images"], task=r["instruction"],
                         annotated_task=r["instruction"]) for r in kept]
     t1 = time.perf_counter()
-    write_lerobot(out, emb, episodes, WriteOptions(version="v3.0", codec=opts.codec))
+    write_lerobot(out, emb, episodes, WriteOptions(version="v3.0", codec=opts.codec,
+                                                                image_storage=opts.image_storage))
     write_s = time.perf_counter() - t1
     with open(out / "meta/sim_episodes.jsonl", "w") as f:
         for i, r in enumerate(kept):
@@ -150,10 +154,12 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
                           "success_rate": sum(r["success"] for r in rs) / len(rs),
                           "mean_length": float(np.mean([r["length"] for r in rs]))}
     summary = {"suite": f"metaworld:{','.join(tasks)}", "embodiment": emb.name, "tag": emb.tag,
-               "cameras": list(cfg.camera_names), "image_hw": list(cfg.image_hw), "fps": cfg.fps,
+               "cameras": list(cfg.camera_names), "image_hw": list(cfg.image_hw),
+               "goal_marker_radius": cfg.goal_marker_radius, "fps": cfg.fps,
                "episodes_recorded": len(results), "episodes_written": len(kept),
                "frames": int(sum(r["length"] for r in kept)), "seed": opts.seed, "max_steps": max_steps,
-               "workers": opts.workers, "codec": opts.codec, "tasks": per_task,
+               "workers": opts.workers, "codec": opts.codec,
+               "image_storage": opts.image_storage, "tasks": per_task,
                "success_rate": sum(r["success"] for r in results) / len(results),
                "simulate_s": round(sim_s, 2), "write_s": round(write_s, 2)}
     (out / "meta/sim_recording.json").write_text(json.dumps(summary, indent=2))
