@@ -236,8 +236,9 @@ class FakeInferencePolicy:
     def load(cls, path):
         return cls()
 
-    def predict_action(self, images, task, state, norm_tag, mode=None, n_action_steps=5):
+    def predict_action(self, images, task, state, norm_tag, mode=None, n_action_steps=5, seed=None):
         FakeInferencePolicy.calls.append({"n_images": len(images), "shape": images[0].shape, "task": task,
+                                          "seed": seed,
                                           "state": np.asarray(state).shape, "tag": norm_tag, "mode": mode,
                                           "first_pixel": images[0][0, 0].copy()})
         return types.SimpleNamespace(actions=np.tile(np.array([0.0, 0.5, 0.0, -1.0], np.float32),
@@ -393,6 +394,7 @@ def test_evaluator_renders_only_the_frames_it_uses(tmp_path, monkeypatch):
         reps[videos] = evaluate(pol, suite, cfg, EvalOptions(episodes=1, max_steps=10, n_action_steps=5,
                                                              videos_per_task=videos, progress=False), tmp_path / "m")
         assert [c["n_images"] for c in FakeInferencePolicy.calls] == [2, 2]   # every query sees both cameras
+        assert [c["seed"] for c in FakeInferencePolicy.calls] == [0, 1]       # episode seed 0, queries 0 and 1
         # reset + the frame after each 5-step chunk; with a video: reset + every step
         assert len(renders) == (11 if videos else 3), videos
     assert reps[0]["episodes"][0]["final_distance"] == reps[1]["episodes"][0]["final_distance"]

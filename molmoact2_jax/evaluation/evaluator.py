@@ -146,7 +146,9 @@ def run_episodes(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, vi
                         still.append(slot)
                     continue
                 if not slot.queue:
-                    obs = dict(slot.obs, env_task=slot.job[0])
+                    # The episode's seed and query index let a sampling policy draw its noise from them, so an
+                    # episode is the same whatever the number of workers or the order of their queries.
+                    obs = dict(slot.obs, env_task=slot.job[0], episode_seed=slot.job[3], query=slot.queries)
                     t = time.perf_counter()
                     chunk = np.asarray(policy.act(obs), np.float32)
                     slot.policy_s += time.perf_counter() - t

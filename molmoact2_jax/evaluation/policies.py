@@ -199,6 +199,8 @@ class ModelPolicy:
         if self.camera_order is not None:
             images = [images[i] for i in self.camera_order]
         kw = {"n_action_steps": self.n_action_steps}
+        if "episode_seed" in observation:   # flow noise from (episode seed, query): reproducible on any workers
+            kw["seed"] = int(observation["episode_seed"]) * 10_000 + int(observation.get("query", 0))
         if self.mode is not None:
             kw["mode"] = self.mode
         out = self.policy.predict_action(images, observation["task"], observation["state"], self.norm_tag, **kw)
