@@ -29,6 +29,7 @@ from data_pipelines.stats import write_norm_stats
 from data_pipelines.transforms.normalize import normalize
 from data_pipelines.transforms.robot_inputs import robot_transforms
 from molmoact2_jax.evaluation.config import SIM_SETTINGS_FILE, get_config, parse_cameras, parse_suite, sim_settings
+from molmoact2_jax.evaluation.errors import SimEvalError
 from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
 from molmoact2_jax.evaluation.policies import ModelPolicy, make_baseline
 from molmoact2_jax.evaluation.recorder import RecordOptions, record
@@ -331,10 +332,13 @@ def main(argv=None) -> int:
                     help="worker processes for recording, converting and the model's closed-loop episodes "
                          "(0: in this process; default: %(default)s)")
     args = ap.parse_args(argv)
+    try:
+        sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker)
+    except SimEvalError as e:
+        ap.error(str(e))   # exit 2 naming the bad flag value, before anything is written
     wd = Path(args.workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     tasks = tuple(t for t in args.tasks.split(",") if t)
-    sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker)
     t_all = time.perf_counter()
     seconds = {}
 
