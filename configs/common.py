@@ -46,6 +46,9 @@ def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
         seed=50189,                               # reference data seed
         worker_count=0 if tiny else 8,
         max_cameras=3, augment=True,
+        # MolmoThink (spec 14): training style per example; depth styles need shards with depth codes.
+        style_weights=ml_collections.ConfigDict(dict(robot_action=1.0, robot_depth=0.0, robot_depth_action=0.0)),
+        depth_code_input_noise_rate=0.0,          # share of teacher-forced depth-code inputs made random
     ))
     c.optimizer = ml_collections.ConfigDict(dict(
         b1=0.9, b2=0.95, eps=1e-6, weight_decay=0.0, clip_grad_norm=1.0,

@@ -1,8 +1,8 @@
 """MolmoAct2 post-training: adds the flow-matching action expert to MolmoAct2-Pretrain (spec 16.1 stage 2).
 
   molmoact2-train --config=configs/posttrain.py --workdir=DIR --config.init_from=PRETRAIN_CKPT
-  Think variant (depth reasoning): --config=configs/posttrain.py:think
-  CPU smoke run: --config=configs/posttrain.py:tiny
+  Think variant (depth reasoning): --config=configs/posttrain.py:think (data converted with --depth-codes)
+  CPU smoke runs: --config=configs/posttrain.py:tiny, :think_tiny
 Reference: 100K steps, robot seq 2100, batch 128, expert LR 5e-5, K=4 flow samples, knowledge insulation on
 (the paper detaches the VLM K/V from the flow loss; spec gap 20.4), L_LM + L_flow ("both").
 """
@@ -24,5 +24,5 @@ def get_config(arg: str | None = None):
     if variant.startswith("think"):
         c.model.action_expert.depth_gate = True
         c.model.action_expert.depth_gate_per_layer = True
-        c.data.style_weights = dict(robot_action=1, robot_depth=1, robot_depth_action=1)
+        c.data.style_weights.update(dict(robot_action=1.0, robot_depth=1.0, robot_depth_action=1.0))
     return c

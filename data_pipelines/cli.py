@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance-s", type=float, default=1e-4,
                    help="allowed timestamp error in seconds (frame spacing vs 1/fps, video frame times; "
                         "default: %(default)s)")
+    c.add_argument("--depth-codes", default=None, metavar="DIR",
+                   help="MolmoThink: a depth-code companion dataset (depth_buffer_codes / depth_updated_mask "
+                        "parquet under DIR/data, e.g. a released <repo>_depth or molmoact2-depth-codes output); "
+                        "its codes are stored with every frame")
 
     s = sub.add_parser("stats", help="norm_stats.json from shard directories, or from raw datasets without video")
     s.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR|lerobot:PATH|rlds:PATH",
@@ -109,7 +113,8 @@ def main(argv=None) -> int:
                                            horizon=args.horizon, image_size=args.image_size or None,
                                            max_image_side=args.max_image_side,
                                            on_error=args.on_error, tolerance_s=args.tolerance_s,
-                                           delta_action_dims=args.delta_action_dims))
+                                           delta_action_dims=args.delta_action_dims,
+                                           depth_codes=args.depth_codes))
             print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
                   f"shards ({index['resumed_shards']} already done); skipped {len(index['skipped'])} episodes")
             for s in index["skipped"][:5]:

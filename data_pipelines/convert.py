@@ -8,10 +8,13 @@ Output: shard-XXXXX-of-YYYYY.array_record, a shard-XXXXX.json sidecar (episodes,
 shard-XXXXX.npz with raw states/actions (for fast stats), and index.json. A shard is written
 under a temporary name and renamed; its sidecar is written last, so a re-run skips exactly
 the finished shards.
+With `depth_codes` (a MolmoThink companion dataset, formats/depth_codes.py) each record also holds the frame's
+`depth_codes` (int16 [100]) and `depth_updated_mask` (bool [100]), and index.json says `depth_codes: true`.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing as mp
 import dataclasses
 import json
 import os
@@ -23,6 +26,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
 from data_pipelines.formats import images
+from data_pipelines.formats.depth_codes import DepthCodes
 from data_pipelines.record_codec import encode_record
 from data_pipelines.sources import open_source
 from molmoact2_jax.progress import progress_bar
@@ -45,6 +49,7 @@ class ConvertOptions:
     tolerance_s: float = 1e-4
     progress: bool = True
     delta_action_dims: tuple[int, ...] | None = None   # None: the embodiment's (released tags: none)
+    depth_codes: str | None = None      # MolmoThink: a depth-code companion dataset (matched by episode_index)
 
     def __post_init__(self):
         if self.on_error not in ("raise", "skip"):
@@ -67,7 +72,7 @@ def target_hw(h: int, w: int, max_side: int) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def frame_records(ep, emb, horizon, tag, ep_id, opts):
+def frame_records(ep, emb, horizon, tag, ep_id, opts, depth=None):
     T = ep.length
     jpegs = {}
     for key, frames in ep.images.items():
@@ -84,6 +89,8 @@ def frame_records(ep, emb, horizon, tag, ep_id, opts):
                "episode_length": T, "tag": tag}
         for key, js in jpegs.items():
             rec[f"image/{key}"] = js[t]
+        if depth is not None:
+            rec["depth_codes"], rec["depth_updated_mask"] = depth[0][t], depth[1][t]
         yield encode_record(rec)
 
 
@@ -95,6 +102,7 @@ def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
     emb = get_embodiment(opts.embodiment)
     horizon = opts.horizon or emb.action_horizon
     src = open_source(opts.source, emb, opts.tolerance_s)
+    depth_codes = DepthCodes(opts.depth_codes) if opts.depth_codes else None
     tmp = out / (shard_name(k, n) + ".tmp")
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     episodes, skipped, states, actions, n_records = [], [], [], [], 0
@@ -108,7 +116,16 @@ def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
             for key in src.camera_keys:
                 if key not in ep.images:
                     raise DataError("camera missing", path=ep.source_key, key=key)
-            for rec in frame_records(ep, emb, horizon, emb.tag, ep_id, opts):
+            depth = None
+            if depth_codes is not None:
+                try:
+                    depth = depth_codes.episode(ep_id, ep.length)
+                except DataError as e:
+                    if opts.on_error == "raise":
+                        raise
+                    skipped.append({"episode": str(ep_id), "error": str(e), "type": type(e).__name__})
+                    continue
+            for rec in frame_records(ep, emb, horizon, emb.tag, ep_id, opts, depth):
                 writer.write(rec)
             episodes.append({"episode_id": str(ep_id), "first_record": n_records, "num_frames": ep.length,
                              "task": ep.task})
@@ -134,6 +151,8 @@ def convert(opts: ConvertOptions) -> dict:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     src = open_source(opts.source, emb, opts.tolerance_s)
+    if opts.depth_codes:
+        DepthCodes(opts.depth_codes)   # a missing or unreadable companion fails before any shard is written
     groups = src.groups(opts.episodes_per_shard)
     n = len(groups)
     results = [None] * n
@@ -143,7 +162,8 @@ def convert(opts: ConvertOptions) -> dict:
             results[k] = convert_shard(opts, k, n, ids)
             bar.update()
     else:
-        with cf.ProcessPoolExecutor(max_workers=opts.workers) as pool:
+        # spawn, not fork: the caller may already run JAX (threads), and a forked child can deadlock
+        with cf.ProcessPoolExecutor(max_workers=opts.workers, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(convert_shard, opts, k, n, ids): k for k, ids in enumerate(groups)}
             for f in cf.as_completed(futures):
                 results[futures[f]] = f.result()
@@ -162,6 +182,8 @@ def convert(opts: ConvertOptions) -> dict:
         "skipped": [s for r in results for s in r["skipped"]],
         "resumed_shards": sum(bool(r.get("resumed")) for r in results),
         "first_camera": first_key,
+        "depth_codes": bool(opts.depth_codes),
+        "depth_codes_source": str(Path(opts.depth_codes).resolve()) if opts.depth_codes else None,
     }
     (out / "index.json").write_text(json.dumps(index, indent=2))
     return index

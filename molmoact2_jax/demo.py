@@ -8,6 +8,8 @@
  6. export to the Hugging Face MolmoAct2 layout
  7. closed-loop MetaWorld table: the trained policy (loaded from the export) vs mean-action and random
  8. serve the export over HTTP and answer one request
+`--think`: MolmoThink instead (demo_think.py): depth recorded in simulation, a depth VQ-VAE fitted, Think-style
+training, and depth-code accuracy and latency from the export.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ EXPERT_STEPS = 300   # recording limit per expert episode (the policy's closed-l
 EVAL_SEED = 900  # closed-loop seeds 900+ (train 0+, held-out 500+; seed = base + 1000 * task index + episode)
 
 
-def stage(n: int, title: str):
-    print(f"\n[{n}/8] {title}", flush=True)
+def stage(n: int, title: str, total: int = 8):
+    print(f"\n[{n}/{total}] {title}", flush=True)
     return time.perf_counter()
 
 
@@ -62,7 +64,7 @@ def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goa
                       n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker)
 
 
-def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str) -> bool:
+def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str, depth: bool = False) -> bool:
     """An existing recording made with these settings (else it is recorded again)."""
     meta = path / "meta" / "sim_recording.json"
     if not meta.exists():
@@ -70,34 +72,37 @@ def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str)
     s = json.loads(meta.read_text())
     return (s.get("cameras") == list(cfg.camera_names) and s.get("image_hw") == list(cfg.image_hw)
             and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
+            and bool(s.get("depth")) == depth
             and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))
 
 
-def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers: int, storage: str = "image"):
+def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers: int, storage: str = "image",
+                depth: bool = False):
     suite = parse_suite("metaworld:" + ",".join(tasks))
     out = {}
     for name, eps, seed in (("train", train_eps, 0), ("heldout", heldout_eps, 500)):
         path = wd / "lerobot" / name
-        if not _recorded_as(path, cfg, eps, seed, tasks, storage):
+        if not _recorded_as(path, cfg, eps, seed, tasks, storage, depth):
             shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(wd / "shards" / name, ignore_errors=True)
             # Lossless frames: the goal marker is 1-2 pixels at 112 px, and LeRobot's mp4 (crf 30, yuv420p)
             # erases it, so a policy trained on the videos never sees the goal it is evaluated on.
             s = record(suite, cfg, RecordOptions(episodes=eps, seed=seed, workers=workers, codec="h264", max_steps=EXPERT_STEPS,
-                                                 image_storage=storage, only_success=True), path)
+                                                 image_storage=storage, only_success=True, depth=depth), path)
             rates = {t: f"{v['successes']}/{v['episodes']}" for t, v in s.get("tasks", {}).items()}
             print(f"      {name}: expert successes {rates}, {s['frames']} frames")
         out[name] = path
     return out
 
 
-def convert_data(wd: Path, datasets: dict, horizon: int, image: int, workers: int):
+def convert_data(wd: Path, datasets: dict, horizon: int, image: int, workers: int, depth_codes: dict | None = None):
     shards = {}
     for name, src in datasets.items():
         shards[name] = wd / "shards" / name
         shutil.rmtree(shards[name], ignore_errors=True)
         convert(ConvertOptions(source=f"lerobot:{src}", embodiment="metaworld", out=str(shards[name]),
-                               horizon=horizon, image_size=image, workers=workers))
+                               horizon=horizon, image_size=image, workers=workers,
+                               depth_codes=str(depth_codes[name]) if depth_codes else None))
     stats_path = wd / "norm_stats.json"
     write_norm_stats([str(shards["train"])], stats_path)
     return shards, stats_path
@@ -307,12 +312,18 @@ def main(argv=None) -> int:
                     help="comma-separated MetaWorld tasks (default: %(default)s)")
     ap.add_argument("--cameras", default=CAMERAS, help="MetaWorld cameras, policy order (default: %(default)s)")
     ap.add_argument("--image-size", type=int, default=IMAGE, help="camera and model image size (default: %(default)s)")
-    ap.add_argument("--train-episodes", type=int, default=40, help="per task (default: %(default)s)")
+    ap.add_argument("--think", action="store_true",
+                    help="MolmoThink: record depth, fit depth codes, train the Think styles, score depth codes")
+    ap.add_argument("--train-episodes", type=int, default=None, help="per task (default: 40; --think: 15)")
     ap.add_argument("--heldout-episodes", type=int, default=3, help="per task (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=800, help="training steps (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: 800; --think: 600)")
     ap.add_argument("--vit-width", type=int, default=0, help="ViT width (default: the tiny model's, 32)")
     ap.add_argument("--batch", type=int, default=8, help="training batch (default: %(default)s)")
-    ap.add_argument("--seq-len", type=int, default=160, help="training sequence length (default: %(default)s)")
+    ap.add_argument("--seq-len", type=int, default=None,
+                    help="training sequence length (default: 160; --think: 320, for the 102 depth tokens)")
+    ap.add_argument("--vqvae-steps", type=int, default=300, help="--think: depth VQ-VAE steps (default: %(default)s)")
+    ap.add_argument("--think-eval-frames", type=int, default=40,
+                    help="--think: held-out frames whose depth codes are scored (default: %(default)s)")
     # Off by default: the cameras are fixed, and crops / rotations move the few pixels that place the goal.
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                     help="training image augmentation (spec 5.6; default: off)")
@@ -332,6 +343,9 @@ def main(argv=None) -> int:
                     help="worker processes for recording, converting and the model's closed-loop episodes "
                          "(0: in this process; default: %(default)s)")
     args = ap.parse_args(argv)
+    for name, plain, think in (("train_episodes", 40, 15), ("steps", 800, 600), ("seq_len", 160, 320)):
+        if getattr(args, name) is None:
+            setattr(args, name, think if args.think else plain)
     try:
         sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker)
     except SimEvalError as e:
@@ -341,6 +355,8 @@ def main(argv=None) -> int:
     tasks = tuple(t for t in args.tasks.split(",") if t)
     t_all = time.perf_counter()
     seconds = {}
+    if args.think:
+        return think_main(args, sim_cfg, wd, tasks)
 
     t0 = stage(1, f"record MetaWorld expert episodes ({', '.join(tasks)}) as LeRobot v3.0")
     datasets = record_data(wd, sim_cfg, tasks, args.train_episodes, args.heldout_episodes, args.workers,
@@ -408,6 +424,22 @@ def main(argv=None) -> int:
     print(f"\nmolmoact2-demo: finished in {summary['minutes']:.1f} min; outputs in {wd}")
     if not ok:
         print("molmoact2-demo: the trained policy did not beat the mean action in closed loop", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def think_main(args, sim_cfg, wd: Path, tasks) -> int:
+    from molmoact2_jax import demo_think  # lazy: it imports this module
+    think = demo_think.run(args, sim_cfg, wd, tasks)
+    settings = {**sim_settings(sim_cfg), "tasks": list(tasks), "train_episodes": args.train_episodes,
+                "heldout_episodes": args.heldout_episodes, "steps": args.steps, "batch": args.batch,
+                "seq_len": args.seq_len, "vqvae_steps": args.vqvae_steps}
+    ok = think["full_depth_accuracy"] > think["most_frequent_accuracy"]
+    (wd / "demo_summary.json").write_text(json.dumps({"think": think, "settings": settings,
+                                                      "model_beats_most_frequent_code": ok}, indent=2))
+    print(f"\nmolmoact2-demo --think: finished in {think['minutes']:.1f} min; outputs in {wd}")
+    if not ok:
+        print("molmoact2-demo: the trained model's depth codes are no better than the most frequent code",
+              file=sys.stderr)
     return 0 if ok else 1
 
 

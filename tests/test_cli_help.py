@@ -60,16 +60,17 @@ def _argparse_mains():
     from data_pipelines.cli import main as data_main
     from molmoact2_jax.convert.cli import main as convert_main
     from molmoact2_jax.demo import main as demo_main
+    from molmoact2_jax.depth.codes import main as depth_codes_main
     from molmoact2_jax.evaluation.cli import eval_main, sim_main
     from molmoact2_jax.inference.server import main as serve_main
     from molmoact2_jax.tokenizers.openfast_cli import main as openfast_main
     return {"molmoact2-convert": convert_main, "molmoact2-data": data_main, "molmoact2-openfast": openfast_main,
             "molmoact2-sim": sim_main, "molmoact2-eval": eval_main, "molmoact2-serve": serve_main,
-            "molmoact2-demo": demo_main}
+            "molmoact2-demo": demo_main, "molmoact2-depth-codes": depth_codes_main}
 
 
 @pytest.mark.parametrize("prog", ["molmoact2-convert", "molmoact2-data", "molmoact2-openfast", "molmoact2-sim",
-                                  "molmoact2-eval", "molmoact2-serve", "molmoact2-demo"])
+                                  "molmoact2-eval", "molmoact2-serve", "molmoact2-demo", "molmoact2-depth-codes"])
 def test_every_argparse_argument_has_help(prog):
     parser = _parser_of(_argparse_mains()[prog])
     assert parser.prog == prog

@@ -21,10 +21,12 @@ import jax
 import numpy as np
 from absl import flags
 
-from data_pipelines.convert import load_index
+from data_pipelines.convert import load_episodes, load_index
+from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NormStats
 from data_pipelines.pipeline.packing import PackIterDataset
 from data_pipelines.pipeline.robot_transform import RobotTransform, RobotTransformConfig
+from data_pipelines.transforms import think_styles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,13 @@ def source_dataset(shard_dir, tag_id: int, stats: NormStats, cfg: PipelineConfig
     tag = index["tag"]
     if tag not in stats.tags:
         raise ValueError(f"{shard_dir}: tag {tag!r} not in norm_stats metadata_by_tag ({sorted(stats.tags)})")
+    if think_styles.needs_depth(cfg.transform.style_probabilities) and not index.get("depth_codes"):
+        first = next((e["episode_id"] for e in load_episodes(shard_dir)), None)
+        raise DataError(f"the training styles {cfg.transform.style_probabilities} (robot_action, robot_depth, "
+                        f"robot_depth_action) include depth styles, and tag {tag!r} was converted without depth "
+                        f"codes: no episode has depth_buffer_codes, the first being episode {first}. Convert with "
+                        f"molmoact2-data convert --depth-codes DIR (molmoact2-depth-codes writes DIR)",
+                        path=Path(shard_dir) / "index.json", episode=first, key="depth_codes")
     paths = [str(Path(shard_dir) / s["file"]) for s in index["shards"] if s["num_records"] > 0]
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
     if cfg.shuffle:

@@ -5,6 +5,9 @@ tags); decode JPEGs, augment (train only), resize to a square; then the shared r
 stack (transforms/robot_inputs.py, the same one `Policy` runs on a live observation): normalize
 state and action chunk with the tag's stats (spec 13), discrete state bins, the prompt (spec 4.1);
 finally pad the chunk to max_action_horizon x max_action_dim with masks.
+With `style_probabilities` (MolmoThink training) each example also draws its training style from the example's
+rng (so it is a function of seed and index, like the augmentation, and resumes exactly) and carries the
+record's depth codes; a depth style on a record without codes is a DataError naming the episode.
 """
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ import hashlib
 import numpy as np
 
 from data_pipelines.formats.images import decode_image, resize_square
+from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import TagInfo
 from data_pipelines.record_codec import decode_record
+from data_pipelines.transforms import think_styles
 from data_pipelines.transforms.image_aug import augment_image
 from data_pipelines.transforms.normalize import pad_last
 from data_pipelines.transforms.robot_inputs import robot_transforms
@@ -33,6 +38,7 @@ class RobotTransformConfig:
     augment: bool = True
     camera_order: str = "auto"            # "auto" (per tag), "fixed", "episode"
     seed: int = 0
+    style_probabilities: tuple | None = None   # Think: (robot_action, robot_depth, robot_depth_action) probabilities
 
 
 class RobotTransform:
@@ -66,6 +72,11 @@ class RobotTransform:
     def __call__(self, data: bytes, rng: np.random.Generator) -> dict:
         cfg = self.cfg
         rec = decode_record(data)
+        style = think_styles.sample_style(rng, cfg.style_probabilities)
+        if style in think_styles.DEPTH_STYLES and "depth_codes" not in rec:
+            raise DataError(f"training style {style} needs depth codes, and this record has none (convert with "
+                            f"molmoact2-data convert --depth-codes DIR, or set data.style_weights without depth "
+                            f"styles)", episode=rec["episode_id"], key="depth_codes")
         cams = self.cameras_for(rec["episode_id"])
         S = cfg.image_size
         images = np.zeros((cfg.max_cameras, S, S, 3), np.uint8)
@@ -77,7 +88,7 @@ class RobotTransform:
         image_mask = np.arange(cfg.max_cameras) < len(cams)
 
         x = self.transforms.apply_inputs({"state": rec["state"], "actions": rec["actions"][: self.horizon],
-                                          "task": rec["task"], "num_images": len(cams)})
+                                          "task": rec["task"], "num_images": len(cams), "style": style})
         state_n, chunk_n, bins = x["state"], x["actions"], x["state_bins"]
         actions = np.zeros((cfg.max_action_horizon, chunk_n.shape[1]), np.float32)
         actions[: self.horizon] = chunk_n
@@ -87,10 +98,16 @@ class RobotTransform:
         state, state_dim_is_pad = pad_last(state_n, cfg.max_action_dim)
         padded_bins = np.zeros(cfg.max_action_dim, np.int32)
         padded_bins[: len(bins)] = bins
-        return {
+        ex = {
             "images": images, "image_mask": image_mask,
             "state": state, "state_dim_is_pad": state_dim_is_pad, "state_bins": padded_bins,
             "actions": actions, "action_is_pad": action_is_pad, "action_dim_is_pad": action_dim_is_pad,
             "prompt": x["prompt"], "tag_id": np.int32(self.tag_id), "action_horizon": np.int32(self.horizon),
             "episode_id": rec["episode_id"], "frame_index": np.int32(rec["frame_index"]),
+            "style": style, "has_actions": np.bool_(style != "robot_depth"),
         }
+        if cfg.style_probabilities is not None:
+            codes = rec.get("depth_codes")
+            ex["depth_codes"] = np.zeros(think_styles.NUM_DEPTH_CODES, np.int32) if codes is None else \
+                np.asarray(codes, np.int32)
+        return ex

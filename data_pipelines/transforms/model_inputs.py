@@ -4,13 +4,16 @@ observation (`prompt_ids` / `image_inputs`, which `Policy` left-pads to its buck
 
 Token features are aligned with input_ids: `loss_mask[i] = 1` when token i is an answer token the LM must predict
 (the trainer shifts). Robot examples in "continuous" action_format are prompt-only (no LM loss, spec 4.3);
-"both"/"discrete" append <action_start> OpenFAST tokens <action_end> EOS.
+"both"/"discrete" append <action_start> OpenFAST tokens <action_end> EOS. Think styles (an example's `style`,
+transforms/think_styles.py) put the depth span `<depth_start>` codes `<depth_end>` first: robot_depth ends it with
+EOS; robot_depth_action follows it with the action answer (none in "continuous": the expert reads the depth K/V).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from data_pipelines.errors import DataError
+from data_pipelines.transforms import think_styles
 from molmoact2_jax.preprocessing.image import pooled_grid, preprocess_images
 
 ACTION_FORMATS = ("continuous", "discrete", "both")
@@ -55,12 +58,28 @@ class ModelInputs:
         bpe = self.openfast.encode(chunk[None])[0]
         return [L.action_start] + [L.action_token(int(k)) for k in bpe] + [L.action_end, L.eos]
 
+    def depth_ids(self, ex: dict) -> list[int]:
+        """<depth_start> + the example's 100 depth codes + <depth_end> (Think styles)."""
+        L = self.tok.layout
+        try:
+            return think_styles.depth_span(ex["depth_codes"], L.depth_start, L.depth_end, L.depth_token(0),
+                                           L.num_depth_tokens)
+        except (KeyError, ValueError) as e:
+            raise DataError(f"style {ex.get('style')}: bad depth codes: {e}", episode=ex.get("episode_id"),
+                            key="depth_codes") from None
+
     def tokens(self, ex: dict) -> tuple[np.ndarray, np.ndarray]:
         ids = self.prompt_ids(ex["prompt"], int(np.asarray(ex["image_mask"]).sum()))
         loss = [0] * len(ids)
-        if self.action_format != "continuous":
-            answer = self.answer_ids(ex)
-            ids, loss = ids + answer, loss + [1] * len(answer)
+        style = str(ex.get("style") or "robot_action")
+        answer = []
+        if style in think_styles.DEPTH_STYLES:
+            answer = self.depth_ids(ex)
+        if style == "robot_depth":
+            answer.append(self.tok.layout.eos)
+        elif self.action_format != "continuous":
+            answer += self.answer_ids(ex)
+        ids, loss = ids + answer, loss + [1] * len(answer)
         return np.asarray(ids, np.int32), np.asarray(loss, np.float32)
 
     def __call__(self, ex: dict) -> dict:

@@ -60,6 +60,10 @@ def build_robot_prompt(task: str, num_images: int, state_bins, setup_type: str, 
         body += ("first predict the depth map of the main image and then predict the action the robot should "
                  "take to complete the task?")
         trigger = "<depth_output><action_output>"
+    elif style == "robot_depth":
+        # The released code's depth-only training template was not found (spec 20.9); this question is ours.
+        body += "predict the depth map of the main image?"
+        trigger = "<depth_output>"
     else:
-        raise ValueError(f"style must be robot_action or robot_depth_action, got {style!r}")
+        raise ValueError(f"style must be robot_action, robot_depth or robot_depth_action, got {style!r}")
     return image_prefix(num_images) + "<|im_start|>user\n" + body + "<|im_end|>\n<|im_start|>assistant\n" + trigger

@@ -86,7 +86,9 @@ def actions_to_model_space(tag: TagInfo, actions, state) -> np.ndarray:
 
 
 class RobotPrompt:
-    """task + number of images + state bins + the tag's setup / control mode -> prompt text (spec 4.1)."""
+    """task + number of images + state bins + the tag's setup / control mode -> prompt text (spec 4.1).
+    The style is the example's `style` when it has one (Think training, transforms/think_styles.py), else
+    robot_depth_action with `think` (MolmoThink serving) or robot_action."""
 
     def __init__(self, tag: TagInfo, state_format: str = "discrete", think: bool = False,
                  normalize_language: bool = True):
@@ -100,7 +102,7 @@ class RobotPrompt:
         bins = np.asarray(x["state_bins"]).tolist() if self.state_format == "discrete" else None
         x["prompt"] = build_robot_prompt(
             str(x["task"]), int(x["num_images"]), bins, self.tag.setup_type, self.tag.control_mode,
-            style="robot_depth_action" if self.think else "robot_action",
+            style=x.get("style") or ("robot_depth_action" if self.think else "robot_action"),
             normalize_language=bool(x.get("normalize_language", self.normalize_language)))
         return x
 

@@ -9,6 +9,9 @@ Inputs:
   --lerobot ROOT     a LeRobot dataset (data_pipelines.formats.lerobot_reader.LeRobotDataset); frames of
                      --camera (default: the first camera) go through a depth estimator and the change mask is
                      computed on the RGB frames, as at inference.
+  --sim-depth ROOT   a simulation recording made with `molmoact2-sim record --depth`: the stored metric depth of
+                     the first camera (MuJoCo, exact) is encoded, and the change mask is computed on that camera's
+                     RGB frames, as at inference. `--train-steps N` fits the VQ-VAE on those depth maps.
 Depth estimator (`--estimator module:function`, called as fn(rgb HxWx3 uint8) -> depth HxW float): the real one
 is Depth Anything V2, which cannot be downloaded here. The default `placeholder` estimator is NOT a depth model:
 it returns inverted, smoothed luminance so the tooling can be exercised end to end; do not train on its output.
@@ -19,6 +22,7 @@ Output (OUT/): data/episode_XXXXXX.parquet with columns episode_index, frame_ind
 (list<int32>[100]), depth_updated_mask (list<bool>[100]) (+ `file` for --npy-dir), and meta/info.json.
 
     python -m molmoact2_jax.depth.codes --lerobot /data/libero --vqvae vqvae/ --out /data/libero_depth
+    molmoact2-depth-codes --sim-depth /data/sim --train-steps 400 --out /data/sim_depth   (same tool)
 """
 from __future__ import annotations
 
@@ -133,14 +137,63 @@ def codes_for_lerobot(root: str, out_dir: str, params, cfg: vq.VQVAEConfig, came
     return {"episodes": len(eps), "frames": total, "camera": camera}
 
 
+def sim_depth_maps(root: str):
+    """A `molmoact2-sim record --depth` recording -> (LeRobotDataset, first camera's LeRobot key, depth loader):
+    load(ep) gives the episode's metric depth float32 [T, H, W]."""
+    info_path = os.path.join(root, "meta", "sim_recording.json")
+    if not os.path.exists(info_path):
+        raise FileNotFoundError(f"{root}: no meta/sim_recording.json (not a molmoact2-sim recording)")
+    with open(info_path) as f:
+        depth = json.load(f).get("depth")
+    if not depth:
+        raise ValueError(f"{info_path}: recorded without depth; re-record with molmoact2-sim record --depth")
+    ds = LeRobotDataset(root)
+    key = next((k for k in ds.camera_keys if k.rsplit(".", 1)[-1] == depth["camera"]), None)
+    if key is None:
+        raise ValueError(f"{root}: depth camera {depth['camera']!r} is not among the dataset cameras {ds.camera_keys}")
+
+    def load(ep: int) -> np.ndarray:
+        path = os.path.join(root, depth["dir"], f"episode_{ep:06d}.npy")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: missing depth of episode {ep}")
+        d = np.load(path, allow_pickle=False).astype(np.float32)
+        if len(d) != ds.episodes[ep].length:
+            raise ValueError(f"{path}: {len(d)} depth frames, episode {ep} has {ds.episodes[ep].length}")
+        return d
+
+    return ds, key, load
+
+
+def sim_training_maps(root: str, max_maps: int = 2000, seed: int = 0) -> list[np.ndarray]:
+    """Up to `max_maps` depth maps spread over a sim recording's episodes (VQ-VAE training data)."""
+    ds, _, load = sim_depth_maps(root)
+    maps = [m for ep in range(len(ds.episodes)) for m in load(ep)]
+    if len(maps) > max_maps:
+        pick = np.sort(np.random.default_rng(seed).choice(len(maps), max_maps, replace=False))
+        maps = [maps[i] for i in pick]
+    return maps
+
+
+def codes_for_sim(root: str, out_dir: str, params, cfg: vq.VQVAEConfig) -> dict:
+    ds, key, load = sim_depth_maps(root)
+    total = 0
+    for ep in range(len(ds.episodes)):
+        codes = vq.encode_depth(params, list(load(ep)), cfg)
+        _write_episode(out_dir, ep, codes, updated_masks(list(ds.episode_video(ep, key))))
+        total += len(codes)
+    _write_info(out_dir, os.path.abspath(root), len(ds.episodes), total, "mujoco depth buffer (exact)")
+    return {"episodes": len(ds.episodes), "frames": total, "camera": key}
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m molmoact2_jax.depth.codes",
+    ap = argparse.ArgumentParser(prog="molmoact2-depth-codes",
                                  description="Write depth_buffer_codes / depth_updated_mask companion data.")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--npy-dir")
-    src.add_argument("--lerobot")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--camera", default=None)
+    src.add_argument("--npy-dir", help="a folder of depth maps (*.npy), read in sorted order as one episode")
+    src.add_argument("--lerobot", help="a LeRobot dataset; its --camera frames go through --estimator")
+    src.add_argument("--sim-depth", help="a molmoact2-sim record --depth recording (exact depth)")
+    ap.add_argument("--out", required=True, help="companion dataset folder to write (data/*.parquet, meta/)")
+    ap.add_argument("--camera", default=None, help="--lerobot: the camera key (default: the first camera)")
     ap.add_argument("--estimator", default="placeholder", help="'placeholder' or module:function")
     ap.add_argument("--vqvae", default=None, help="directory saved by depth_vqvae.save_vqvae")
     ap.add_argument("--train-steps", type=int, default=0, help="fit a VQ-VAE on the input first (no --vqvae)")
@@ -152,6 +205,8 @@ def main(argv=None) -> int:
             cfg = vq.VQVAEConfig()
             if args.npy_dir:
                 maps = [np.load(f, allow_pickle=False) for f in sorted(glob.glob(os.path.join(args.npy_dir, "*.npy")))]
+            elif args.sim_depth:
+                maps = sim_training_maps(args.sim_depth)
             else:
                 ds = LeRobotDataset(args.lerobot)
                 est = load_estimator(args.estimator)
@@ -162,6 +217,8 @@ def main(argv=None) -> int:
             raise ValueError("pass --vqvae DIR or --train-steps N")
         if args.npy_dir:
             summary = codes_for_npy_dir(args.npy_dir, args.out, params, cfg)
+        elif args.sim_depth:
+            summary = codes_for_sim(args.sim_depth, args.out, params, cfg)
         else:
             summary = codes_for_lerobot(args.lerobot, args.out, params, cfg, args.camera,
                                         load_estimator(args.estimator), args.estimator)

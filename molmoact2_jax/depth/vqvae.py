@@ -27,6 +27,10 @@ class VQVAEConfig:
     code_dim: int = 32
     channels: tuple = (16, 32, 64, 64, 128)   # one stride-2 stage each: 2**5 = 32x downsampling
     beta: float = 0.25                         # commitment weight
+    # "resize_conv": nearest x2 upsampling + 3x3 conv per stage; its gradient is ~7x cheaper than a strided
+    # ConvTranspose's on XLA:CPU (measured: 0.17 vs 1.2 s for one 80->160 px stage, batch 16) and it has no
+    # checkerboard artefacts. "transpose": the first design, kept so VQ-VAEs saved with it still load.
+    decoder: str = "resize_conv"
 
     @property
     def downsample(self) -> int:
@@ -43,6 +47,7 @@ class VQVAEConfig:
     def from_json(cls, text: str) -> "VQVAEConfig":
         d = json.loads(text)
         d["channels"] = tuple(d["channels"])
+        d.setdefault("decoder", "transpose")   # saved before the field existed
         return cls(**d)
 
 
@@ -62,8 +67,14 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, z):
         x = nn.Conv(self.cfg.channels[-1], (1, 1))(z)
+        if self.cfg.decoder not in ("resize_conv", "transpose"):
+            raise ValueError(f"VQVAEConfig.decoder must be resize_conv or transpose, got {self.cfg.decoder!r}")
         for c in reversed(self.cfg.channels):
-            x = nn.relu(nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")(x))
+            if self.cfg.decoder == "transpose":
+                x = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")(x)
+            else:
+                x = nn.Conv(c, (3, 3), padding="SAME")(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+            x = nn.relu(x)
         return nn.Conv(1, (3, 3), padding="SAME")(x)[..., 0]
 
 

@@ -1,6 +1,6 @@
 """Command lines: molmoact2-sim (record expert demonstrations) and molmoact2-eval (closed-loop evaluation).
 
-  molmoact2-sim record --suite metaworld:reach-v3,push-v3 --episodes 50 --out DIR [--workers 4]
+  molmoact2-sim record --suite metaworld:reach-v3,push-v3 --episodes 50 --out DIR [--workers 4] [--depth]
   molmoact2-eval --checkpoint CKPT --suite metaworld:reach-v3 --episodes 20 --out DIR
   molmoact2-eval --policy random|mean-action|expert --suite libero:libero_spatial:0,1 --episodes 5 --out DIR
 
@@ -101,6 +101,9 @@ def sim_main(argv=None) -> int:
     r.add_argument("--post-success-steps", type=int, default=5,
                    help="frames kept after the expert succeeds before the episode ends (default: %(default)s)")
     r.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
+    r.add_argument("--depth", action="store_true",
+                   help="also store the first camera's metric depth per frame (MuJoCo, meters) as "
+                        "depth/episode_XXXXXX.npy, for MolmoThink depth codes (molmoact2-depth-codes --sim-depth)")
     args = p.parse_args(argv)
 
     def run(_):
@@ -113,7 +116,7 @@ def sim_main(argv=None) -> int:
             episodes=args.episodes, max_steps=args.max_steps, post_success_steps=args.post_success_steps,
             seed=args.seed, workers=args.workers, codec=args.codec,
             image_storage="image" if args.images == "png" else "video", only_success=args.only_success,
-            progress=not args.quiet), args.out)
+            depth=args.depth, progress=not args.quiet), args.out)
         for task, s in summary["tasks"].items():
             print(f"  {task:28s} expert success {s['successes']}/{s['episodes']}  mean length {s['mean_length']:.1f}")
         print(f"wrote {summary['episodes_written']} episodes, {summary['frames']} frames (LeRobot v3.0) to "

@@ -146,6 +146,20 @@ class MetaWorldEnv:
             out.append(np.ascontiguousarray(img[::-1, ::-1]) if cam.rotate180 else img.copy())
         return out
 
+    def depth(self) -> np.ndarray:
+        """Metric depth (meters, float32 HxW) of the first camera, oriented like its image: MuJoCo's depth buffer,
+        no estimator. MolmoThink's depth codes describe the first camera (spec 14)."""
+        if self.renderer is None:
+            raise SimEvalError("depth rendering needs an env built with render=True")
+        cam = self.cfg.cameras[0]
+        self.renderer.enable_depth_rendering()
+        try:
+            self.renderer.update_scene(self.env.data, camera=cam.sim_camera)
+            d = self.renderer.render()
+        finally:
+            self.renderer.disable_depth_rendering()
+        return np.ascontiguousarray(d[::-1, ::-1]) if cam.rotate180 else np.array(d, np.float32)
+
     def _obs(self, raw, render: bool = True) -> dict:
         return {"images": self._images() if render else [], "state": np.asarray(raw[:4], np.float32),
                 "task": self.instruction, "privileged": np.asarray(raw, np.float64)}

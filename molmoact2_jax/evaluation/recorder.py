@@ -9,7 +9,9 @@ An episode ends `post_success_steps` frames after success (or at max_steps).
 Episodes run in a multiprocessing pool (spawned workers, one env per task per worker); the
 dataset is written with data_pipelines' LeRobot writer. Besides the LeRobot files, meta/
 gets sim_episodes.jsonl (task, seed, success, length, final distance per episode) and
-sim_recording.json (config and per-task success rates).
+sim_recording.json (config and per-task success rates). With `depth`, the first camera's metric depth (MuJoCo's
+depth buffer, meters) of every frame is stored next to the episode as depth/episode_XXXXXX.npy (float16
+[T, H, W], episode index of the dataset), for MolmoThink depth codes (molmoact2-depth-codes --sim-depth).
 """
 from __future__ import annotations
 
@@ -46,13 +48,14 @@ class RecordOptions:
     # "video": mp4 at LeRobot's crf 30 (what real datasets hold; lossy: yuv420p smears a 2-pixel goal marker
     # away at 112 px); "image": lossless PNG frames in the parquet, the frames the policy sees in closed loop.
     image_storage: str = "video"
+    depth: bool = False                # also store the first camera's metric depth per frame (depth/*.npy)
     only_success: bool = False         # drop episodes where the expert failed
     progress: bool = True
 
 
 def _record_one(args) -> dict:
     global _EXPERT
-    cfg, task, task_index, episode, seed, max_steps, post = args
+    cfg, task, task_index, episode, seed, max_steps, post, with_depth = args
     if task not in _ENVS:
         _ENVS[task] = MetaWorldEnv(task, cfg)
     if _EXPERT is None:
@@ -60,7 +63,7 @@ def _record_one(args) -> dict:
     env = _ENVS[task]
     t0 = time.perf_counter()
     obs = env.reset(seed=seed, episode=episode)
-    states, actions, frames = [], [], [[] for _ in cfg.cameras]
+    states, actions, frames, depth = [], [], [[] for _ in cfg.cameras], []
     success_at, success = None, False
     for t in range(max_steps):
         a = _EXPERT.act(dict(obs, env_task=task))[0]
@@ -68,6 +71,8 @@ def _record_one(args) -> dict:
         actions.append(a)
         for k, img in enumerate(obs["images"]):
             frames[k].append(img)
+        if with_depth:
+            depth.append(env.depth().astype(np.float16))
         obs, ok, info = env.step(a)
         if ok and success_at is None:
             success_at, success = t + 1, True
@@ -79,6 +84,7 @@ def _record_one(args) -> dict:
         "instruction": env.instruction, "wall_s": time.perf_counter() - t0,
         "states": np.stack(states).astype(np.float32), "actions": np.stack(actions).astype(np.float32),
         "images": {cam.name: np.stack(f) for cam, f in zip(cfg.cameras, frames)},
+        "depth": np.stack(depth) if with_depth else None,
     }
 
 
@@ -109,7 +115,7 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
         raise SimEvalError(f"output {out} already holds a LeRobot dataset; choose a new --out")
     emb = metaworld_embodiment(cfg)
     max_steps = opts.max_steps or cfg.max_steps
-    jobs = [(cfg, task, ti, ep, opts.seed + 1000 * ti + ep, max_steps, opts.post_success_steps)
+    jobs = [(cfg, task, ti, ep, opts.seed + 1000 * ti + ep, max_steps, opts.post_success_steps, opts.depth)
             for ti, task in enumerate(tasks) for ep in range(opts.episodes)]
     results = []
     t0 = time.perf_counter()
@@ -141,6 +147,10 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
     t1 = time.perf_counter()
     write_lerobot(out, emb, episodes, WriteOptions(version="v3.0", codec=opts.codec,
                                                                 image_storage=opts.image_storage))
+    if opts.depth:
+        (out / "depth").mkdir(exist_ok=True)
+        for i, r in enumerate(kept):
+            np.save(out / "depth" / f"episode_{i:06d}.npy", r["depth"])
     write_s = time.perf_counter() - t1
     with open(out / "meta/sim_episodes.jsonl", "w") as f:
         for i, r in enumerate(kept):
@@ -160,6 +170,8 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
                "frames": int(sum(r["length"] for r in kept)), "seed": opts.seed, "max_steps": max_steps,
                "workers": opts.workers, "codec": opts.codec,
                "image_storage": opts.image_storage, "tasks": per_task,
+               "depth": ({"camera": cfg.camera_names[0], "dir": "depth", "units": "meters", "dtype": "float16",
+                          "source": "mujoco depth buffer"} if opts.depth else None),
                "success_rate": sum(r["success"] for r in results) / len(results),
                "simulate_s": round(sim_s, 2), "write_s": round(write_s, 2)}
     (out / "meta/sim_recording.json").write_text(json.dumps(summary, indent=2))

@@ -169,8 +169,18 @@ class MolmoAct2:
             ce = jnp.sum((lse - tgt) * mask) / n
             z = jnp.sum(jnp.square(lse) * mask) / n
             total = total + w.ce_weight * ce + w.z_loss_weight * z
-            acc = jnp.sum((jnp.argmax(logits, -1) == batch["target_ids"]) * mask) / n
+            hit = jnp.argmax(logits, -1) == batch["target_ids"]
+            acc = jnp.sum(hit * mask) / n
             metrics.update(ce_loss=ce, z_loss=z, token_accuracy=acc, loss_tokens=mask.sum())
+            # The same CE split by what is predicted, so a Think run shows its depth reasoning being learned.
+            tok = self.cfg.tokens
+            for name, start, count in (("depth", tok.depth_token_start, tok.num_depth_tokens),
+                                       ("action", tok.action_token_start, tok.num_action_tokens)):
+                part = mask * ((target >= start) & (target < start + count))
+                m = jnp.maximum(part.sum(), 1.0)
+                metrics[f"{name}_ce"] = jnp.sum((lse - tgt) * part) / m
+                metrics[f"{name}_token_accuracy"] = jnp.sum(hit * part) / m
+                metrics[f"{name}_tokens"] = part.sum()
         if self.expert is not None and "actions" in batch and w.flow_weight:
             fl, fm = flow.flow_matching_loss(
                 self.expert, params["action_expert"], batch["actions"], batch["action_dim_valid"],

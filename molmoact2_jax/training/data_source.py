@@ -6,6 +6,10 @@ config.data (when `source == "arrayrecord"`):
   tokenizer      path to a tokenizer.json / folder (the checkpoint's text tokenizer)
   openfast       OpenFAST tokenizer folder (needed when model.action_mode is "discrete" or "both")
   seq_len, global_batch_size, seed, worker_count, augment, max_cameras
+  style_weights  MolmoThink: {robot_action, robot_depth, robot_depth_action: weight} per example (spec 14); depth
+                 styles need shards converted with depth codes
+  depth_code_input_noise_rate  MolmoThink: share of teacher-forced depth-code inputs replaced by random codes
+                 (labels kept); applied in the train step (training/depth_noise.py)
   vlm_sources    optional .parquet/.jsonl vision-language files (data_pipelines/pipeline/vlm.py) for rehearsal;
                  each batch is robot data with probability `robot_share` (0.9 in the reference), else VLM data,
                  drawn from (seed, batch index) so the choice sequence is reproducible and resumable
@@ -20,6 +24,7 @@ import numpy as np
 from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
 from data_pipelines.pipeline.robot_transform import RobotTransformConfig
 from data_pipelines.pipeline.vlm import VLMConfig, VLMTransformConfig, build_vlm_dataset
+from data_pipelines.transforms import think_styles
 from data_pipelines.transforms.model_inputs import ModelInputs
 from molmoact2_jax.preprocessing.image import preprocess_images
 from molmoact2_jax.tokenizers.openfast import OpenFAST
@@ -39,7 +44,7 @@ def to_model_batch(b: dict) -> dict:
                actions=np.asarray(b["actions"], np.float32),
                action_dim_valid=~np.asarray(b["action_dim_is_pad"], bool),
                horizon_valid=~np.asarray(b["action_is_pad"], bool),
-               has_actions=np.ones(ids.shape[0], bool))
+               has_actions=np.asarray(b["has_actions"], bool) if "has_actions" in b else np.ones(ids.shape[0], bool))
     return out
 
 
@@ -139,7 +144,8 @@ def pipeline_config(cfg, split: str = "train", tokenizer=None) -> PipelineConfig
         transform=RobotTransformConfig(image_size=m.vit.image_size, max_cameras=int(d.get("max_cameras", 3)),
                                        max_action_horizon=m.action_expert.max_action_horizon,
                                        max_action_dim=m.action_expert.max_action_dim,
-                                       augment=bool(d.get("augment", True)) and not eval_split),
+                                       augment=bool(d.get("augment", True)) and not eval_split,
+                                       style_probabilities=think_styles.style_probabilities(d.get("style_weights"))),
         model_inputs=inputs)
 
 

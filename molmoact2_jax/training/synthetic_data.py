@@ -5,6 +5,9 @@ position towards the image centre, so actions depend on what the camera shows. T
 first action step in `<action_k>` bins, giving the LM loss a learnable target too. Batches are a pure function of
 (seed, step), generated for the whole global batch and sliced per process, so any process count sees the same
 data; the iterator state is the step counter.
+With `style_weights` (Think recipes) each example draws a MolmoThink training style (data_pipelines think_styles)
+and its depth codes are a function of the image: cells the square covers hold a "near" code, the others a
+per-row "floor" code, so the depth answer is learnable from the camera as real depth is.
 """
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ import os
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from data_pipelines.transforms import think_styles
 from molmoact2_jax.preprocessing.image import preprocess_images
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 
 
 class SyntheticRobotData:
     def __init__(self, model_cfg, global_batch: int, seq_len: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, action_dim: int = 4, horizon: int | None = None):
+                 process_count: int = 1, action_dim: int = 4, horizon: int | None = None, style_weights=None):
         if global_batch % process_count:
             raise ValueError(f"config.data.global_batch_size={global_batch} is not divisible by "
                              f"{process_count} processes")
@@ -29,6 +33,7 @@ class SyntheticRobotData:
         self.offset = process_index * self.local
         self.action_dim = action_dim
         self.horizon = horizon or model_cfg.action_expert.max_action_horizon
+        self.style_probabilities = think_styles.style_probabilities(style_weights)
         self.step = 0
 
     def get_state(self) -> dict:
@@ -65,10 +70,17 @@ class SyntheticRobotData:
                                             pool=c.connector.pool_size)
         n_tok = int((pooled >= 0).any(-1).sum())
         task = list(rng.integers(10, 200, 6))
+        style = think_styles.sample_style(rng, self.style_probabilities)
+        trigger = {"robot_action": [t.action_output], "robot_depth": [t.depth_output],
+                   "robot_depth_action": [t.depth_output, t.action_output]}[style]
         prompt = [t.eos_token_id] + task + [t.image_start] + [t.image_patch] * n_tok + [t.image_end] + [
-            t.state_start, t.state_token_start + 128, t.state_end, t.eos_token_id, t.action_output]
+            t.state_start, t.state_token_start + 128, t.state_end, t.eos_token_id] + trigger
         bins = np.clip(np.rint((chunk[0, :self.action_dim] + 1) / 2 * 255), 0, 255).astype(int)
         answer = [t.action_start] + [t.action_token_start + int(b) for b in bins] + [t.action_end, t.eos_token_id]
+        if style != "robot_action":
+            depth = think_styles.depth_span(synthetic_depth_codes(cy, cx, size), t.depth_start, t.depth_end,
+                                            t.depth_token_start, t.num_depth_tokens)
+            answer = depth + ([t.eos_token_id] if style == "robot_depth" else answer)
         seq = prompt + answer
         if len(seq) > self.seq_len:
             raise ValueError(f"config.data.seq_len={self.seq_len} is too short for a {len(seq)}-token example")
@@ -81,7 +93,18 @@ class SyntheticRobotData:
         dim_valid = np.arange(ae.max_action_dim) < self.action_dim
         return dict(input_ids=ids, attention_mask=ids >= 0, target_ids=target_ids, loss_mask=loss_mask,
                     images=patches, pooled_idx=pooled, actions=chunk, action_dim_valid=dim_valid,
-                    horizon_valid=np.ones(self.horizon, bool), has_actions=np.array(True))
+                    horizon_valid=np.ones(self.horizon, bool), has_actions=np.array(style != "robot_depth"))
+
+
+def synthetic_depth_codes(cy: int, cx: int, size: int, half: int = 6) -> np.ndarray:
+    """The 10x10 depth codes of a synthetic image with the square centred at (cy, cx): 100 + row for cells the
+    square overlaps (near), else the row index (a floor receding up the image)."""
+    edges = np.linspace(0, size, 11)
+    rows = (edges[1:] > cy - half) & (edges[:-1] < cy + half)
+    cols = (edges[1:] > cx - half) & (edges[:-1] < cx + half)
+    near = rows[:, None] & cols[None, :]
+    row = np.broadcast_to(np.arange(10)[:, None], (10, 10))
+    return np.where(near, 100 + row, row).astype(np.int32).reshape(-1)
 
 
 # ---------------------------------------------------------------- assets of a synthetic run

@@ -32,7 +32,7 @@ from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
 from molmoact2_jax.tokenizers.text import TextTokenizer
-from molmoact2_jax.training import checkpointing, data_source, lora, memory
+from molmoact2_jax.training import checkpointing, data_source, depth_noise, lora, memory
 from molmoact2_jax.training import metrics as metrics_lib
 from molmoact2_jax.training.init_from import load_init_params
 from molmoact2_jax.training.optimizer import make_optimizer
@@ -72,7 +72,8 @@ def make_data(cfg, split: str = "train"):
     seed = int(cfg.data.seed) + (0 if split == "train" else 1_000_003)
     return SyntheticRobotData(cfg.model, int(cfg.data.global_batch_size), int(cfg.data.seq_len), seed,
                               jax.process_index(), jax.process_count(),
-                              action_dim=int(cfg.data.get("synthetic_action_dim", 4)))
+                              action_dim=int(cfg.data.get("synthetic_action_dim", 4)),
+                              style_weights=cfg.data.get("style_weights"))
 
 
 def global_batch(local: dict, shardings: dict, global_size: int) -> dict:
@@ -146,12 +147,16 @@ class Setup:
                                   out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
         # The trainer's eval scores the weights that are served: the EMA when there is one.
         self.eval_step = jax.jit(lambda s, b: self.loss_fn(s.params if s.ema_params is None else s.ema_params, b,
-                                                           jax.random.PRNGKey(0))[1],
+                                                           jax.random.PRNGKey(0), training=False)[1],
                                  in_shardings=(self.state_shardings, self.batch_shardings), out_shardings=replicated)
 
-    def loss_fn(self, params, batch, rng):
+    def loss_fn(self, params, batch, rng, training: bool = True):
         if self.lora_cfg is not None:
             params = lora.merge(params, self.lora_cfg)
+        noise_rate = float(self.cfg.data.get("depth_code_input_noise_rate", 0.0))
+        if training and noise_rate:
+            rng, noise_rng = jax.random.split(rng)
+            batch = depth_noise.add_depth_code_input_noise(batch, noise_rng, noise_rate, self.model.cfg.tokens)
         return self.model.compute_loss(params, batch, rng)
 
     def context(self):
