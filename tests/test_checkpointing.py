@@ -11,7 +11,7 @@ import chex
 import numpy as np
 import pytest
 
-from train_harness import BASE, ROOT, env_for, losses, read_metrics, run, run_multiprocess, run_until
+from train_harness import BASE, ROOT, env_for, losses, read_metrics, run, run_until
 
 CKPT = ["--config.checkpoint.every_steps=2", "--config.checkpoint.keep_last=10"]
 
@@ -114,17 +114,3 @@ def test_truncated_newest_checkpoint_falls_back_and_says_so(tmp_path):
     steps = [row["step"] for row in read_metrics(wd)]
     assert steps == list(range(1, 7))  # steps 3-4 recomputed from checkpoint 2
 
-
-@pytest.mark.multiprocess
-def test_two_processes_save_and_resume_together(tmp_path):
-    common = ["--config.data.global_batch_size=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"] + CKPT
-    ref = str(tmp_path / "ref")
-    r = run(ref, ["--config.total_steps=4"] + common, devices=8)
-    assert r.returncode == 0, r.stderr[-3000:]
-    wd = str(tmp_path / "mp")
-    codes, outs = run_multiprocess(wd, ["--config.total_steps=2"] + common, 2, 4)
-    assert codes == [0, 0], outs[0][-3000:]
-    codes, outs = run_multiprocess(wd, ["--config.total_steps=4"] + common, 2, 4)
-    assert codes == [0, 0], outs[0][-3000:]
-    assert "resumed from" in outs[0]
-    np.testing.assert_allclose(losses(wd), losses(ref), rtol=2e-5)

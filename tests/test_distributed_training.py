@@ -52,15 +52,21 @@ def test_meshes_match_single_device(single_device, mesh, tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_processes_data2_fsdp4_match_one_device(single_device, tmp_path):
+def test_two_processes_data2_fsdp4_match_one_device_across_a_resume(single_device, tmp_path):
     """2 real processes x 4 devices under data=2 x fsdp=4 against the 1-device run: the README's "match one
-    device" for both the multi-process path and that mesh."""
-    mesh = ["--config.mesh.data=2", "--config.mesh.fsdp=4"]
+    device" for both the multi-process path and that mesh, across a stop at step 2 and a joint resume (both
+    processes save their shards of one checkpoint and restore it together)."""
+    mesh = ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.checkpoint.every_steps=2"]
     two = str(tmp_path / "two")
+    codes, outs = run_multiprocess(two, STEPS + mesh + ["--config.total_steps=2"], num_processes=2,
+                                   devices_per_process=4)
+    assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     codes, outs = run_multiprocess(two, STEPS + mesh, num_processes=2, devices_per_process=4)
     assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "resumed from" in outs[0]
     print("1 device:", single_device, "\n2 processes:", losses(two))
-    np.testing.assert_allclose(losses(two), single_device, rtol=2e-6)   # measured 2.3e-7
+    assert [r["step"] for r in read_metrics(two)] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(losses(two), single_device, rtol=2e-6)   # measured 2.3e-7 without the resume
     info = json.load(open(os.path.join(two, "run_info.json")))
     assert info["processes"] == 2 and info["devices"] == 8
 

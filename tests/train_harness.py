@@ -20,7 +20,13 @@ BASE = ["--config=" + os.path.join(ROOT, "configs", "pretrain.py") + ":tiny",
 
 def env_for(devices: int = 1) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # The fake devices of one process meet at every collective; XLA:CPU aborts the process (SIGABRT) when one
+    # device's thread has not arrived within its rendezvous timeout. With two xdist workers each running trainer
+    # processes on 2 cores (load average ~12), a starved thread can miss it: give them minutes, as tests
+    # measure results, not speed.
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=1200 "
+                        "--xla_cpu_collective_timeout_seconds=1800")
     return env
 
 

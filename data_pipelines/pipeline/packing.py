@@ -42,7 +42,11 @@ def pack_examples(examples: list[dict], cfg: PackConfig) -> dict:
         if key in TOKEN_KEYS or key == "token_mask":
             continue
         first = np.asarray(examples[0][key])
-        stacked = np.zeros((cfg.max_examples,) + first.shape, first.dtype)
+        # strings (prompt, episode id, style) as objects: a fixed-width dtype taken from the first example would
+        # cut longer ones short
+        text = first.dtype.kind in "US"
+        stacked = np.full((cfg.max_examples,) + first.shape, "", object) if text else \
+            np.zeros((cfg.max_examples,) + first.shape, first.dtype)
         for k, ex in enumerate(examples):
             stacked[k] = ex[key]
         out[key] = stacked
