@@ -22,23 +22,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data_pipelines.convert import ConvertOptions, convert
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.norm_stats import NormStats
-from data_pipelines.stats import write_norm_stats
-from data_pipelines.transforms.normalize import normalize
 from data_pipelines.transforms.robot_inputs import robot_transforms
-from molmoact2_jax.evaluation.config import SIM_SETTINGS_FILE, get_config, parse_cameras, parse_suite, sim_settings
+from molmoact2_jax.evaluation.config import parse_suite, sim_settings
 from molmoact2_jax.evaluation.errors import SimEvalError
 from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
 from molmoact2_jax.evaluation.policies import ModelPolicy, make_baseline
-from molmoact2_jax.evaluation.recorder import RecordOptions, record
 from molmoact2_jax.inference.client import PolicyClient
 from molmoact2_jax.inference.server import ServerProcess
-from molmoact2_jax.recipes import load_recipe, recipe_path
-from molmoact2_jax.tokenizers.openfast import OpenFAST
+from molmoact2_jax.demo_pipeline import (convert_data, done, fit_tokenizers, record_data, save_checkpoint, sim_config,
+                                         stage, train_config)
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless; before mujoco is imported (lazily, by evaluation)
 
@@ -46,122 +41,7 @@ TASKS = ("reach-v3", "push-v3")
 IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens per camera)
 CAMERAS = "corner2,gripperPOV"
 ACTION_DIMS = ("dx", "dy", "dz", "gripper")   # MetaWorld: end-effector position delta + gripper effort
-EXPERT_STEPS = 300   # recording limit per expert episode (the policy's closed-loop limit is --max-steps)
 EVAL_SEED = 900  # closed-loop seeds 900+ (train 0+, held-out 500+; seed = base + 1000 * task index + episode)
-
-
-def stage(n: int, title: str, total: int = 8):
-    print(f"\n[{n}/{total}] {title}", flush=True)
-    return time.perf_counter()
-
-
-def done(t0: float, what: str = ""):
-    print(f"      done in {time.perf_counter() - t0:.1f}s {what}", flush=True)
-
-
-def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goal_marker: float | None = None):
-    return get_config("metaworld", image_hw=(image, image), cameras=parse_cameras("metaworld", cameras),
-                      n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker)
-
-
-def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str, depth: bool = False) -> bool:
-    """An existing recording made with these settings (else it is recorded again)."""
-    meta = path / "meta" / "sim_recording.json"
-    if not meta.exists():
-        return False
-    s = json.loads(meta.read_text())
-    return (s.get("cameras") == list(cfg.camera_names) and s.get("image_hw") == list(cfg.image_hw)
-            and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
-            and bool(s.get("depth")) == depth
-            and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))
-
-
-def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers: int, storage: str = "image",
-                depth: bool = False):
-    suite = parse_suite("metaworld:" + ",".join(tasks))
-    out = {}
-    for name, eps, seed in (("train", train_eps, 0), ("heldout", heldout_eps, 500)):
-        path = wd / "lerobot" / name
-        if not _recorded_as(path, cfg, eps, seed, tasks, storage, depth):
-            shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(wd / "shards" / name, ignore_errors=True)
-            # Lossless frames: the goal marker is 1-2 pixels at 112 px, and LeRobot's mp4 (crf 30, yuv420p)
-            # erases it, so a policy trained on the videos never sees the goal it is evaluated on.
-            s = record(suite, cfg, RecordOptions(episodes=eps, seed=seed, workers=workers, codec="h264", max_steps=EXPERT_STEPS,
-                                                 image_storage=storage, only_success=True, depth=depth), path)
-            rates = {t: f"{v['successes']}/{v['episodes']}" for t, v in s.get("tasks", {}).items()}
-            print(f"      {name}: expert successes {rates}, {s['frames']} frames")
-        out[name] = path
-    return out
-
-
-def convert_data(wd: Path, datasets: dict, horizon: int, image: int, workers: int, depth_codes: dict | None = None):
-    shards = {}
-    for name, src in datasets.items():
-        shards[name] = wd / "shards" / name
-        shutil.rmtree(shards[name], ignore_errors=True)
-        convert(ConvertOptions(source=f"lerobot:{src}", embodiment="metaworld", out=str(shards[name]),
-                               horizon=horizon, image_size=image, workers=workers,
-                               depth_codes=str(depth_codes[name]) if depth_codes else None))
-    stats_path = wd / "norm_stats.json"
-    write_norm_stats([str(shards["train"])], stats_path)
-    return shards, stats_path
-
-
-def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizon: int):
-
-    ds = LeRobotDataset(train_src)
-    info = NormStats.load(stats_path).tag(tag)
-    corpus = [info.setup_type, info.control_mode, "The task is to . The setup is . The current "
-              "state of the robot is . The expected control mode is . Given these, what action should the robot "
-              "take to complete the task?", "user", "assistant", "Image"]
-    chunks = []
-    for ep in range(len(ds.episodes)):
-        corpus.append(ds.task(ep))
-        acts = ds.episode_columns(ep, keys=("action",))["action"]
-        norm = normalize(acts, info.action_stats, info.norm_mode)
-        for t in range(0, len(norm) - horizon + 1, 2):
-            chunks.append(norm[t:t + horizon])
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus * 5, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    (wd / "tokenizer").mkdir(exist_ok=True)
-    tok.save(str(wd / "tokenizer" / "tokenizer.json"))
-    fast = OpenFAST.fit(chunks, vocab_size=1024, scale=10)
-    fast.save(wd / "openfast")
-    enc = fast.encode(np.stack(chunks[:200]))
-    print(f"      text vocab {tok.get_vocab_size()}, OpenFAST: {len(chunks)} chunks, "
-          f"{np.mean([len(e) for e in enc]):.1f} tokens per {horizon}x{chunks[0].shape[1]} chunk")
-    return wd / "tokenizer" / "tokenizer.json", wd / "openfast"
-
-
-def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, openfast: Path, args):
-    c = load_recipe(recipe_path("finetune", "tiny"))
-    c.total_steps = args.steps
-    c.model.vit.image_size = args.image_size
-    if args.vit_width:   # a wider tiny ViT (the tiny default is 32)
-        w = int(args.vit_width)
-        c.model.vit.hidden_size = c.model.connector.hidden_size = w
-        c.model.vit.head_dim = c.model.connector.head_dim = w // c.model.vit.num_heads
-        c.model.vit.mlp_dim = 2 * w
-    c.model.action_mode = "both"
-    c.data.source = "arrayrecord"
-    c.data.sources = [{"path": str(shards["train"]), "weight": 1.0}]
-    c.data.eval_sources = [{"path": str(shards["heldout"]), "weight": 1.0}]
-    c.data.norm_stats, c.data.tokenizer, c.data.openfast = str(stats_path), str(tokenizer), str(openfast)
-    c.data.global_batch_size = args.batch
-    # The demo's prompts are ~130 tokens (16 image tokens per camera at 112 px): a longer pad only costs time.
-    c.data.seq_len = args.seq_len
-    c.data.max_cameras = len(args.cameras.split(","))
-    c.data.augment = args.augment
-    c.optimizer.warmup_steps = 20
-    c.checkpoint.every_steps = max(args.steps // 2, 1)
-    c.trainer.eval_every_steps = max(args.steps // 4, 1)
-    c.trainer.eval_batches = 2
-    return c
 
 
 def action_error(cfg, params, shards: Path, max_batches: int = 64, noise_scale: float = 1.0) -> tuple[dict, list]:
@@ -235,21 +115,6 @@ def plot(wd: Path, traj, metrics_path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def save_checkpoint(wd: Path, params, cfg, sim_cfg, stats_path: Path, tokenizer: Path, openfast: Path) -> Path:
-    from molmoact2_jax.checkpoint_io import params as params_io  # lazy: imports jax
-    ckpt = wd / "final_checkpoint"
-    params_io.save_params(str(ckpt), params, cfg.model)
-    assets = ckpt / "assets"
-    assets.mkdir(exist_ok=True)
-    shutil.copy(stats_path, assets / "norm_stats.json")
-    shutil.copy(tokenizer, assets / "tokenizer.json")
-    shutil.copytree(openfast, assets / "openfast", dirs_exist_ok=True)
-    # How the policy was trained to act (cameras, image size, actions per query, episode length), so
-    # `molmoact2-eval --checkpoint EXPORT` evaluates it that way with no other flag.
-    (assets / SIM_SETTINGS_FILE).write_text(json.dumps(sim_settings(sim_cfg), indent=2))
-    return ckpt
 
 
 POLICIES = ("molmoact2-tiny", "mean-action", "random")
@@ -428,7 +293,7 @@ def main(argv=None) -> int:
 
 
 def think_main(args, sim_cfg, wd: Path, tasks) -> int:
-    from molmoact2_jax import demo_think  # lazy: it imports this module
+    from molmoact2_jax import demo_think  # lazy: imports jax; --help must not
     think = demo_think.run(args, sim_cfg, wd, tasks)
     settings = {**sim_settings(sim_cfg), "tasks": list(tasks), "train_episodes": args.train_episodes,
                 "heldout_episodes": args.heldout_episodes, "steps": args.steps, "batch": args.batch,

@@ -20,7 +20,7 @@ import numpy as np
 
 from data_pipelines.formats.depth_codes import DepthCodes
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
-from molmoact2_jax import demo
+from molmoact2_jax import demo_pipeline as demo
 from molmoact2_jax.depth import codes as depth_codes
 from molmoact2_jax.depth import vqvae as vq
 
@@ -60,7 +60,7 @@ def think_train_config(wd, shards, stats_path, tokenizer, openfast, args):
 
 def gate_change(params) -> dict:
     """How far the depth gates moved from their init (kernel 0, bias -4, spec 10.2)."""
-    import jax  # lazy
+    import jax  # lazy: imports jax; --help must not
     ae = jax.device_get(params["action_expert"])
     k, b = np.asarray(ae["depth_gate_kernel"]), np.asarray(ae["depth_gate_bias"])
     return {"kernel_max_abs": float(np.abs(k).max()), "bias_max_abs_change": float(np.abs(b + 4.0).max()),
@@ -166,7 +166,7 @@ def run(args, sim_cfg, wd: Path, tasks) -> dict:
     cfg = think_train_config(wd, shards, stats_path, tokenizer, openfast, args)
     shutil.rmtree(wd / "train", ignore_errors=True)
     out = trainer.train(cfg, str(wd / "train"))
-    import jax  # lazy
+    import jax  # lazy: imports jax; --help must not
     params = jax.device_get(out["state"].params)
     curve = depth_ce_curve(wd / "train" / "metrics.jsonl")
     gates = gate_change(params)
