@@ -22,6 +22,8 @@ shift
 # below the OS's ephemeral range, so no outgoing connection takes it before process 0 binds it (molmoact2_jax/ports.py)
 port=${MOLMOACT2_PORT:-$(python3 -c 'from molmoact2_jax.ports import coordinator_port; print(coordinator_port())')}
 export MOLMOACT2_COORDINATOR="127.0.0.1:${port}" MOLMOACT2_NUM_PROCESSES="$num"
+# processes sharing one host's cores can starve the coordination heartbeats past jax's 100 s default
+export MOLMOACT2_HEARTBEAT_TIMEOUT_S="${MOLMOACT2_HEARTBEAT_TIMEOUT_S:-600}"
 # Several processes share this host's cores: a starved device thread must not trip XLA:CPU's collective
 # rendezvous abort (seconds by default), so allow minutes.
 export XLA_FLAGS="--xla_force_host_platform_device_count=${devices} --xla_cpu_collective_call_terminate_timeout_seconds=1200 ${XLA_FLAGS:-}"

@@ -24,6 +24,7 @@ def env_for(devices: int = 1) -> dict:
     # device's thread has not arrived within its rendezvous timeout. With two xdist workers each running trainer
     # processes on 2 cores (load average ~12), a starved thread can miss it: give them minutes, as tests
     # measure results, not speed.
+    env["MOLMOACT2_HEARTBEAT_TIMEOUT_S"] = "900"   # the same starvation for the coordination heartbeats
     env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                         "--xla_cpu_collective_call_terminate_timeout_seconds=1200 "
                         "--xla_cpu_collective_timeout_seconds=1800")
@@ -99,3 +100,14 @@ def run_multiprocess(workdir: str, overrides, num_processes: int, devices_per_pr
         outs.append(log.read())
         log.close()
     return codes, outs
+
+
+def failure_report(outs, tail: int = 2500) -> str:
+    """For an assert message: each process's error lines (XLA / coordination-service log lines E.../F..., Python
+    errors) and the tail of its output; a bare tail loses the first error when the process dumps stacks."""
+    parts = []
+    for i, out in enumerate(outs):
+        errors = [line for line in out.splitlines()
+                  if line[:1] in "EF" and line[1:5].isdigit() or "Error" in line or "error:" in line]
+        parts.append(f"--- process {i}: error lines\n" + "\n".join(errors[:30]) + f"\n--- tail\n{out[-tail:]}")
+    return "\n".join(parts)

@@ -13,6 +13,20 @@ import jax
 from jax._src import distributed as _dist
 
 
+def _timeouts() -> dict:
+    """Coordination-service timeouts from MOLMOACT2_HEARTBEAT_TIMEOUT_S (default jax's 100 s). A process that misses
+    heartbeats for that long is declared dead and every process aborts; several trainer processes compiling on a
+    few shared CPU cores can starve the heartbeat thread for that long, so the local launcher raises it."""
+    value = os.environ.get("MOLMOACT2_HEARTBEAT_TIMEOUT_S")
+    if not value:
+        return {}
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise ValueError(f"MOLMOACT2_HEARTBEAT_TIMEOUT_S={value!r}: expected whole seconds") from None
+    return {"heartbeat_timeout_seconds": seconds}
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, local_device_ids=None) -> str:
     """Returns which source initialised the run ('explicit', 'slurm', 'tpu' or 'single')."""
@@ -26,14 +40,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             raise ValueError("a coordinator address needs --num_processes and --process_id "
                              "(or MOLMOACT2_NUM_PROCESSES / MOLMOACT2_PROCESS_ID)")
         _cpu_collectives()
-        jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids)
+        jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids,
+                                   **_timeouts())
         return "explicit"
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_timeouts())
         return "slurm"
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     if len([h for h in hosts.split(",") if h]) > 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_timeouts())
         return "tpu"
     return "single"
 
