@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.formats.depth_codes import DepthCodes
+from data_pipelines.formats.depth_codes import NUM_CODES, DepthCodes
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from molmoact2_jax import demo_pipeline as demo
 from molmoact2_jax.depth import codes as depth_codes
@@ -76,9 +76,8 @@ def depth_ce_curve(metrics_path: Path, window: int = 20) -> dict:
             "train_depth_token_accuracy_last": float(np.mean(acc[-window:]))}
 
 
-def eval_frames(src: Path, max_frames: int) -> list[tuple[int, int]]:
+def eval_frames(ds: LeRobotDataset, max_frames: int) -> list[tuple[int, int]]:
     """(episode, frame) pairs spread over the held-out episodes, frame >= 1 (each needs a previous frame)."""
-    ds = LeRobotDataset(src)
     pairs = [(e.index, t) for e in ds.episodes for t in range(1, e.length)]
     if len(pairs) > max_frames:
         pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, max_frames).round().astype(int)]
@@ -87,7 +86,7 @@ def eval_frames(src: Path, max_frames: int) -> list[tuple[int, int]]:
 
 def most_frequent_code(train_src: Path, train_codes: Path) -> int:
     ds, comp = LeRobotDataset(train_src), DepthCodes(train_codes)
-    counts = np.zeros(vq.VQVAEConfig().num_codes, np.int64)
+    counts = np.zeros(NUM_CODES, np.int64)
     for e in comp.episodes():
         codes = comp.episode(e, ds.episodes[e].length)[0]
         counts += np.bincount(codes.reshape(-1).astype(int), minlength=len(counts))
@@ -110,7 +109,7 @@ def depth_accuracy(export: Path, src: Path, codes_dir: Path, most_frequent: int,
                           companion.episode(ep, ds.episodes[ep].length)[0].astype(np.int32), ds.task(ep))
         return loaded[ep]
 
-    pairs = eval_frames(src, max_frames)
+    pairs = eval_frames(ds, max_frames)
     acc = {"think": [], "full": [], "copy_previous": [], "most_frequent": []}
     lat = {"think": [], "full": []}
     repredicted = []

@@ -54,12 +54,12 @@ class DepthCodes:
             raise DataError(f"no depth codes for this episode ({len(self.files_of)} episodes have codes)",
                             path=self.root / "data", episode=ep, key=CODES_KEY)
         parts = []
-        for f in files:
-            t = pq.read_table(f)
-            missing = [k for k in ("frame_index", CODES_KEY) if k not in t.column_names]
+        for f in files:   # only this episode's rows: a v3.0 file holds many episodes
+            names = pq.read_schema(f).names
+            missing = [k for k in ("frame_index", CODES_KEY) if k not in names]
             if missing:
                 raise DataError(f"depth-code file lacks column(s) {missing}", path=f, episode=ep, key=missing[0])
-            parts.append(t.filter(pc.equal(t["episode_index"], ep)))
+            parts.append(pq.read_table(f, filters=[("episode_index", "=", ep)]))
         t = pa.concat_tables(parts, promote_options="default")
         t = t.take(pc.sort_indices(t, [("frame_index", "ascending")]))
         frames = t["frame_index"].to_numpy()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_pipelines.formats.depth_codes import NUM_CELLS, NUM_CODES
+
 STYLES = ("robot_action", "robot_depth", "robot_depth_action")
 DEPTH_STYLES = ("robot_depth", "robot_depth_action")
-NUM_DEPTH_CODES = 100
+NUM_DEPTH_CODES = NUM_CELLS   # codes per depth map (10x10)
 
 
 def style_probabilities(weights, where: str = "config.data.style_weights") -> tuple[float, float, float] | None:
@@ -48,7 +50,7 @@ def sample_style(rng: np.random.Generator, probabilities) -> str:
     return STYLES[int(rng.choice(len(STYLES), p=probabilities))]
 
 
-def depth_span(codes, depth_start: int, depth_end: int, code0: int, num_codes: int = 128) -> list[int]:
+def depth_span(codes, depth_start: int, depth_end: int, code0: int, num_codes: int = NUM_CODES) -> list[int]:
     """`<depth_start>` + the 100 codes as `<depth_k>` ids + `<depth_end>`."""
     codes = np.asarray(codes).reshape(-1)
     if codes.size != NUM_DEPTH_CODES or codes.min(initial=0) < 0 or codes.max(initial=0) >= num_codes:

@@ -223,7 +223,7 @@ def main(argv=None) -> int:
             summary = codes_for_lerobot(args.lerobot, args.out, params, cfg, args.camera,
                                         load_estimator(args.estimator), args.estimator)
     except (OSError, ValueError) as e:
-        print(f"depth_codes: error: {e}", file=sys.stderr)
+        print(f"molmoact2-depth-codes: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0
