@@ -72,3 +72,31 @@ def test_cli_reports_missing_folder(tmp_path, capsys):
     from molmoact2_jax.convert.cli import main
     assert main(["import-molmo2", str(tmp_path / "nope"), str(tmp_path / "ck")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_imported_molmo2_is_an_init_from_start(hf_folder, tmp_path):
+    """`config.init_from` = an `import-molmo2` checkpoint (the pre-training start): every backbone tensor is
+    loaded (it saves the backbone's Flax variables, params/{vit,connector,llm}), the action expert stays fresh,
+    nothing is left over; a checkpoint of another model is an error, not a silent fresh start."""
+    from flax import traverse_util
+    from molmoact2_jax.checkpoint_io.params import save_params
+    from molmoact2_jax.inference import testing as T
+    from molmoact2_jax.training.init_from import load_init_params
+
+    folder, _ = hf_folder
+    imported, cfg = molmo2.import_molmo2(folder, str(tmp_path / "ckpt"))
+    cfg.action_expert.update(dict(hidden_size=32, num_heads=4, timestep_embed_dim=32, max_action_horizon=8))
+    fresh = traverse_util.flatten_dict(T.init_params(cfg, seed=3), sep="/")
+    run = ml_collections.ConfigDict({"init_from": str(tmp_path / "ckpt"), "init_fresh": ()})
+    out = traverse_util.flatten_dict(load_init_params(run, traverse_util.unflatten_dict(dict(fresh), sep="/")),
+                                     sep="/")
+    want = traverse_util.flatten_dict(imported["params"], sep="/")
+    assert {k for k in out if k.startswith("backbone/")} == {f"backbone/{k}" for k in want}
+    for k, v in want.items():
+        np.testing.assert_array_equal(np.asarray(out[f"backbone/{k}"]), np.asarray(v), err_msg=k)
+    for k in (k for k in out if k.startswith("action_expert/")):
+        np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(fresh[k]), err_msg=k)
+    save_params(str(tmp_path / "other"), {"head": {"kernel": np.ones((2, 2), np.float32)}}, cfg)
+    run.init_from = str(tmp_path / "other")
+    with pytest.raises(ValueError, match="none of its 1 tensors is a parameter of this model"):
+        load_init_params(run, traverse_util.unflatten_dict(dict(fresh), sep="/"))
