@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance-s", type=float, default=1e-4,
                    help="allowed timestamp error in seconds (frame spacing vs 1/fps, video frame times; "
                         "default: %(default)s)")
+    c.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg",
+                   help="frame encoding in the shards: jpeg (quality 95, 4:4:4 chroma) or png (lossless; for "
+                        "small targets such as a simulator's goal marker; default: %(default)s)")
     c.add_argument("--depth-codes", default=None, metavar="DIR",
                    help="MolmoThink: a depth-code companion dataset (depth_buffer_codes / depth_updated_mask "
                         "parquet under DIR/data, e.g. a released <repo>_depth or molmoact2-depth-codes output); "
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
                                            max_image_side=args.max_image_side,
                                            on_error=args.on_error, tolerance_s=args.tolerance_s,
                                            delta_action_dims=args.delta_action_dims,
-                                           depth_codes=args.depth_codes))
+                                           depth_codes=args.depth_codes, image_format=args.image_format))
             print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
                   f"shards ({index['resumed_shards']} already done); skipped {len(index['skipped'])} episodes")
             for s in index["skipped"][:5]:

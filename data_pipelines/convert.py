@@ -1,7 +1,7 @@
 """Convert a LeRobot or RLDS source into ArrayRecord shards of training frames.
 
-One record per frame (random access + global shuffle in Grain), holding the resized JPEG of
-every camera, the state, and the action chunk t..t+H-1 (clamped at the episode end, with
+One record per frame (random access + global shuffle in Grain), holding the resized JPEG (4:4:4) or PNG
+of every camera, the state, and the action chunk t..t+H-1 (clamped at the episode end, with
 `action_is_pad`). Frames are decoded once here so training never touches video.
 
 Output: shard-XXXXX-of-YYYYY.array_record, a shard-XXXXX.json sidecar (episodes, skips), a
@@ -42,6 +42,8 @@ class ConvertOptions:
     horizon: int | None = None          # default: the embodiment's action_horizon
     image_size: int | None = 378        # squash to SxS with the model's resize (spec 5.2); None: keep aspect
     max_image_side: int = 384           # with image_size=None: downscale so the longer side <= this
+    # "jpeg" (quality 95, 4:4:4 chroma) or "png" (lossless: the frames the source holds, bit for bit)
+    image_format: str = "jpeg"
     jpeg_quality: int = 95
     episodes_per_shard: int = 50
     workers: int = 1
@@ -52,6 +54,8 @@ class ConvertOptions:
     depth_codes: str | None = None      # MolmoThink: a depth-code companion dataset (matched by episode_index)
 
     def __post_init__(self):
+        if self.image_format not in ("jpeg", "png"):
+            raise ValueError(f"image_format must be 'jpeg' or 'png', got {self.image_format!r}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         if self.delta_action_dims is not None:
@@ -81,7 +85,7 @@ def frame_records(ep, emb, horizon, tag, ep_id, opts, depth=None):
         else:
             hw = target_hw(*frames.shape[1:3], opts.max_image_side)
             small = (images.resize(f, hw) for f in frames)
-        jpegs[key] = [images.encode_image(f, "jpeg", opts.jpeg_quality) for f in small]
+        jpegs[key] = [images.encode_image(f, opts.image_format, opts.jpeg_quality, full_chroma=True) for f in small]
     for t in range(T):
         idx = np.arange(t, t + horizon)
         rec = {"state": ep.states[t], "actions": ep.actions[np.minimum(idx, T - 1)],
@@ -174,7 +178,7 @@ def convert(opts: ConvertOptions) -> dict:
     index = {
         "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
         "tag_metadata": tag_meta, "camera_keys": src.camera_keys, "state_names": src.state_names,
-        "fps": src.fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size,
+        "fps": src.fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size, "image_format": opts.image_format,
         "shards": [{"file": r["shard"], "num_records": r["num_records"], "num_episodes": len(r["episodes"])}
                    for r in results],
         "total_frames": sum(r["num_records"] for r in results),

@@ -229,7 +229,9 @@ def main(argv=None) -> int:
     done(t0)
     seconds["record"] = time.perf_counter() - t0
     t0 = stage(2, "convert to ArrayRecord shards + norm_stats.json")
-    shards, stats_path = convert_data(wd, datasets, sim_cfg.action_horizon, args.image_size, args.workers)
+    # Lossless shards too: JPEG, like the mp4 before it, turns the 2-pixel goal marker grey.
+    shards, stats_path = convert_data(wd, datasets, sim_cfg.action_horizon, args.image_size, args.workers,
+                                      image_format="png" if args.lossless else "jpeg")
     done(t0)
     t0 = stage(3, "fit the text tokenizer and the OpenFAST action tokenizer")
     tokenizer, openfast = fit_tokenizers(wd, datasets["train"], stats_path, sim_cfg.norm_tag, sim_cfg.action_horizon)

@@ -68,13 +68,14 @@ def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers:
     return out
 
 
-def convert_data(wd: Path, datasets: dict, horizon: int, image: int, workers: int, depth_codes: dict | None = None):
+def convert_data(wd: Path, datasets: dict, horizon: int, image: int, workers: int, depth_codes: dict | None = None,
+                 image_format: str = "png"):
     shards = {}
     for name, src in datasets.items():
         shards[name] = wd / "shards" / name
         shutil.rmtree(shards[name], ignore_errors=True)
         convert(ConvertOptions(source=f"lerobot:{src}", embodiment="metaworld", out=str(shards[name]),
-                               horizon=horizon, image_size=image, workers=workers,
+                               horizon=horizon, image_size=image, workers=workers, image_format=image_format,
                                depth_codes=str(depth_codes[name]) if depth_codes else None))
     stats_path = wd / "norm_stats.json"
     write_norm_stats([str(shards["train"])], stats_path)

@@ -461,3 +461,30 @@ def test_recorded_png_frames_are_the_frames_the_policy_sees(tmp_path):
         err[storage] = np.abs(frame - live)[goal].mean()
     assert err["image"] == 0
     assert err["video"] > 15, err    # measured 24.8 (of 255) on those red pixels
+
+    # ... and so must the shards converted from them: PNG bit-exact; JPEG at 4:4:4 keeps the marker's colour, where
+    # libjpeg's default 4:2:0 averaged it over 2x2 pixels with the grey table (the demo trained on those until now).
+    import io
+
+    from array_record.python.array_record_module import ArrayRecordReader
+    from PIL import Image
+
+    from data_pipelines.convert import ConvertOptions, convert
+    from data_pipelines.formats.images import decode_image
+    from data_pipelines.record_codec import decode_record
+    shard_err = {}
+    for fmt in ("png", "jpeg"):
+        out = tmp_path / f"shards_{fmt}"
+        index = convert(ConvertOptions(f"lerobot:{tmp_path / 'image'}", "metaworld", str(out), image_size=112,
+                                       image_format=fmt, progress=False))
+        assert index["image_format"] == fmt
+        reader = ArrayRecordReader(str(out / index["shards"][0]["file"]))
+        rec = decode_record(reader.read([0])[0])
+        reader.close()
+        frame = decode_image(rec[f"image/{cfg.camera_keys[0]}"]).astype(int)
+        shard_err[fmt] = np.abs(frame - live)[goal].max()
+    buf = io.BytesIO()
+    Image.fromarray(live.astype(np.uint8)).save(buf, format="JPEG", quality=95)   # 4:2:0, the old shards
+    old = np.abs(np.asarray(Image.open(buf).convert("RGB")).astype(int) - live)[goal].max()
+    assert shard_err["png"] == 0
+    assert shard_err["jpeg"] <= 25 and old >= 100, (shard_err, old)   # measured 17 and 136 (of 255)

@@ -10,9 +10,12 @@ from data_pipelines.errors import DataError
 from molmoact2_jax.preprocessing.image import resize_uint8
 
 
-def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95, full_chroma: bool = False) -> bytes:
+    """`full_chroma`: JPEG 4:4:4 instead of libjpeg's 4:2:0, which averages colour over 2x2 pixels (a 2-pixel red
+    marker comes out grey-pink)."""
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format=fmt.upper(), **({"quality": quality} if fmt == "jpeg" else {}))
+    kw = {"quality": quality, **({"subsampling": 0} if full_chroma else {})} if fmt == "jpeg" else {}
+    Image.fromarray(rgb).save(buf, format=fmt.upper(), **kw)
     return buf.getvalue()
 
 
