@@ -12,6 +12,7 @@ actions; the baseline gets its inputs ready-made (no preprocessing is timed for 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import tempfile
@@ -54,12 +55,21 @@ def torch_inputs(policy, inp):
     n_img, p = inp["images"].shape[1:3]
     g = policy.image_grid[0]
     family = [t.image_start, t.image_end, t.image_patch, t.image_col]
-    return dict(input_ids=torch.tensor(ids[None], dtype=torch.long),
-                attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                pixel_values=torch.tensor(inp["images"][0]),
-                image_token_pooling=torch.tensor(inp["pooled"][0], dtype=torch.long),
-                image_grids=torch.tensor([[g, g, 0, 0]] * n_img, dtype=torch.long),
-                mm_token_type_ids=torch.tensor(np.isin(ids, family)[None].astype(np.int64)))
+    pooled = np.asarray(inp["pooled"][0])
+    from transformers import Molmo2ForConditionalGeneration
+    per_image = "image_num_crops" in inspect.signature(Molmo2ForConditionalGeneration.get_image_features).parameters
+    if per_image:   # transformers >= 5.25: each image's own patch indices + image_num_crops (it adds the offsets)
+        image_of_row = np.repeat(np.arange(n_img), len(pooled) // n_img)[:, None]
+        pooled = np.where(pooled >= 0, pooled - image_of_row * p, -1)
+    out = dict(input_ids=torch.tensor(ids[None], dtype=torch.long),
+               attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+               pixel_values=torch.tensor(inp["images"][0]),
+               image_token_pooling=torch.tensor(pooled, dtype=torch.long),
+               image_grids=torch.tensor([[g, g, 0, 0]] * n_img, dtype=torch.long),
+               mm_token_type_ids=torch.tensor(np.isin(ids, family)[None].astype(np.int64)))
+    if per_image:
+        out["image_num_crops"] = torch.ones(n_img, dtype=torch.long)
+    return out
 
 
 def stats(ts):

@@ -73,6 +73,15 @@ def make_inputs(seed: int = 0, batch: int = 2, n_images=(2, 1), text_len=(9, 14)
                 pooled_idx=idx_arr, n_images=list(n_images), raw_images=raw)
 
 
+def takes_image_num_crops() -> bool:
+    """transformers >= 5.25: image_token_pooling holds each image's own patch indices, with image_num_crops (it
+    adds the offsets itself); earlier 5.x took indices into all images' patches."""
+    import inspect
+
+    from transformers import Molmo2ForConditionalGeneration
+    return "image_num_crops" in inspect.signature(Molmo2ForConditionalGeneration.get_image_features).parameters
+
+
 def hf_logits(model, inp, with_images=True):
     """Runs the transformers model on the same batch (global pooling indices, as its processor builds them)."""
     import torch
@@ -82,18 +91,21 @@ def hf_logits(model, inp, with_images=True):
                   attention_mask=torch.tensor(inp["attention_mask"], dtype=torch.long),
                   position_ids=torch.tensor(inp["position_ids"], dtype=torch.long))
     if with_images:
+        per_image = takes_image_num_crops()
         pix, pool, grids, offset = [], [], [], 0
         n_patches = inp["images"].shape[2]
         for b, n in enumerate(inp["n_images"]):
             for j in range(n):
                 pix.append(inp["images"][b, j])
                 local = inp["pooled_idx"][b, j * TOKENS_PER_IMAGE:(j + 1) * TOKENS_PER_IMAGE]
-                pool.append(np.where(local >= 0, local - j * n_patches + offset, -1))
+                pool.append(np.where(local >= 0, local - j * n_patches + (0 if per_image else offset), -1))
                 grids.append([2, 2, 0, 0])
                 offset += n_patches
         is_img = np.isin(ids, [VOCAB, VOCAB + 1, VOCAB + 2]) & inp["attention_mask"]
         kwargs.update(pixel_values=torch.tensor(np.stack(pix)), image_token_pooling=torch.tensor(
             np.concatenate(pool), dtype=torch.long), image_grids=torch.tensor(grids, dtype=torch.long),
             mm_token_type_ids=torch.tensor(is_img.astype(np.int64)))
+        if per_image:
+            kwargs["image_num_crops"] = torch.ones(len(pix), dtype=torch.long)
     with torch.no_grad():
         return model(**kwargs).logits.numpy()

@@ -20,6 +20,7 @@ from molmoact2_jax.convert.safetensors_io import SafetensorsReader
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.preprocessing.image import preprocess_images
 from molmoact2_jax.checkpoint_io import params as params_io
+from hf_molmo2_fixture import takes_image_num_crops
 
 pytestmark = pytest.mark.torch
 
@@ -66,6 +67,7 @@ def make_batch(cfg, seed=0, n_images=(2, 1)):
     rng = np.random.default_rng(seed)
     rows, pix, pool, grids, images, pooled = [], [], [], [], [], []
     offset = 0
+    per_image = takes_image_num_crops()
     for b, n in enumerate(n_images):
         ids = [t.eos_token_id] + list(rng.integers(2, 250, 3))
         raw = [rng.integers(0, 256, (rng.integers(30, 80), rng.integers(30, 80), 3), dtype=np.uint8)
@@ -83,7 +85,7 @@ def make_batch(cfg, seed=0, n_images=(2, 1)):
         for j in range(n):
             pix.append(p[j])
             local = i[j * TOKENS_PER_IMAGE:(j + 1) * TOKENS_PER_IMAGE]
-            pool.append(np.where(local >= 0, local - j * p.shape[1] + offset, -1))
+            pool.append(np.where(local >= 0, local - j * p.shape[1] + (0 if per_image else offset), -1))
             grids.append([2, 2, 0, 0])
             offset += p.shape[1]
     T = max(len(r) for r in rows)
@@ -104,6 +106,8 @@ def make_batch(cfg, seed=0, n_images=(2, 1)):
               image_token_pooling=torch.tensor(np.concatenate(pool), dtype=torch.long),
               image_grids=torch.tensor(grids, dtype=torch.long),
               mm_token_type_ids=torch.tensor((np.isin(safe, family) & mask).astype(np.int64)))
+    if per_image:
+        hf["image_num_crops"] = torch.ones(len(pix), dtype=torch.long)
     return batch, hf
 
 
