@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
 
 from molmoact2_jax.models import layers as L
 
@@ -29,6 +30,22 @@ class ViTBlock(nn.Module):
         return x, x  # carry, and the per-layer output collected by scan
 
 
+def sincos2d_init(side: int):
+    """Initializer of a [side*side, D] position table with 2-D sin/cos features (as MAE / big_vision's "sincos2d",
+    with frequencies fitted to the grid: from half a period across it to one every two patches): neighbouring
+    patches get similar codes, so what a from-scratch ViT learns about one place carries over to places it has
+    not seen the object at. D must be a multiple of 4 (sin, cos of y and of x)."""
+    def init(_key, shape, dtype=jnp.float32):
+        n, d = shape
+        if n != side * side or d % 4:
+            raise ValueError(f"config.model.vit: a sincos2d position table needs {side}x{side} patches and a width "
+                             f"divisible by 4, got shape {shape}")
+        freq = np.pi * np.geomspace(1.0, side, d // 4) / side
+        y, x = (np.mgrid[:side, :side].reshape(2, -1, 1) + 0.5) * freq
+        return jnp.asarray(np.concatenate([np.sin(y), np.cos(y), np.sin(x), np.cos(x)], axis=1), dtype)
+    return init
+
+
 def num_built_layers(vit_cfg) -> int:
     """Blocks actually built: max(feature_layers)+1 (spec 21.3), negative indices counting from num_layers."""
     idx = [l % vit_cfg.num_layers for l in vit_cfg.feature_layers]
@@ -45,7 +62,10 @@ class ViT(nn.Module):
         dtype = L.compute_dtype(self.cfg.dtype)
         n_patches = (v.image_size // v.patch_size) ** 2
         x = L.Dense(v.hidden_size, ("patch",), ("vit_embed",), dtype=dtype, name="patch_embedding")(patches)
-        pos = L.param_with_axes(self, "positional_embedding", nn.initializers.normal(0.02),
+        side = v.image_size // v.patch_size
+        init = v.get("position_init", "normal")
+        init = sincos2d_init(side) if init == "sincos2d" else nn.initializers.normal(v.get("position_init_std", 0.02))
+        pos = L.param_with_axes(self, "positional_embedding", init,
                                 (n_patches, v.hidden_size), ("vit_pos", "vit_embed"))
         x = x + pos.astype(dtype)[None]
         depth = num_built_layers(v)

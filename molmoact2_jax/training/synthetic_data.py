@@ -1,8 +1,9 @@
 """Synthetic robot batches for tiny recipes when no dataset is configured (and for tests).
 
 Each example shows one camera image with a bright square; the normalized action chunk moves from the square's
-position towards the image centre, so actions depend on what the camera shows. The discrete answer encodes the
-first action step in `<action_k>` bins, giving the LM loss a learnable target too. Batches are a pure function of
+position towards the image centre, so actions depend on what the camera shows. In "discrete" / "both" action
+modes the answer encodes the first action step in `<action_k>` bins, giving the LM loss a learnable target too;
+"continuous" examples are prompt-only, as real ones are. Batches are a pure function of
 (seed, step), generated for the whole global batch and sliced per process, so any process count sees the same
 data; the iterator state is the step counter.
 With `style_weights` (Think recipes) each example draws a MolmoThink training style (data_pipelines think_styles)
@@ -75,12 +76,17 @@ class SyntheticRobotData:
                    "robot_depth_action": [t.depth_output, t.action_output]}[style]
         prompt = [t.eos_token_id] + task + [t.image_start] + [t.image_patch] * n_tok + [t.image_end] + [
             t.state_start, t.state_token_start + 128, t.state_end, t.eos_token_id] + trigger
-        bins = np.clip(np.rint((chunk[0, :self.action_dim] + 1) / 2 * 255), 0, 255).astype(int)
-        answer = [t.action_start] + [t.action_token_start + int(b) for b in bins] + [t.action_end, t.eos_token_id]
+        # The answer follows data_pipelines' model_inputs: "continuous" robot examples are prompt-only, since the
+        # expert may read every prompt position and a discrete answer there would hand it the first action.
+        answer = []
         if style != "robot_action":
-            depth = think_styles.depth_span(synthetic_depth_codes(cy, cx, size), t.depth_start, t.depth_end,
-                                            t.depth_token_start, t.num_depth_tokens)
-            answer = depth + ([t.eos_token_id] if style == "robot_depth" else answer)
+            answer = think_styles.depth_span(synthetic_depth_codes(cy, cx, size), t.depth_start, t.depth_end,
+                                             t.depth_token_start, t.num_depth_tokens)
+        if style == "robot_depth":
+            answer.append(t.eos_token_id)
+        elif c.action_mode != "continuous":
+            bins = np.clip(np.rint((chunk[0, :self.action_dim] + 1) / 2 * 255), 0, 255).astype(int)
+            answer += [t.action_start] + [t.action_token_start + int(b) for b in bins] + [t.action_end, t.eos_token_id]
         seq = prompt + answer
         if len(seq) > self.seq_len:
             raise ValueError(f"config.data.seq_len={self.seq_len} is too short for a {len(seq)}-token example")
