@@ -39,7 +39,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless; before mujoco is imported
 
 TASKS = ("reach-v3", "push-v3")
 IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens per camera)
-CAMERAS = "corner2,gripperPOV"
+# The hand-tracking view shows the goal at 1.3 px per cm (corner2: 0.4) and, with the marker drawn at 0.05 m, 13 px
+# wide; corner2 + the wrist view left the held-out dx error above the mean action's (README, issue 22 table).
+CAMERAS = "behindGripper,corner"
+GOAL_MARKER = 0.05
+THINK_CAMERAS = "corner2,gripperPOV"
 ACTION_DIMS = ("dx", "dy", "dz", "gripper")   # MetaWorld: end-effector position delta + gripper effort
 EVAL_SEED = 900  # closed-loop seeds 900+ (train 0+, held-out 500+; seed = base + 1000 * task index + episode)
 
@@ -175,7 +179,8 @@ def main(argv=None) -> int:
                     help="folder for every output (datasets, shards, run, export, plots; default: %(default)s)")
     ap.add_argument("--tasks", default=",".join(TASKS),
                     help="comma-separated MetaWorld tasks (default: %(default)s)")
-    ap.add_argument("--cameras", default=CAMERAS, help="MetaWorld cameras, policy order (default: %(default)s)")
+    ap.add_argument("--cameras", default=None,
+                    help=f"MetaWorld cameras, policy order (default: {CAMERAS}; --think: {THINK_CAMERAS})")
     ap.add_argument("--image-size", type=int, default=IMAGE, help="camera and model image size (default: %(default)s)")
     ap.add_argument("--think", action="store_true",
                     help="MolmoThink: record depth, fit depth codes, train the Think styles, score depth codes")
@@ -183,7 +188,10 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout-episodes", type=int, default=3, help="per task (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: 800; --think: 600)")
     ap.add_argument("--vit-width", type=int, default=0, help="ViT width (default: the tiny model's, 32)")
-    ap.add_argument("--batch", type=int, default=8, help="training batch (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=None, help="training batch (default: 32; --think: 8)")
+    ap.add_argument("--action-mode", choices=("continuous", "both"), default=None,
+                    help="what the model is trained on: the flow head only (continuous, the demo's default) or "
+                         "OpenFAST tokens + flow (both; --think's default, and what --mode discrete needs)")
     ap.add_argument("--seq-len", type=int, default=None,
                     help="training sequence length (default: 160; --think: 320, for the 102 depth tokens)")
     ap.add_argument("--vqvae-steps", type=int, default=300, help="--think: depth VQ-VAE steps (default: %(default)s)")
@@ -195,7 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=True,
                     help="record PNG frames (default) instead of LeRobot's lossy mp4 videos")
     ap.add_argument("--goal-marker", type=float, default=None,
-                    help="draw the goal marker with this radius in m (default: the task's own, 0.02)")
+                    help=f"draw the goal marker with this radius in m; 0: the task's own, 0.02 (default: "
+                         f"{GOAL_MARKER}; --think: 0)")
     ap.add_argument("--execute-steps", type=int, default=8,
                     help="actions of each predicted chunk executed before re-planning (default: %(default)s)")
     ap.add_argument("--mode", default=None, help="closed-loop action head: continuous (default) or discrete")
@@ -208,9 +217,14 @@ def main(argv=None) -> int:
                     help="worker processes for recording, converting and the model's closed-loop episodes "
                          "(0: in this process; default: %(default)s)")
     args = ap.parse_args(argv)
-    for name, plain, think in (("train_episodes", 40, 15), ("steps", 800, 600), ("seq_len", 160, 320)):
+    for name, plain, think in (("train_episodes", 40, 15), ("steps", 800, 600), ("seq_len", 160, 320),
+                               ("cameras", CAMERAS, THINK_CAMERAS), ("batch", 32, 8), ("goal_marker", GOAL_MARKER, 0),
+                               ("action_mode", "continuous", "both")):
         if getattr(args, name) is None:
             setattr(args, name, think if args.think else plain)
+    args.goal_marker = args.goal_marker or None   # 0: the task's own marker
+    if args.mode == "discrete" and args.action_mode != "both":
+        ap.error("--mode discrete needs a model trained on OpenFAST tokens: add --action-mode both")
     try:
         sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker)
     except SimEvalError as e:
@@ -283,6 +297,7 @@ def main(argv=None) -> int:
                             "heldout_episodes": args.heldout_episodes, "steps": args.steps, "batch": args.batch,
                             "vit_width": args.vit_width or 32,
                             "augment": args.augment, "lossless": args.lossless, "mode": args.mode or "continuous",
+                            "action_mode": args.action_mode,
                             "eval_episodes": args.eval_episodes, "eval_seed": args.eval_seed},
                "export": str(export), "model_beats_mean_action": ok,
                "seconds": {k: round(v, 1) for k, v in seconds.items()},

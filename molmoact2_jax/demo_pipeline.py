@@ -121,7 +121,10 @@ def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, open
         c.model.vit.hidden_size = c.model.connector.hidden_size = w
         c.model.vit.head_dim = c.model.connector.head_dim = w // c.model.vit.num_heads
         c.model.vit.mlp_dim = 2 * w
-    c.model.action_mode = "both"
+    c.model.action_mode = args.action_mode
+    if args.action_mode == "continuous":
+        # Prompt-only examples: no LM loss, so the LM head is not computed at all (half the tiny step's FLOPs).
+        c.model.loss.ce_weight = 0.0
     c.data.source = "arrayrecord"
     c.data.sources = [{"path": str(shards["train"]), "weight": 1.0}]
     c.data.eval_sources = [{"path": str(shards["heldout"]), "weight": 1.0}]
