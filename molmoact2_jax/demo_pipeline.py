@@ -123,7 +123,7 @@ def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, open
         c.model.vit.mlp_dim = 2 * w
     c.model.action_mode = args.action_mode
     if args.action_mode == "continuous":
-        # Prompt-only examples: no LM loss, so the LM head is not computed at all (half the tiny step's FLOPs).
+        # Prompt-only examples have no LM loss; with its weight 0 the jitted step does not compute the LM head.
         c.model.loss.ce_weight = 0.0
     c.data.source = "arrayrecord"
     c.data.sources = [{"path": str(shards["train"]), "weight": 1.0}]

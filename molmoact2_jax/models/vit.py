@@ -60,13 +60,14 @@ class ViT(nn.Module):
         """patches: [N, P, 588] float in [-1, 1] -> features [N, P, hidden * len(feature_layers)]."""
         v = self.cfg.vit
         dtype = L.compute_dtype(self.cfg.dtype)
-        n_patches = (v.image_size // v.patch_size) ** 2
-        x = L.Dense(v.hidden_size, ("patch",), ("vit_embed",), dtype=dtype, name="patch_embedding")(patches)
         side = v.image_size // v.patch_size
-        init = v.get("position_init", "normal")
-        init = sincos2d_init(side) if init == "sincos2d" else nn.initializers.normal(v.get("position_init_std", 0.02))
-        pos = L.param_with_axes(self, "positional_embedding", init,
-                                (n_patches, v.hidden_size), ("vit_pos", "vit_embed"))
+        x = L.Dense(v.hidden_size, ("patch",), ("vit_embed",), dtype=dtype, name="patch_embedding")(patches)
+        kind = v.get("position_init", "normal")
+        if kind not in ("normal", "sincos2d"):
+            raise ValueError(f"config.model.vit.position_init={kind!r}: expected 'normal' or 'sincos2d'")
+        init = sincos2d_init(side) if kind == "sincos2d" else nn.initializers.normal(v.get("position_init_std", 0.02))
+        pos = L.param_with_axes(self, "positional_embedding", init, (side * side, v.hidden_size),
+                                ("vit_pos", "vit_embed"))
         x = x + pos.astype(dtype)[None]
         depth = num_built_layers(v)
         block = L.maybe_remat(ViTBlock, self.cfg.remat_policy)
