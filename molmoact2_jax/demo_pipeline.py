@@ -37,7 +37,8 @@ def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goa
                       n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker)
 
 
-def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str, depth: bool = False) -> bool:
+def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str, depth: bool = False,
+                 action_noise: float = 0.0) -> bool:
     """An existing recording made with these settings (else it is recorded again)."""
     meta = path / "meta" / "sim_recording.json"
     if not meta.exists():
@@ -45,23 +46,27 @@ def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str,
     s = json.loads(meta.read_text())
     return (s.get("cameras") == list(cfg.camera_names) and s.get("image_hw") == list(cfg.image_hw)
             and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
-            and bool(s.get("depth")) == depth
+            and bool(s.get("depth")) == depth and float(s.get("action_noise", 0.0)) == float(action_noise)
             and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))
 
 
 def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers: int, storage: str = "image",
-                depth: bool = False):
+                depth: bool = False, action_noise: float = 0.0):
+    """Training episodes with `action_noise` (DART, evaluation/recorder.py); held-out ones always without, so the
+    held-out error is measured on the expert's own path."""
     suite = parse_suite("metaworld:" + ",".join(tasks))
     out = {}
     for name, eps, seed in (("train", train_eps, 0), ("heldout", heldout_eps, 500)):
         path = wd / "lerobot" / name
-        if not _recorded_as(path, cfg, eps, seed, tasks, storage, depth):
+        noise = action_noise if name == "train" else 0.0
+        if not _recorded_as(path, cfg, eps, seed, tasks, storage, depth, noise):
             shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(wd / "shards" / name, ignore_errors=True)
             # Lossless frames: the goal marker is 1-2 pixels at 112 px, and LeRobot's mp4 (crf 30, yuv420p)
             # erases it, so a policy trained on the videos never sees the goal it is evaluated on.
             s = record(suite, cfg, RecordOptions(episodes=eps, seed=seed, workers=workers, codec="h264", max_steps=EXPERT_STEPS,
-                                                 image_storage=storage, only_success=True, depth=depth), path)
+                                                 image_storage=storage, only_success=True, depth=depth,
+                                                 action_noise=noise), path)
             rates = {t: f"{v['successes']}/{v['episodes']}" for t, v in s.get("tasks", {}).items()}
             print(f"      {name}: expert successes {rates}, {s['frames']} frames")
         out[name] = path

@@ -146,7 +146,7 @@ def run(args, sim_cfg, wd: Path, tasks) -> dict:
     seconds = {}
     t0 = demo.stage(1, f"record MetaWorld expert episodes ({', '.join(tasks)}) with the first camera's depth", 5)
     datasets = demo.record_data(wd, sim_cfg, tasks, args.train_episodes, args.heldout_episodes, args.workers,
-                                "image" if args.lossless else "video", depth=True)
+                                "image" if args.lossless else "video", depth=True, action_noise=args.action_noise)
     demo.done(t0)
     seconds["record"] = time.perf_counter() - t0
     t0 = demo.stage(2, "fit the depth VQ-VAE on the recorded depth maps; write the depth-code datasets", 5)

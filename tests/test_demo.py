@@ -38,10 +38,11 @@ def test_demo_end_to_end_small(tmp_path):
     # A 300-step run of batch 8 on 3 episodes per task places no goal yet (its dx error is the mean action's), but
     # it must have learned what the instruction says about the gripper (reach: 0, push: closed), through the whole
     # chain recording -> shards -> normalization -> model -> un-normalization (measured 0.38x the mean's error),
-    # and beat the mean action on held-out episodes (measured 0.75x its error).
+    # and beat the mean action on held-out episodes (measured 0.80x its error with the default DART recording,
+    # 0.75x without).
     fit, held = summary["train_action_error"], summary["heldout_action_error"]
     assert fit["model_chunk"]["per_dim"][3] < FIT_RATIO * fit["mean_action"]["per_dim"][3], fit
-    assert held["model_chunk"]["mean"] < 0.85 * held["mean_action"]["mean"], held
+    assert held["model_chunk"]["mean"] < 0.9 * held["mean_action"]["mean"], held
     frames = json.loads((wd / "shards/heldout/index.json").read_text())["total_frames"]
     assert held["model_first_step"]["samples"] >= frames > 50                        # every held-out frame scored
     assert held["model_chunk"]["samples"] == held["mean_action"]["samples"]
@@ -50,6 +51,9 @@ def test_demo_end_to_end_small(tmp_path):
     assert settings["max_steps"] == 16 and settings["image_hw"] == [112, 112]
     assert [c["name"] for c in settings["cameras"]] == ["behindGripper", "corner"]
     assert settings["goal_marker_radius"] == 0.05 and summary["settings"]["action_mode"] == "continuous"
+    recorded = {name: json.loads((wd / f"lerobot/{name}/meta/sim_recording.json").read_text())["action_noise"]
+                for name in ("train", "heldout")}
+    assert summary["settings"]["action_noise"] == 0.5 and recorded == {"train": 0.5, "heldout": 0.0}
     for path in ("demo_summary.png", "hf_export/config.json", "hf_export/norm_stats.json", "hf_export/openfast",
                  "train/metrics.jsonl", "shards/train/index.json", "lerobot/train/meta/info.json"):
         assert (wd / path).exists(), path

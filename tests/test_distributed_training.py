@@ -1,6 +1,7 @@
 """Same losses on 1 device as on 8 fake devices under different meshes and on 2 real processes x 4 devices (gloo)."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -27,18 +28,32 @@ def single_device(single_device_run):
     return single_device_run[1]
 
 
-@pytest.mark.parametrize("mesh", [["--config.mesh.data=1", "--config.mesh.fsdp=8"],
-                                  ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]],
-                         ids=["fsdp8", "data2_fsdp2_tensor2"])
-def test_meshes_match_single_device(single_device, mesh, tmp_path):
-    r = run(str(tmp_path), STEPS + mesh, devices=8)
+FSDP8 = ["--config.mesh.data=1", "--config.mesh.fsdp=8"]
+D2F2T2 = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+
+
+@pytest.mark.parametrize("mesh,first", [(FSDP8, None), (D2F2T2, FSDP8)],
+                         ids=["fsdp8", "fsdp8_resumed_as_data2_fsdp2_tensor2"])
+def test_meshes_match_single_device(single_device, mesh, first, tmp_path):
+    """8 fake devices against 1. With `first`, steps 1-2 run under that mesh and the trainer resumes steps 3-5
+    under `mesh`, given on the command line over the checkpoint's saved config (the README's resume on
+    another mesh)."""
+    ckpt = ["--config.checkpoint.every_steps=2"] if first else []
+    if first:
+        r = run(str(tmp_path), STEPS + first + ckpt + ["--config.total_steps=2"], devices=8)
+        assert r.returncode == 0, r.stderr[-3000:]
+    r = run(str(tmp_path), STEPS + mesh + ckpt, devices=8)
     assert r.returncode == 0, r.stderr[-3000:]
+    if first:
+        assert re.search(r"resumed from \S+/2\b", r.stdout + r.stderr), r.stderr[-3000:]
     got = losses(str(tmp_path))
     print("1 device:", single_device, "\n8 devices:", got)
-    assert len(got) == 5
+    assert [row["step"] for row in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5]
     np.testing.assert_allclose(got, single_device, rtol=RTOL)
     info = json.load(open(tmp_path / "run_info.json"))
     assert info["devices"] == 8
+    want = {f.split("--config.mesh.")[1].split("=")[0]: int(f.split("=")[1]) for f in mesh}
+    assert {k: info["mesh"][k] for k in want} == want, info["mesh"]
     mem = info["train_step_memory_per_device"]  # the compiled step's plan, as molmoact2-compile reports it
     assert mem["total"] == mem["argument"] + mem["output"] + mem["temp"] - mem["alias"] > 0
     row = read_metrics(str(tmp_path))[0]

@@ -111,6 +111,40 @@ def test_seeds_randomise_object_positions():
 
 @pytest.mark.sim
 @needs_mw
+def test_action_noise_moves_the_robot_off_the_expert_path_and_stores_the_expert_labels():
+    """DART recording: the executed arm action is the expert's plus seeded noise of the asked std (the gripper
+    command as given), and the stored action is the expert's answer at each state the noisy run visited."""
+    from molmoact2_jax.evaluation import recorder
+    from molmoact2_jax.evaluation.envs import MetaWorldEnv
+    from molmoact2_jax.evaluation.policies import ExpertPolicy
+    cfg = get_config("metaworld", image_hw=(32, 32))
+    arm = np.array([1.0, 1.0, 1.0, 0.0])   # MetaWorld: dx, dy, dz, gripper
+    job = lambda noise: (cfg, "push-v3", 1, 0, 1001, 50, 0, False, noise, arm.astype(bool))
+    try:
+        clean, noisy = recorder._record_one(job(0.0)), recorder._record_one(job(0.3))
+    finally:
+        for env in recorder._ENVS.values():
+            env.close()
+        recorder._ENVS.clear()
+    np.testing.assert_array_equal(clean["executed"], clean["actions"])
+    T = len(noisy["actions"])
+    draws = 0.3 * arm * np.random.default_rng([1001, 7]).standard_normal((T, 4))   # the episode's own stream
+    np.testing.assert_allclose(noisy["executed"], np.clip(noisy["actions"] + draws, -1, 1), rtol=0, atol=1e-6)
+    n = min(T, len(clean["states"]))
+    assert np.abs(noisy["states"][:n, :3] - clean["states"][:n, :3]).max() > 0.01   # metres off the clean path
+    env, expert = MetaWorldEnv("push-v3", cfg), ExpertPolicy(cfg)
+    try:   # replay what was executed: the stored labels are the expert's actions at the visited states
+        obs = env.reset(seed=1001)
+        for t in range(T):
+            np.testing.assert_array_equal(obs["state"], noisy["states"][t])
+            np.testing.assert_array_equal(expert.act(dict(obs, env_task="push-v3"))[0], noisy["actions"][t])
+            obs, _, _ = env.step(noisy["executed"][t], render=False)
+    finally:
+        env.close()
+
+
+@pytest.mark.sim
+@needs_mw
 def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path):
     from data_pipelines.convert import ConvertOptions, convert, load_episodes
     from data_pipelines.formats.lerobot_reader import LeRobotDataset

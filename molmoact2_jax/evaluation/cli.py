@@ -101,6 +101,9 @@ def sim_main(argv=None) -> int:
     r.add_argument("--post-success-steps", type=int, default=5,
                    help="frames kept after the expert succeeds before the episode ends (default: %(default)s)")
     r.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
+    r.add_argument("--action-noise", type=float, default=0.0,
+                   help="std of Gaussian noise added to the executed action while the clean expert action is "
+                        "stored (DART: states off the expert's path, labelled with its correction; default 0)")
     r.add_argument("--depth", action="store_true",
                    help="also store the first camera's metric depth per frame (MuJoCo, meters) as "
                         "depth/episode_XXXXXX.npy, for MolmoThink depth codes (molmoact2-depth-codes --sim-depth)")
@@ -116,7 +119,7 @@ def sim_main(argv=None) -> int:
             episodes=args.episodes, max_steps=args.max_steps, post_success_steps=args.post_success_steps,
             seed=args.seed, workers=args.workers, codec=args.codec,
             image_storage="image" if args.images == "png" else "video", only_success=args.only_success,
-            depth=args.depth, progress=not args.quiet), args.out)
+            depth=args.depth, action_noise=args.action_noise, progress=not args.quiet), args.out)
         for task, s in summary["tasks"].items():
             print(f"  {task:28s} expert success {s['successes']}/{s['episodes']}  mean length {s['mean_length']:.1f}")
         print(f"wrote {summary['episodes_written']} episodes, {summary['frames']} frames (LeRobot v3.0) to "

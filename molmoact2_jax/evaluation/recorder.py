@@ -5,6 +5,10 @@ goal positions; the expert acts on the simulator state and the dataset stores, p
 two camera views (config order, e.g. corner2 + the gripperPOV wrist view), the 4-D proprio state
 (end-effector xyz + gripper opening), the 4-D action and the task's templated instruction.
 An episode ends `post_success_steps` frames after success (or at max_steps).
+With `action_noise` > 0 the executed arm action is the expert's plus Gaussian noise (std in action units, seeded by
+the episode; the gripper command is executed as given, since a jittered grip drops the object) while the dataset keeps
+the expert's clean action as the label (DART, Laskey et al. 2017): the recorded states then include the drifts a
+learned policy makes, each labelled with the expert's correction, which plain demonstrations never show.
 
 Episodes run in a multiprocessing pool (spawned workers, one env per task per worker); the
 dataset is written with data_pipelines' LeRobot writer. Besides the LeRobot files, meta/
@@ -50,12 +54,13 @@ class RecordOptions:
     image_storage: str = "video"
     depth: bool = False                # also store the first camera's metric depth per frame (depth/*.npy)
     only_success: bool = False         # drop episodes where the expert failed
+    action_noise: float = 0.0          # std of the noise added to the executed (not the stored) action; see above
     progress: bool = True
 
 
 def _record_one(args) -> dict:
     global _EXPERT
-    cfg, task, task_index, episode, seed, max_steps, post, with_depth = args
+    cfg, task, task_index, episode, seed, max_steps, post, with_depth, noise, arm_dims = args
     if task not in _ENVS:
         _ENVS[task] = MetaWorldEnv(task, cfg)
     if _EXPERT is None:
@@ -63,8 +68,9 @@ def _record_one(args) -> dict:
     env = _ENVS[task]
     t0 = time.perf_counter()
     obs = env.reset(seed=seed, episode=episode)
-    states, actions, frames, depth = [], [], [[] for _ in cfg.cameras], []
+    states, actions, executed, frames, depth = [], [], [], [[] for _ in cfg.cameras], []
     success_at, success = None, False
+    rng = np.random.default_rng([seed, 7])   # the episode's own stream: same data on any worker count
     for t in range(max_steps):
         a = _EXPERT.act(dict(obs, env_task=task))[0]
         states.append(obs["state"])
@@ -73,7 +79,8 @@ def _record_one(args) -> dict:
             frames[k].append(img)
         if with_depth:
             depth.append(env.depth().astype(np.float16))
-        obs, ok, info = env.step(a)
+        executed.append(np.clip(a + noise * arm_dims * rng.standard_normal(a.shape), -1.0, 1.0) if noise > 0 else a)
+        obs, ok, info = env.step(executed[-1])
         if ok and success_at is None:
             success_at, success = t + 1, True
         if success_at is not None and t + 1 >= success_at + post:
@@ -83,6 +90,7 @@ def _record_one(args) -> dict:
         "success_step": success_at, "length": len(states), "final_distance": env.goal_distance(),
         "instruction": env.instruction, "wall_s": time.perf_counter() - t0,
         "states": np.stack(states).astype(np.float32), "actions": np.stack(actions).astype(np.float32),
+        "executed": np.stack(executed),   # what the robot did (the labels plus the DART noise); not stored
         "images": {cam.name: np.stack(f) for cam, f in zip(cfg.cameras, frames)},
         "depth": np.stack(depth) if with_depth else None,
     }
@@ -115,7 +123,10 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
         raise SimEvalError(f"output {out} already holds a LeRobot dataset; choose a new --out")
     emb = metaworld_embodiment(cfg)
     max_steps = opts.max_steps or cfg.max_steps
-    jobs = [(cfg, task, ti, ep, opts.seed + 1000 * ti + ep, max_steps, opts.post_success_steps, opts.depth)
+    if not opts.action_noise >= 0:
+        raise SimEvalError(f"action_noise must be >= 0 (a std in action units), got {opts.action_noise}")
+    jobs = [(cfg, task, ti, ep, opts.seed + 1000 * ti + ep, max_steps, opts.post_success_steps, opts.depth,
+             float(opts.action_noise), ~emb.gripper_dims())
             for ti, task in enumerate(tasks) for ep in range(opts.episodes)]
     results = []
     t0 = time.perf_counter()
@@ -169,7 +180,7 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
                "episodes_recorded": len(results), "episodes_written": len(kept),
                "frames": int(sum(r["length"] for r in kept)), "seed": opts.seed, "max_steps": max_steps,
                "workers": opts.workers, "codec": opts.codec,
-               "image_storage": opts.image_storage, "tasks": per_task,
+               "image_storage": opts.image_storage, "action_noise": float(opts.action_noise), "tasks": per_task,
                "depth": ({"camera": cfg.camera_names[0], "dir": "depth", "units": "meters", "dtype": "float16",
                           "source": "mujoco depth buffer"} if opts.depth else None),
                "success_rate": sum(r["success"] for r in results) / len(results),
