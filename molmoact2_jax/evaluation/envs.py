@@ -171,6 +171,11 @@ class MetaWorldEnv:
         env.seed(int(seed))
         raw, _ = env.reset()
         env._freeze_rand_vec = True
+        # MetaWorld's reset moves the goal site in the model after its last forward pass, so until the first step
+        # the rendered goal (data.site_xpos) is the previous episode's: frame 0 showed the wrong goal to the
+        # recorder and to the policy's first query. A forward pass (no integration) brings the scene up to date.
+        import mujoco  # optional: sim extra
+        mujoco.mj_forward(env.model, env.data)
         self._last_obs = raw
         self._distance = float(np.linalg.norm(raw[4:7] - raw[-3:]))
         return self._obs(raw)
