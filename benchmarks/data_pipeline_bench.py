@@ -64,6 +64,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="Grain worker processes")
     p.add_argument("--read-threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3, help="timed runs per side; medians make the ratio")
     p.add_argument("--workdir", default=None)
     p.add_argument("--chip-tflops", type=float, default=459.0,
                    help="peak bf16 TFLOP/s per chip for the full-size estimate (default: TPU v5p)")
@@ -91,10 +92,12 @@ def main(argv=None):
     threads = max(args.read_threads, 1)
     parts = [picks[i::threads] for i in range(threads)]
     count = lambda part: sum(1 for _ in lerobot_samples(root, tag_meta, part, args.image_size, horizon))
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        n_le = sum(pool.map(count, parts))
-    le_s = time.perf_counter() - start
+    le_rates = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            n_le = sum(pool.map(count, parts))
+        le_rates.append(n_le / (time.perf_counter() - start))
 
     cfg = PipelineConfig(sources=[Source(str(shards))], norm_stats=stats, batch_size=args.batch_size, seed=0,
                          num_epochs=None, shard_index=0, shard_count=1, worker_count=args.workers,
@@ -102,24 +105,27 @@ def main(argv=None):
                          transform=RobotTransformConfig(image_size=args.image_size, augment=False))
     it = iter(build_robot_dataset(cfg))
     next(it)  # start-up (worker spawn, first reads) is not throughput
-    start = time.perf_counter()
-    n_gr = 0
-    while n_gr < args.samples:
-        n_gr += len(next(it)["state"])
-    gr_s = time.perf_counter() - start
+    gr_rates = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        n_gr = 0
+        while n_gr < args.samples:
+            n_gr += len(next(it)["state"])
+        gr_rates.append(n_gr / (time.perf_counter() - start))
 
-    le_rate, gr_rate = n_le / le_s, n_gr / gr_s
+    le_rate, gr_rate = float(np.median(le_rates)), float(np.median(gr_rates))
+    spread = lambda r: f"median of {len(r)} runs; min {min(r):.1f}, max {max(r):.1f}"
     print(f"dataset: {args.embodiment} LeRobot v3.0 {args.codec}, {args.episodes} episodes x {args.length} frames, "
           f"{len(tag_meta['camera_keys']) or 'dataset'} cameras at {args.height}x{args.width}; "
           f"examples resized to {args.image_size}px, action chunk {horizon}")
     convert_s = t2 - t1
     print(f"setup: fixture {t1 - t0:.1f}s; convert+stats {convert_s:.1f}s one-off ({total / convert_s:.1f} frames/s)")
-    print(f"lerobot mp4 per-sample decode ({threads} threads): {n_le} samples in {le_s:.2f}s = {le_rate:.1f} "
-          f"samples/s")
-    print(f"grain arrayrecord (workers={args.workers}, threads={args.read_threads}): {n_gr} samples in {gr_s:.2f}s "
-          f"= {gr_rate:.1f} samples/s")
+    print(f"lerobot mp4 per-sample decode ({threads} threads, {n_le} samples per run): {le_rate:.1f} samples/s "
+          f"({spread(le_rates)})")
+    print(f"grain arrayrecord (workers={args.workers}, threads={args.read_threads}, {n_gr} samples per run): "
+          f"{gr_rate:.1f} samples/s ({spread(gr_rates)})")
     saved_per_sample = 1.0 / le_rate - 1.0 / gr_rate
-    print(f"speed-up: {gr_rate / le_rate:.2f}x, same threads; the conversion pays for itself after "
+    print(f"speed-up: {gr_rate / le_rate:.2f}x (medians), same threads; the conversion pays for itself after "
           f"{convert_s / saved_per_sample:.0f} samples ({convert_s / saved_per_sample / total:.1f} epochs of this "
           f"dataset)" if saved_per_sample > 0 else f"speed-up: {gr_rate / le_rate:.2f}x")
     step_rate = tiny_train_samples_per_s()
