@@ -44,8 +44,8 @@ IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens
 CAMERAS = "behindGripper,corner"
 GOAL_MARKER = 0.05
 # DART: training episodes recorded with N(0, 0.5) added to the executed arm actions (labels stay the expert's).
-# Reach 41/60 against 35/60 without, push 8/60 against 5/60 (README, issue 22 table); more noise breaks the
-# push expert's 2 cm alignment before it descends (0.5: 29 of 40 push episodes succeed and are kept).
+# On 60 held-out seeds: reach 57/60 against 51/60 without, push 11/60 against 5/60 (README, issue 22 runs W, X);
+# noise breaks some of the push expert's 2 cm alignments before it descends (0.5: 28-29 of 40 are kept).
 ACTION_NOISE = 0.5
 THINK_CAMERAS = "corner2,gripperPOV"
 ACTION_DIMS = ("dx", "dy", "dz", "gripper")   # MetaWorld: end-effector position delta + gripper effort
