@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from data_pipelines.convert import ConvertOptions, convert
 from data_pipelines.embodiments import EMBODIMENTS
@@ -10,6 +11,7 @@ from data_pipelines.errors import DataError
 from data_pipelines.fixtures import FORMATS, make_fixture
 from data_pipelines.formats.lerobot_writer import DIRTY_VARIANTS
 from data_pipelines.inspect_data import inspect_path
+from data_pipelines.norm_stats import NORM_STATS_FILE
 from data_pipelines.stats import write_norm_stats
 
 
@@ -67,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="MolmoThink: a depth-code companion dataset (depth_buffer_codes / depth_updated_mask "
                         "parquet under DIR/data, e.g. a released <repo>_depth or molmoact2-depth-codes output); "
                         "its codes are stored with every frame")
+    c.add_argument("--runner", choices=("direct", "dataflow", "flink", "spark"), default=None,
+                   help="run the conversion as an Apache Beam pipeline on this runner (same shards; also writes "
+                        "OUT/norm_stats.json; needs pip install -e \".[beam]\"). direct: DirectRunner, "
+                        "multi-process, with --workers processes. Default: no Beam, --workers processes on this host")
+    c.add_argument("--beam-options", default=None, metavar='"--OPTION=V ..."',
+                   help="with --runner: more Beam pipeline options as one string, given as "
+                        "--beam-options=\"--project=P --region=R ...\" (with '=', as the string starts with '-'); "
+                        "they override ours, e.g. --direct_running_mode=in_memory")
 
     s = sub.add_parser("stats", help="norm_stats.json from shard directories, or from raw datasets without video")
     s.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR|lerobot:PATH|rlds:PATH",
@@ -111,17 +121,31 @@ def main(argv=None) -> int:
                                 image_hw=tuple(args.image_size) if args.image_size else None)
             print(f"wrote {args.format} {args.embodiment} fixture with {args.episodes} episodes to {path}")
         elif args.command == "convert":
-            index = convert(ConvertOptions(source=args.source, embodiment=args.embodiment, out=args.out,
-                                           workers=args.workers, episodes_per_shard=args.episodes_per_shard,
-                                           horizon=args.horizon, image_size=args.image_size or None,
-                                           max_image_side=args.max_image_side,
-                                           on_error=args.on_error, tolerance_s=args.tolerance_s,
-                                           delta_action_dims=args.delta_action_dims,
-                                           depth_codes=args.depth_codes, image_format=args.image_format))
+            opts = ConvertOptions(source=args.source, embodiment=args.embodiment, out=args.out,
+                                  workers=args.workers, episodes_per_shard=args.episodes_per_shard,
+                                  horizon=args.horizon, image_size=args.image_size or None,
+                                  max_image_side=args.max_image_side,
+                                  on_error=args.on_error, tolerance_s=args.tolerance_s,
+                                  delta_action_dims=args.delta_action_dims,
+                                  depth_codes=args.depth_codes, image_format=args.image_format)
+            if args.runner is None:
+                if args.beam_options is not None:
+                    raise ValueError("--beam-options only applies with --runner")
+                index = convert(opts)
+            else:
+                try:
+                    from data_pipelines.beam_convert import beam_convert  # lazy: apache-beam is an optional extra
+                except ImportError as e:
+                    print(f"molmoact2-data convert: error: {e}", file=sys.stderr)
+                    return 2
+                index = beam_convert(opts, args.runner, args.beam_options)
             print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
                   f"shards ({index['resumed_shards']} already done); skipped {len(index['skipped'])} episodes")
             for s in index["skipped"][:5]:
                 print(f"  skipped {s['episode']}: {s['error']}")
+            if args.runner is not None:
+                stats = Path(args.out) / NORM_STATS_FILE
+                print(f"wrote {stats}" if stats.exists() else "no frame converted: no norm_stats.json written")
         elif args.command == "stats":
             stats = write_norm_stats(args.shard_dirs, args.out, args.norm_mode, embodiment=args.embodiment,
                                      horizon=args.horizon, on_error=args.on_error,

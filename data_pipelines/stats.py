@@ -104,7 +104,7 @@ def _action_stats(repo, meta) -> dict:
     return st
 
 
-def _tag_entries(repos: list, norm_mode: str) -> dict:
+def tag_entries(repos: list, norm_mode: str) -> dict:
     """repos: (path, {tag, tag_metadata, state_names, source}, state [N, D], action [N, D], episode lengths) per
     directory or source -> the metadata_by_tag section (exact stats per repo, merged per tag)."""
     if norm_mode not in NORM_MODES:
@@ -150,7 +150,7 @@ def compute_norm_stats(shard_dirs, norm_mode: str = "q01_q99") -> dict:
     for d in shard_dirs:
         index, state, action, lengths = load_shard_episodes(d)
         repos.append((Path(d), index, state, action, lengths))
-    return _tag_entries(repos, norm_mode)
+    return tag_entries(repos, norm_mode)
 
 
 def source_arrays(spec: str, embodiment: str, on_error: str = "raise", tolerance_s: float = 1e-4):
@@ -182,16 +182,16 @@ def compute_source_norm_stats(sources, embodiment: str, norm_mode: str = "q01_q9
     converting or decoding video: the same numbers `molmoact2-data convert` + `stats` give for the same episodes
     (an episode whose video cannot be decoded is kept here but skipped by a conversion with --on-error skip)."""
     emb = get_embodiment(embodiment)
-    tag_meta = tag_metadata(emb, horizon, delta_action_dims)
     repos = []
     for spec in sources:
         src, state, action, lengths, _ = source_arrays(spec, embodiment, on_error)
+        tag_meta = tag_metadata(emb, horizon, delta_action_dims, src.camera_keys)
         for name, arr in (("state", state), ("action", action)):
             if not np.isfinite(arr).all():
                 raise DataError("NaN/inf in source data", path=spec, key=name)
         info = {"tag": emb.tag, "tag_metadata": tag_meta, "state_names": src.state_names, "source": spec}
         repos.append((src.path, info, state, action, lengths))
-    return _tag_entries(repos, norm_mode)
+    return tag_entries(repos, norm_mode)
 
 
 def write_norm_stats(shard_dirs, out, norm_mode: str = "q01_q99", embodiment: str | None = None,
