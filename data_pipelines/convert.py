@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Iterable, NamedTuple
 
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -98,56 +99,99 @@ def frame_records(ep, emb, horizon, tag, ep_id, opts, depth=None):
         yield encode_record(rec)
 
 
-def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
-    out = Path(opts.out)
-    sidecar = out / f"shard-{k:05d}.json"
-    if sidecar.exists() and (out / shard_name(k, n)).exists():
-        return json.loads(sidecar.read_text()) | {"resumed": True}
-    emb = get_embodiment(opts.embodiment)
-    horizon = opts.horizon or emb.action_horizon
-    src = open_source(opts.source, emb, opts.tolerance_s)
-    depth_codes = DepthCodes(opts.depth_codes) if opts.depth_codes else None
+class ShardEpisode(NamedTuple):
+    """One episode as a shard holds it: its encoded records (any iterable, consumed once) and raw arrays."""
+    episode_id: str
+    task: str
+    states: np.ndarray
+    actions: np.ndarray
+    records: Iterable[bytes]
+
+
+def shard_complete(out: Path, k: int, n: int) -> bool:
+    """The resume rule: a shard is done once its sidecar (written last) and its renamed shard file exist."""
+    return (out / f"shard-{k:05d}.json").exists() and (out / shard_name(k, n)).exists()
+
+
+def resumed_summary(out: Path, k: int) -> dict:
+    return json.loads((out / f"shard-{k:05d}.json").read_text()) | {"resumed": True}
+
+
+def skip_entry(ep_id, err: Exception) -> dict:
+    return {"episode": str(ep_id), "error": str(err), "type": type(err).__name__}
+
+
+def check_episode(src, ep_id, ep, depth_codes, on_error: str):
+    """(depth, skip) for one loaded episode or the exception loading it: skip is None to write the episode (with
+    its depth codes, or None without a companion), else the index entry that names it. Raises what on_error
+    'raise' stops on; a missing camera or a non-DataError stops either way."""
+    if isinstance(ep, Exception):
+        if on_error == "raise" or not isinstance(ep, DataError):
+            raise ep
+        return None, skip_entry(ep_id, ep)
+    for key in src.camera_keys:
+        if key not in ep.images:
+            raise DataError("camera missing", path=ep.source_key, key=key)
+    if depth_codes is None:
+        return None, None
+    try:
+        return depth_codes.episode(ep_id, ep.length), None
+    except DataError as e:
+        if on_error == "raise":
+            raise
+        return None, skip_entry(ep_id, e)
+
+
+def write_shard(out: Path, k: int, n: int, dim: int, parts) -> dict:
+    """Write shard k of n from `parts` (in shard order: ShardEpisode, or a skip entry dict): the .array_record
+    under a temporary name then renamed, the .npz, and the .json sidecar last. Returns the sidecar's summary."""
     tmp = out / (shard_name(k, n) + ".tmp")
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     episodes, skipped, states, actions, n_records = [], [], [], [], 0
     try:
-        for ep_id, ep in src.load_group(ids):
-            if isinstance(ep, Exception):
-                if opts.on_error == "raise" or not isinstance(ep, DataError):
-                    raise ep
-                skipped.append({"episode": str(ep_id), "error": str(ep), "type": type(ep).__name__})
+        for part in parts:
+            if isinstance(part, dict):
+                skipped.append(part)
                 continue
-            for key in src.camera_keys:
-                if key not in ep.images:
-                    raise DataError("camera missing", path=ep.source_key, key=key)
-            depth = None
-            if depth_codes is not None:
-                try:
-                    depth = depth_codes.episode(ep_id, ep.length)
-                except DataError as e:
-                    if opts.on_error == "raise":
-                        raise
-                    skipped.append({"episode": str(ep_id), "error": str(e), "type": type(e).__name__})
-                    continue
-            for rec in frame_records(ep, emb, horizon, emb.tag, ep_id, opts, depth):
+            for rec in part.records:
                 writer.write(rec)
-            episodes.append({"episode_id": str(ep_id), "first_record": n_records, "num_frames": ep.length,
-                             "task": ep.task})
-            n_records += ep.length
-            states.append(ep.states)
-            actions.append(ep.actions)
+            length = len(part.states)
+            episodes.append({"episode_id": part.episode_id, "first_record": n_records, "num_frames": length,
+                             "task": part.task})
+            n_records += length
+            states.append(part.states)
+            actions.append(part.actions)
     finally:
         writer.close()
     os.replace(tmp, out / shard_name(k, n))
-    D = emb.dim
     np.savez(out / f"shard-{k:05d}.tmp.npz",
-             state=np.concatenate(states) if states else np.zeros((0, D), np.float32),
-             action=np.concatenate(actions) if actions else np.zeros((0, D), np.float32))
+             state=np.concatenate(states) if states else np.zeros((0, dim), np.float32),
+             action=np.concatenate(actions) if actions else np.zeros((0, dim), np.float32))
     os.replace(out / f"shard-{k:05d}.tmp.npz", out / f"shard-{k:05d}.npz")
     summary = {"shard": shard_name(k, n), "num_records": n_records, "episodes": episodes, "skipped": skipped}
     (out / f"shard-{k:05d}.json.tmp").write_text(json.dumps(summary))
-    os.replace(out / f"shard-{k:05d}.json.tmp", sidecar)
+    os.replace(out / f"shard-{k:05d}.json.tmp", out / f"shard-{k:05d}.json")
     return summary
+
+
+def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
+    out = Path(opts.out)
+    if shard_complete(out, k, n):
+        return resumed_summary(out, k)
+    emb = get_embodiment(opts.embodiment)
+    horizon = opts.horizon or emb.action_horizon
+    src = open_source(opts.source, emb, opts.tolerance_s)
+    depth_codes = DepthCodes(opts.depth_codes) if opts.depth_codes else None
+
+    def parts():
+        for ep_id, ep in src.load_group(ids):
+            depth, skip = check_episode(src, ep_id, ep, depth_codes, opts.on_error)
+            if skip is not None:
+                yield skip
+            else:
+                yield ShardEpisode(str(ep_id), ep.task, ep.states, ep.actions,
+                                   frame_records(ep, emb, horizon, emb.tag, ep_id, opts, depth))
+    return write_shard(out, k, n, emb.dim, parts())
 
 
 def convert(opts: ConvertOptions) -> dict:
@@ -173,12 +217,20 @@ def convert(opts: ConvertOptions) -> dict:
                 results[futures[f]] = f.result()
                 bar.update()
     bar.close()
-    first_key = src.camera_keys[0] if src.camera_keys else None
-    tag_meta = tag_metadata(emb, opts.horizon, opts.delta_action_dims)
-    index = {
+    index = build_index(opts, src.camera_keys, src.state_names, src.fps, results)
+    (out / "index.json").write_text(json.dumps(index, indent=2))
+    return index
+
+
+def build_index(opts: ConvertOptions, camera_keys, state_names, fps, results: list) -> dict:
+    """index.json of a conversion from the source's description and the shard summaries in shard order."""
+    emb = get_embodiment(opts.embodiment)
+    first_key = camera_keys[0] if camera_keys else None
+    tag_meta = tag_metadata(emb, opts.horizon, opts.delta_action_dims, camera_keys)
+    return {
         "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
-        "tag_metadata": tag_meta, "camera_keys": src.camera_keys, "state_names": src.state_names,
-        "fps": src.fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size, "image_format": opts.image_format,
+        "tag_metadata": tag_meta, "camera_keys": camera_keys, "state_names": state_names,
+        "fps": fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size, "image_format": opts.image_format,
         "shards": [{"file": r["shard"], "num_records": r["num_records"], "num_episodes": len(r["episodes"])}
                    for r in results],
         "total_frames": sum(r["num_records"] for r in results),
@@ -189,14 +241,16 @@ def convert(opts: ConvertOptions) -> dict:
         "depth_codes": bool(opts.depth_codes),
         "depth_codes_source": str(Path(opts.depth_codes).resolve()) if opts.depth_codes else None,
     }
-    (out / "index.json").write_text(json.dumps(index, indent=2))
-    return index
 
 
-def tag_metadata(emb, horizon: int | None = None, delta_action_dims=None) -> dict:
-    """The embodiment's tag metadata as a conversion records it: the chunk length the records hold, and the action
-    dims stored as deltas (the records keep absolute actions; training applies the delta)."""
+def tag_metadata(emb, horizon: int | None = None, delta_action_dims=None, camera_keys=None) -> dict:
+    """The embodiment's tag metadata as a conversion records it: the chunk length the records hold, the action
+    dims stored as deltas (the records keep absolute actions; training applies the delta), and, for a fixed camera
+    order, the source's cameras in the order the records hold them (training feeds them in that order, so a policy
+    must be given them in it too; the embodiment's declared names are only the usual ones)."""
     meta = emb.tag_metadata()
+    if camera_keys and meta["camera_keys"]:
+        meta["camera_keys"] = list(camera_keys)
     if horizon:  # the records hold chunks of this length: norm_stats.json must say so
         meta.update(action_horizon=int(horizon), n_action_steps=int(horizon))
     if delta_action_dims is not None:

@@ -204,3 +204,25 @@ def test_convert_counts_corrupt_rlds_and_missing_video_as_skips(tmp_path, droid_
     index = convert(ConvertOptions(f"lerobot:{le}", "so100", str(tmp_path / "l"), image_size=32, on_error="skip",
                                    progress=False))
     assert [s["type"] for s in index["skipped"]] == ["MissingVideoError"] and index["total_episodes"] == 2
+
+
+def test_norm_stats_name_the_cameras_the_records_hold(tmp_path):
+    """A dataset whose cameras are not the embodiment's declared ones (MetaWorld recorded from behindGripper and
+    gripperPOV, declared corner2 and gripperPOV): norm_stats.json must list the recorded cameras in record order,
+    the order training feeds them, as a policy reads it to order its images. It listed the declared names, and
+    molmoact2-eval refused the demo's export, or, with names disjoint from the declared ones, silently fed the
+    images in the simulator config's order."""
+    import dataclasses
+    from data_pipelines.formats.lerobot_writer import WriteOptions, write_lerobot
+    from data_pipelines.stats import compute_source_norm_stats
+    emb = fixture_embodiment("yam", "lerobot-v3.0")
+    recorded = dataclasses.replace(emb, cameras=("right", "wrist_cam", "top"))
+    eps = [simulate_episode(recorded, i, image_hw=(24, 32), length=12) for i in range(2)]
+    root = write_lerobot(tmp_path / "ds", recorded, eps, WriteOptions(version="v3.0", codec="h264"))
+    want = [f"observation.images.{c}" for c in ("right", "wrist_cam", "top")]
+    index = convert(ConvertOptions(f"lerobot:{root}", "yam", str(tmp_path / "shards"), image_size=32,
+                                   progress=False))
+    assert index["camera_keys"] == want and index["tag_metadata"]["camera_keys"] == want
+    converted = compute_norm_stats([tmp_path / "shards"])["metadata_by_tag"][emb.tag]
+    raw = compute_source_norm_stats([f"lerobot:{root}"], "yam")["metadata_by_tag"][emb.tag]
+    assert converted["camera_keys"] == raw["camera_keys"] == want
