@@ -43,6 +43,7 @@ IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens
 # wide; corner2 + the wrist view left the held-out dx error above the mean action's (README, issue 22 table).
 CAMERAS = "behindGripper,corner"
 GOAL_MARKER = 0.05
+OBJECT_COLOR = "0.1,0.4,1.0"   # the puck drawn blue: red like the arm and dark on the table, the policy lost it
 # DART: training episodes recorded with N(0, 0.5) added to the executed arm actions (labels stay the expert's).
 # On 60 held-out seeds: reach 57/60 against 51/60 without, push 11/60 against 5/60 (README, issue 22 runs W, X);
 # noise breaks some of the push expert's 2 cm alignments before it descends (0.5: 28-29 of 40 are kept).
@@ -209,6 +210,9 @@ def main(argv=None) -> int:
     ap.add_argument("--goal-marker", type=float, default=None,
                     help=f"draw the goal marker with this radius in m; 0: the task's own, 0.02 (default: "
                          f"{GOAL_MARKER}; --think: 0)")
+    ap.add_argument("--object-color", default=None,
+                    help="R,G,B (0-1) the task's object (the puck) is drawn with; none: the task's own red "
+                         f"(default: {OBJECT_COLOR}; --think: none)")
     ap.add_argument("--action-noise", type=float, default=None,
                     help="std (action units) of noise added to the expert's executed actions while recording the "
                          "training episodes, whose labels stay the clean expert actions (DART; default: "
@@ -227,6 +231,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for name, plain, think in (("train_episodes", 40, 15), ("steps", 800, 600), ("seq_len", 160, 320),
                                ("cameras", CAMERAS, THINK_CAMERAS), ("batch", 32, 8), ("goal_marker", GOAL_MARKER, 0),
+                               ("object_color", OBJECT_COLOR, "none"),
                                ("action_mode", "continuous", "both"), ("action_noise", ACTION_NOISE, 0.0)):
         if getattr(args, name) is None:
             setattr(args, name, think if args.think else plain)
@@ -236,7 +241,8 @@ def main(argv=None) -> int:
     if args.mode == "discrete" and args.action_mode != "both":
         ap.error("--mode discrete needs a model trained on OpenFAST tokens: add --action-mode both")
     try:
-        sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker)
+        sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker,
+                             args.object_color)
     except SimEvalError as e:
         ap.error(str(e))   # exit 2 naming the bad flag value, before anything is written
     wd = Path(args.workdir).resolve()

@@ -15,12 +15,15 @@ from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.norm_stats import NormStats
 from data_pipelines.stats import write_norm_stats
 from data_pipelines.transforms.normalize import normalize
-from molmoact2_jax.evaluation.config import SIM_SETTINGS_FILE, get_config, parse_cameras, parse_suite, sim_settings
+from molmoact2_jax.evaluation.config import (SIM_SETTINGS_FILE, get_config, parse_cameras, parse_rgba, parse_suite,
+                                             sim_settings)
 from molmoact2_jax.evaluation.recorder import RecordOptions, record
 from molmoact2_jax.recipes import load_recipe, recipe_path
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 
-EXPERT_STEPS = 300   # recording limit per expert episode (the policy's closed-loop limit is --max-steps)
+# Recording limit per expert episode (the policy's closed-loop limit is --max-steps). The DART push episodes that
+# succeed take 73-197 steps; the failed ones (12 of 40) run to the limit, so it is recording time.
+EXPERT_STEPS = 220
 
 
 def stage(n: int, title: str, total: int = 8):
@@ -32,9 +35,11 @@ def done(t0: float, what: str = ""):
     print(f"      done in {time.perf_counter() - t0:.1f}s {what}", flush=True)
 
 
-def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goal_marker: float | None = None):
+def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goal_marker: float | None = None,
+               object_color: str | None = None):
     return get_config("metaworld", image_hw=(image, image), cameras=parse_cameras("metaworld", cameras),
-                      n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker)
+                      n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker,
+                      object_rgba=parse_rgba(object_color, "--object-color"))
 
 
 def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str, depth: bool = False,
@@ -45,7 +50,9 @@ def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str,
         return False
     s = json.loads(meta.read_text())
     return (s.get("cameras") == list(cfg.camera_names) and s.get("image_hw") == list(cfg.image_hw)
-            and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
+            and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius
+            and s.get("object_rgba") == (list(cfg.object_rgba) if cfg.object_rgba is not None else None)
+            and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
             and bool(s.get("depth")) == depth and float(s.get("action_noise", 0.0)) == float(action_noise)
             and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))
 

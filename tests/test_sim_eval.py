@@ -133,6 +133,41 @@ def test_reset_draws_the_new_episodes_goal():
 
 @pytest.mark.sim
 @needs_mw
+def test_object_rgba_recolors_only_the_object_and_leaves_the_physics_alone():
+    """The demo draws the puck blue: red like the arm and dark on the table, its position was lost at 112 px (the
+    policy's first dx ignored where the puck was). Only the object's pixels change, to the asked color, the
+    physics is bit-identical, and the color travels in sim_settings.json."""
+    from molmoact2_jax.evaluation.config import config_from_settings, parse_cameras, parse_rgba, sim_settings
+    from molmoact2_jax.evaluation.envs import MetaWorldEnv
+    cams = parse_cameras("metaworld", "behindGripper,corner")
+    plain_cfg = get_config("metaworld", image_hw=(64, 64), cameras=cams)
+    blue_cfg = plain_cfg.replace(object_rgba=parse_rgba("0.1,0.4,1.0"))
+    assert blue_cfg.object_rgba == (0.1, 0.4, 1.0, 1.0)
+    plain, blue = MetaWorldEnv("push-v3", plain_cfg), MetaWorldEnv("push-v3", blue_cfg)
+    try:
+        a, b = plain.reset(seed=3), blue.reset(seed=3)
+        for cam, ia, ib, n_puck in zip(cams, a["images"], b["images"], (20, 5)):   # puck pixels measured: 20, 5
+            changed = np.any(ia != ib, axis=-1)
+            assert changed.sum() == n_puck, cam.name
+            assert (ia[changed][:, 0] > 90).all() and (ia[changed][:, 2] < 10).all()        # was red
+            assert (ib[changed][:, 2] > 220).all() and (ib[changed][:, 0] < 50).all()   # now blue (measured B >= 229, R <= 41)
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            act = rng.uniform(-1, 1, 4)
+            a, _, _ = plain.step(act, render=False)
+            b, _, _ = blue.step(act, render=False)
+        np.testing.assert_array_equal(a["privileged"], b["privileged"])
+    finally:
+        plain.close(), blue.close()
+    assert config_from_settings(sim_settings(blue_cfg)).object_rgba == blue_cfg.object_rgba
+    assert config_from_settings(sim_settings(plain_cfg)).object_rgba is None
+    for bad in ("0.1,0.4", "0,0,2", "blue"):
+        with pytest.raises(SimEvalError, match="--object-color"):
+            parse_rgba(bad, "--object-color")
+
+
+@pytest.mark.sim
+@needs_mw
 def test_action_noise_moves_the_robot_off_the_expert_path_and_stores_the_expert_labels():
     """DART recording: the executed arm action is the expert's plus seeded noise of the asked std (the gripper
     command as given), and the stored action is the expert's answer at each state the noisy run visited."""

@@ -49,6 +49,9 @@ class SimConfig:
     # MetaWorld: radius (m) the goal marker is drawn with; None keeps the task's own (0.02 m: 1-2 pixels at
     # 112 px). Drawing only: sites do not collide and success is still the task's own check.
     goal_marker_radius: float | None = None
+    # MetaWorld: RGBA the task's object (the geoms of body 'obj', e.g. the puck) is drawn with; None keeps the
+    # task's own (red, like the arm, dark on the brown table at 112 px). Drawing only, like goal_marker_radius.
+    object_rgba: tuple[float, float, float, float] | None = None
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -102,6 +105,19 @@ METAWORLD_CAMERAS = {"corner": True, "corner2": True, "corner3": True, "topview"
                      "gripperPOV": False}
 
 
+def parse_rgba(value, what: str = "color") -> tuple[float, float, float, float] | None:
+    """'R,G,B[,A]' or a sequence of 3-4 numbers in [0, 1] -> an RGBA tuple; None, '' or 'none' -> None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    try:
+        parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) not in (3, 4) or not all(0.0 <= v <= 1.0 for v in parts):
+        raise SimEvalError(f"{what} {value!r}: expected R,G,B or R,G,B,A with values in [0, 1], or 'none'")
+    return tuple(parts + [1.0] * (4 - len(parts)))
+
+
 def parse_cameras(simulator: str, spec: str | None) -> tuple[CameraSpec, ...] | None:
     """'corner2,gripperPOV' -> CameraSpecs (MetaWorld), None when not given."""
     if not spec:
@@ -122,7 +138,7 @@ def parse_cameras(simulator: str, spec: str | None) -> tuple[CameraSpec, ...] | 
 SIM_SETTINGS_FILE = "sim_settings.json"
 SIM_SETTINGS_FORMAT = "molmoact2_sim_settings.v1"
 _SETTINGS_FIELDS = ("image_hw", "max_steps", "n_action_steps", "instruction_template", "fast_render",
-                    "goal_marker_radius")
+                    "goal_marker_radius", "object_rgba")
 
 
 def sim_settings(cfg: SimConfig) -> dict:
@@ -141,6 +157,8 @@ def config_from_settings(settings: dict, where: str = SIM_SETTINGS_FILE, **overr
         kw = {k: settings[k] for k in _SETTINGS_FIELDS if k in settings}
         kw["image_hw"] = tuple(int(v) for v in kw.get("image_hw", CONFIGS[settings["simulator"]].image_hw))
         kw["cameras"] = tuple(CameraSpec(**c) for c in settings["cameras"])
+        if kw.get("object_rgba") is not None:
+            kw["object_rgba"] = parse_rgba(kw["object_rgba"], "object_rgba")
         simulator = settings["simulator"]
     except (KeyError, TypeError, ValueError) as e:
         raise SimEvalError(f"{where}: bad sim settings ({type(e).__name__}: {e})") from None

@@ -126,6 +126,14 @@ class MetaWorldEnv:
             if goal < 0:
                 raise SimEvalError(f"goal_marker_radius: MetaWorld task {task} has no 'goal' site to draw larger")
             model.site_size[goal, 0] = float(cfg.goal_marker_radius)
+        if cfg.object_rgba is not None:
+            import mujoco  # optional: sim extra
+            body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "obj")
+            geoms = np.flatnonzero(model.geom_bodyid == body) if body >= 0 else []
+            if len(geoms) == 0:
+                raise SimEvalError(f"object_rgba: MetaWorld task {task} has no 'obj' body to color")
+            model.geom_matid[geoms] = -1     # a geom's material color wins over its rgba
+            model.geom_rgba[geoms] = cfg.object_rgba
         self.renderer = None
         if render:
             import mujoco  # optional: sim extra

@@ -176,7 +176,8 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
                           "mean_length": float(np.mean([r["length"] for r in rs]))}
     summary = {"suite": f"metaworld:{','.join(tasks)}", "embodiment": emb.name, "tag": emb.tag,
                "cameras": list(cfg.camera_names), "image_hw": list(cfg.image_hw),
-               "goal_marker_radius": cfg.goal_marker_radius, "fps": cfg.fps,
+               "goal_marker_radius": cfg.goal_marker_radius,
+               "object_rgba": list(cfg.object_rgba) if cfg.object_rgba is not None else None, "fps": cfg.fps,
                "episodes_recorded": len(results), "episodes_written": len(kept),
                "frames": int(sum(r["length"] for r in kept)), "seed": opts.seed, "max_steps": max_steps,
                "workers": opts.workers, "codec": opts.codec,
