@@ -43,7 +43,8 @@ IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens
 # wide; corner2 + the wrist view left the held-out dx error above the mean action's (README, issue 22 table).
 CAMERAS = "behindGripper,corner"
 GOAL_MARKER = 0.05
-OBJECT_COLOR = "0.1,0.4,1.0"   # the puck drawn blue: red like the arm and dark on the table, the policy lost it
+# The task's own red puck: drawn blue (--object-color 0.1,0.4,1.0) it did no better (README, issue 22 run Z1).
+OBJECT_COLOR = "none"
 # DART: training episodes recorded with N(0, 0.5) added to the executed arm actions (labels stay the expert's).
 # On 60 held-out seeds: reach 57/60 against 51/60 without, push 11/60 against 5/60 (README, issue 22 runs W, X);
 # noise breaks some of the push expert's 2 cm alignments before it descends (0.5: 28-29 of 40 are kept).
