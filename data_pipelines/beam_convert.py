@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.convert import (ConvertOptions, ShardEpisode, build_index, check_episode, frame_records,
-                                    resumed_summary, shard_complete, sidecar_path, tag_metadata, write_shard)
+                                    open_conversion, resumed_summary, shard_complete, sidecar_path, tag_metadata,
+                                    write_shard)
 from data_pipelines import errors
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
@@ -188,13 +189,7 @@ def beam_convert(opts: ConvertOptions, runner: str = "direct", beam_options=None
                  direct_mode: str = "multi_processing", norm_mode: str = "q01_q99") -> dict:
     """Run the conversion on `runner` (see RUNNERS; opts.workers is DirectRunner's direct_num_workers) and return
     index.json; OUT/norm_stats.json holds the stats (absent when no frame was converted)."""
-    emb = get_embodiment(opts.embodiment)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    src = open_source(opts.source, emb, opts.tolerance_s)
-    if opts.depth_codes:
-        DepthCodes(opts.depth_codes)   # a missing or unreadable companion fails before any shard is written
-    groups = src.groups(opts.episodes_per_shard)
+    emb, out, src, groups = open_conversion(opts)
     n = len(groups)
     todo = [k for k in range(n) if not shard_complete(out, k, n)]
     done = sorted(set(range(n)) - set(todo))

@@ -194,14 +194,20 @@ def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
     return write_shard(out, k, n, emb.dim, parts())
 
 
-def convert(opts: ConvertOptions) -> dict:
+def open_conversion(opts: ConvertOptions):
+    """(embodiment, OUT, opened source, episode groups per shard) of a conversion, OUT created; what both
+    converters (this one and beam_convert.py) start from, so they assign episodes to shards alike."""
     emb = get_embodiment(opts.embodiment)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     src = open_source(opts.source, emb, opts.tolerance_s)
     if opts.depth_codes:
         DepthCodes(opts.depth_codes)   # a missing or unreadable companion fails before any shard is written
-    groups = src.groups(opts.episodes_per_shard)
+    return emb, out, src, src.groups(opts.episodes_per_shard)
+
+
+def convert(opts: ConvertOptions) -> dict:
+    emb, out, src, groups = open_conversion(opts)
     n = len(groups)
     results = [None] * n
     bar = progress_bar(total=n, unit="shard", desc=f"convert {opts.source}", disable=not opts.progress)

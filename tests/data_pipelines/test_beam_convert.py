@@ -6,8 +6,6 @@ import shutil
 import sys
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
@@ -109,19 +107,8 @@ def test_one_or_two_worker_processes_write_the_same_output(yam_v3, tmp_path):
         _without_paths(_check_norm_stats(outs[1], tmp_path / "ref"))
 
 
-def _nan_dataset(tmp_path, so100_v21):
-    root = tmp_path / "nan"
-    shutil.copytree(so100_v21, root)
-    path = root / "data/chunk-000/episode_000001.parquet"
-    t = pq.read_table(path)
-    a = np.stack(t["action"].to_numpy(zero_copy_only=False)).astype(np.float32)
-    a[3, 0] = np.nan
-    pq.write_table(t.set_column(t.column_names.index("action"), "action", pa.array(list(a))), path)
-    return root
-
-
-def test_bad_episode_is_skipped_and_named_or_stops_the_run(tmp_path, so100_v21):
-    src = f"lerobot:{_nan_dataset(tmp_path, so100_v21)}"
+def test_bad_episode_is_skipped_and_named_or_stops_the_run(tmp_path, so100_nan_episode):
+    src = f"lerobot:{so100_nan_episode}"
     for mode in ("in_memory", "multi_processing"):   # a worker process's error arrives as the same type
         with pytest.raises(NonFiniteValueError, match=r"NaN/inf at frame 3 \[file=.*episode_000001.parquet, "
                                                       r"episode=1, key=action\]"):

@@ -3,8 +3,6 @@ import json
 import shutil
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
@@ -69,19 +67,8 @@ def test_convert_is_resumable(yam_v3, tmp_path):
     assert read_all(out, "shard-00001-of-00002.array_record")[0]["frame_index"] == 0
 
 
-def _nan_dataset(tmp_path, so100_v21):
-    root = tmp_path / "nan"
-    shutil.copytree(so100_v21, root)
-    path = root / "data/chunk-000/episode_000001.parquet"
-    t = pq.read_table(path)
-    a = np.stack(t["action"].to_numpy(zero_copy_only=False)).astype(np.float32)
-    a[3, 0] = np.nan
-    pq.write_table(t.set_column(t.column_names.index("action"), "action", pa.array(list(a))), path)
-    return root
-
-
-def test_convert_skip_or_raise_on_bad_episode(tmp_path, so100_v21):
-    root = _nan_dataset(tmp_path, so100_v21)
+def test_convert_skip_or_raise_on_bad_episode(tmp_path, so100_nan_episode):
+    root = so100_nan_episode
     with pytest.raises(NonFiniteValueError, match="episode=1"):
         convert(ConvertOptions(f"lerobot:{root}", "so100", str(tmp_path / "a"), progress=False))
     index = convert(ConvertOptions(f"lerobot:{root}", "so100", str(tmp_path / "b"), on_error="skip",
