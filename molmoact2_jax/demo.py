@@ -45,6 +45,7 @@ CAMERAS = "behindGripper,corner"
 GOAL_MARKER = 0.05
 # The task's own red puck: drawn blue (--object-color 0.1,0.4,1.0) it did no better (README, issue 22 run Z1).
 OBJECT_COLOR = "none"
+OBJECT_MARKER = None
 # DART: training episodes recorded with N(0, 0.5) added to the executed arm actions (labels stay the expert's).
 # On 60 held-out seeds: reach 57/60 against 51/60 without, push 11/60 against 5/60 (README, issue 22 runs W, X);
 # noise breaks some of the push expert's 2 cm alignments before it descends (0.5: 28-29 of 40 are kept).
@@ -214,6 +215,9 @@ def main(argv=None) -> int:
     ap.add_argument("--object-color", default=None,
                     help="R,G,B (0-1) the task's object (the puck) is drawn with; none: the task's own red "
                          f"(default: {OBJECT_COLOR}; --think: none)")
+    ap.add_argument("--object-marker", type=float, default=None,
+                    help="draw the task's object (the puck, radius 0.02 m) with this radius in m; 0: as it is "
+                         f"(default: {OBJECT_MARKER or 0}; --think: 0)")
     ap.add_argument("--action-noise", type=float, default=None,
                     help="std (action units) of noise added to the expert's executed actions while recording the "
                          "training episodes, whose labels stay the clean expert actions (DART; default: "
@@ -232,18 +236,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for name, plain, think in (("train_episodes", 40, 15), ("steps", 800, 600), ("seq_len", 160, 320),
                                ("cameras", CAMERAS, THINK_CAMERAS), ("batch", 32, 8), ("goal_marker", GOAL_MARKER, 0),
-                               ("object_color", OBJECT_COLOR, "none"),
+                               ("object_color", OBJECT_COLOR, "none"), ("object_marker", OBJECT_MARKER, 0),
                                ("action_mode", "continuous", "both"), ("action_noise", ACTION_NOISE, 0.0)):
         if getattr(args, name) is None:
             setattr(args, name, think if args.think else plain)
     args.goal_marker = args.goal_marker or None   # 0: the task's own marker
+    args.object_marker = args.object_marker or None
+    if args.object_marker is not None and not args.object_marker > 0:
+        ap.error(f"--object-marker must be a radius in m (> 0; 0: the object as it is), got {args.object_marker}")
     if not args.action_noise >= 0:
         ap.error(f"--action-noise must be >= 0 (a std in action units), got {args.action_noise}")
     if args.mode == "discrete" and args.action_mode != "both":
         ap.error("--mode discrete needs a model trained on OpenFAST tokens: add --action-mode both")
     try:
         sim_cfg = sim_config(args.cameras, args.image_size, args.execute_steps, args.max_steps, args.goal_marker,
-                             args.object_color)
+                             args.object_color, args.object_marker)
     except SimEvalError as e:
         ap.error(str(e))   # exit 2 naming the bad flag value, before anything is written
     wd = Path(args.workdir).resolve()

@@ -36,10 +36,10 @@ def done(t0: float, what: str = ""):
 
 
 def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goal_marker: float | None = None,
-               object_color: str | None = None):
+               object_color: str | None = None, object_marker: float | None = None):
     return get_config("metaworld", image_hw=(image, image), cameras=parse_cameras("metaworld", cameras),
                       n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker,
-                      object_rgba=parse_rgba(object_color, "--object-color"))
+                      object_rgba=parse_rgba(object_color, "--object-color"), object_marker_radius=object_marker)
 
 
 def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str, depth: bool = False,
@@ -52,6 +52,7 @@ def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str,
     return (s.get("cameras") == list(cfg.camera_names) and s.get("image_hw") == list(cfg.image_hw)
             and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius
             and s.get("object_rgba") == (list(cfg.object_rgba) if cfg.object_rgba is not None else None)
+            and s.get("object_marker_radius") == cfg.object_marker_radius
             and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
             and bool(s.get("depth")) == depth and float(s.get("action_noise", 0.0)) == float(action_noise)
             and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))

@@ -131,6 +131,9 @@ def test_reset_draws_the_new_episodes_goal():
             env.close()
 
 
+WIDE_PUCK_EXTRA_PIXELS = (62, 10)   # measured: pixels a 0.045 m puck marker adds per camera at 64 px
+
+
 @pytest.mark.sim
 @needs_mw
 def test_object_rgba_recolors_only_the_object_and_leaves_the_physics_alone():
@@ -160,6 +163,22 @@ def test_object_rgba_recolors_only_the_object_and_leaves_the_physics_alone():
     finally:
         plain.close(), blue.close()
     assert config_from_settings(sim_settings(blue_cfg)).object_rgba == blue_cfg.object_rgba
+    # object_marker_radius: the puck drawn wider (a scene-only geom), physics again untouched
+    wide_cfg = blue_cfg.replace(object_marker_radius=0.045)
+    wide, blue = MetaWorldEnv("push-v3", wide_cfg), MetaWorldEnv("push-v3", blue_cfg)
+    try:
+        a, b = wide.reset(seed=3), blue.reset(seed=3)
+        for cam, ia, ib, n_more in zip(cams, a["images"], b["images"], WIDE_PUCK_EXTRA_PIXELS):
+            more = np.any(ia != ib, axis=-1)
+            assert more.sum() == n_more, (cam.name, more.sum())
+            assert (ia[more][:, 2] > 180).all() and (ia[more][:, 0] < 50).all(), cam.name   # blue (B >= 189)
+        for _ in range(5):
+            a, _, _ = wide.step(np.array([0.0, 0.5, -0.5, 0.0]), render=False)
+            b, _, _ = blue.step(np.array([0.0, 0.5, -0.5, 0.0]), render=False)
+        np.testing.assert_array_equal(a["privileged"], b["privileged"])
+    finally:
+        wide.close(), blue.close()
+    assert config_from_settings(sim_settings(wide_cfg)).object_marker_radius == 0.045
     assert config_from_settings(sim_settings(plain_cfg)).object_rgba is None
     for bad in ("0.1,0.4", "0,0,2", "blue"):
         with pytest.raises(SimEvalError, match="--object-color"):

@@ -52,6 +52,9 @@ class SimConfig:
     # MetaWorld: RGBA the task's object (the geoms of body 'obj', e.g. the puck) is drawn with; None keeps the
     # task's own (red, like the arm, dark on the brown table at 112 px). Drawing only, like goal_marker_radius.
     object_rgba: tuple[float, float, float, float] | None = None
+    # MetaWorld: draw the task's object (its first geom, the puck: a cylinder of radius 0.02 m) with this radius, as
+    # a marker over it in the renderer's scene; None draws it as it is. Drawing only: contacts keep the real size.
+    object_marker_radius: float | None = None
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -138,7 +141,7 @@ def parse_cameras(simulator: str, spec: str | None) -> tuple[CameraSpec, ...] | 
 SIM_SETTINGS_FILE = "sim_settings.json"
 SIM_SETTINGS_FORMAT = "molmoact2_sim_settings.v1"
 _SETTINGS_FIELDS = ("image_hw", "max_steps", "n_action_steps", "instruction_template", "fast_render",
-                    "goal_marker_radius", "object_rgba")
+                    "goal_marker_radius", "object_rgba", "object_marker_radius")
 
 
 def sim_settings(cfg: SimConfig) -> dict:

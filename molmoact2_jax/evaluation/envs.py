@@ -126,14 +126,18 @@ class MetaWorldEnv:
             if goal < 0:
                 raise SimEvalError(f"goal_marker_radius: MetaWorld task {task} has no 'goal' site to draw larger")
             model.site_size[goal, 0] = float(cfg.goal_marker_radius)
-        if cfg.object_rgba is not None:
+        self._object_geom = None
+        if cfg.object_rgba is not None or cfg.object_marker_radius is not None:
             import mujoco  # optional: sim extra
             body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "obj")
             geoms = np.flatnonzero(model.geom_bodyid == body) if body >= 0 else []
             if len(geoms) == 0:
-                raise SimEvalError(f"object_rgba: MetaWorld task {task} has no 'obj' body to color")
-            model.geom_matid[geoms] = -1     # a geom's material color wins over its rgba
-            model.geom_rgba[geoms] = cfg.object_rgba
+                what = "object_rgba" if cfg.object_rgba is not None else "object_marker_radius"
+                raise SimEvalError(f"{what}: MetaWorld task {task} has no 'obj' body to draw")
+            if cfg.object_rgba is not None:
+                model.geom_matid[geoms] = -1     # a geom's material color wins over its rgba
+                model.geom_rgba[geoms] = cfg.object_rgba
+            self._object_geom = int(geoms[0])
         self.renderer = None
         if render:
             import mujoco  # optional: sim extra
@@ -150,9 +154,23 @@ class MetaWorldEnv:
         out = []
         for cam in self.cfg.cameras:
             self.renderer.update_scene(self.env.data, camera=cam.sim_camera)
+            self._draw_object_marker()
             img = self.renderer.render()
             out.append(np.ascontiguousarray(img[::-1, ::-1]) if cam.rotate180 else img.copy())
         return out
+
+    def _draw_object_marker(self):
+        """object_marker_radius: the object's geom drawn again, wider, as a scene-only geom over it."""
+        r = self.cfg.object_marker_radius
+        scene = self.renderer.scene
+        if r is None or scene.ngeom >= scene.maxgeom:
+            return
+        import mujoco  # optional: sim extra
+        m, d, g = self.env.model, self.env.data, self._object_geom
+        mujoco.mjv_initGeom(scene.geoms[scene.ngeom], int(m.geom_type[g]),
+                            np.array([r, m.geom_size[g, 1], m.geom_size[g, 2]]), d.geom_xpos[g],
+                            d.geom_xmat[g], m.geom_rgba[g] if m.geom_matid[g] < 0 else m.mat_rgba[m.geom_matid[g]])
+        scene.ngeom += 1
 
     def depth(self) -> np.ndarray:
         """Metric depth (meters, float32 HxW) of the first camera, oriented like its image: MuJoCo's depth buffer,
