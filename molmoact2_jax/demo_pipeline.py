@@ -15,8 +15,8 @@ from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.norm_stats import NormStats
 from data_pipelines.stats import write_norm_stats
 from data_pipelines.transforms.normalize import normalize
-from molmoact2_jax.evaluation.config import (SIM_SETTINGS_FILE, get_config, parse_cameras, parse_rgba, parse_suite,
-                                             sim_settings)
+from molmoact2_jax.evaluation.config import (DRAWING_FIELDS, SIM_SETTINGS_FILE, get_config, parse_cameras,
+                                             parse_rgba, parse_suite, sim_settings)
 from molmoact2_jax.evaluation.recorder import RecordOptions, record
 from molmoact2_jax.recipes import load_recipe, recipe_path
 from molmoact2_jax.tokenizers.openfast import OpenFAST
@@ -49,10 +49,9 @@ def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str,
     if not meta.exists():
         return False
     s = json.loads(meta.read_text())
+    drawn = sim_settings(cfg)
     return (s.get("cameras") == list(cfg.camera_names) and s.get("image_hw") == list(cfg.image_hw)
-            and s.get("seed") == seed and s.get("goal_marker_radius") == cfg.goal_marker_radius
-            and s.get("object_rgba") == (list(cfg.object_rgba) if cfg.object_rgba is not None else None)
-            and s.get("object_marker_radius") == cfg.object_marker_radius
+            and s.get("seed") == seed and all(s.get(k) == drawn[k] for k in DRAWING_FIELDS)
             and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
             and bool(s.get("depth")) == depth and float(s.get("action_noise", 0.0)) == float(action_noise)
             and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))

@@ -140,8 +140,10 @@ def parse_cameras(simulator: str, spec: str | None) -> tuple[CameraSpec, ...] | 
 # molmoact2-eval --checkpoint, where command-line flags still win.
 SIM_SETTINGS_FILE = "sim_settings.json"
 SIM_SETTINGS_FORMAT = "molmoact2_sim_settings.v1"
+# How the scene is drawn (MetaWorld): a recording made with other values shows other pixels.
+DRAWING_FIELDS = ("goal_marker_radius", "object_rgba", "object_marker_radius")
 _SETTINGS_FIELDS = ("image_hw", "max_steps", "n_action_steps", "instruction_template", "fast_render",
-                    "goal_marker_radius", "object_rgba", "object_marker_radius")
+                    *DRAWING_FIELDS)
 
 
 def sim_settings(cfg: SimConfig) -> dict:
@@ -162,6 +164,9 @@ def config_from_settings(settings: dict, where: str = SIM_SETTINGS_FILE, **overr
         kw["cameras"] = tuple(CameraSpec(**c) for c in settings["cameras"])
         if kw.get("object_rgba") is not None:
             kw["object_rgba"] = parse_rgba(kw["object_rgba"], "object_rgba")
+        for radius in ("goal_marker_radius", "object_marker_radius"):
+            if kw.get(radius) is not None:
+                kw[radius] = float(kw[radius])
         simulator = settings["simulator"]
     except (KeyError, TypeError, ValueError) as e:
         raise SimEvalError(f"{where}: bad sim settings ({type(e).__name__}: {e})") from None

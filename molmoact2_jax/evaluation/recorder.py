@@ -32,7 +32,7 @@ from data_pipelines.formats.lerobot_writer import WriteOptions, write_lerobot
 from data_pipelines.synthetic import Episode
 
 from molmoact2_jax.progress import progress_bar
-from molmoact2_jax.evaluation.config import SimConfig, SuiteSpec
+from molmoact2_jax.evaluation.config import DRAWING_FIELDS, SimConfig, SuiteSpec, sim_settings
 from molmoact2_jax.evaluation.envs import MetaWorldEnv, check_metaworld_tasks, ensure_render_backend
 from molmoact2_jax.evaluation.policies import ExpertPolicy
 from molmoact2_jax.evaluation.errors import SimEvalError
@@ -176,9 +176,7 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
                           "mean_length": float(np.mean([r["length"] for r in rs]))}
     summary = {"suite": f"metaworld:{','.join(tasks)}", "embodiment": emb.name, "tag": emb.tag,
                "cameras": list(cfg.camera_names), "image_hw": list(cfg.image_hw),
-               "goal_marker_radius": cfg.goal_marker_radius,
-               "object_rgba": list(cfg.object_rgba) if cfg.object_rgba is not None else None,
-               "object_marker_radius": cfg.object_marker_radius, "fps": cfg.fps,
+               **{k: v for k, v in sim_settings(cfg).items() if k in DRAWING_FIELDS}, "fps": cfg.fps,
                "episodes_recorded": len(results), "episodes_written": len(kept),
                "frames": int(sum(r["length"] for r in kept)), "seed": opts.seed, "max_steps": max_steps,
                "workers": opts.workers, "codec": opts.codec,
