@@ -43,9 +43,11 @@ IMAGE = 112  # camera size for recording and the model (8x8 patches -> 16 tokens
 # wide; corner2 + the wrist view left the held-out dx error above the mean action's (README, issue 22 table).
 CAMERAS = "behindGripper,corner"
 GOAL_MARKER = 0.05
-# The task's own red puck: drawn blue (--object-color 0.1,0.4,1.0) it did no better (README, issue 22 run Z1).
-OBJECT_COLOR = "none"
-OBJECT_MARKER = None
+# The task's puck (red like the arm, dark on the table) drawn blue and 0.045 m wide (a scene-only geom; its contacts
+# stay 0.02 m): the model's first dx then follows the puck (correlation 0.55 against 0.03) and push went from 11/60 to
+# 16/60 with reach 56/60 (README, issue 22 runs W, Z5, AA).
+OBJECT_COLOR = "0.1,0.4,1.0"
+OBJECT_MARKER = 0.045
 # DART: training episodes recorded with N(0, 0.5) added to the executed arm actions (labels stay the expert's).
 # On 60 held-out seeds: reach 57/60 against 51/60 without, push 11/60 against 5/60 (README, issue 22 runs W, X);
 # noise breaks some of the push expert's 2 cm alignments before it descends (0.5: 28-29 of 40 are kept).
@@ -157,6 +159,18 @@ def closed_loop(wd: Path, export: Path, sim_cfg, stats_path: Path, tasks, episod
     return table
 
 
+def episodes_per_task(text, tasks) -> int | dict:
+    """`--train-episodes`: "40" (every task) or "40,80" (one count per task, in --tasks order)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"expected positive episode counts, got {text!r}")
+    if len(parts) == 1:
+        return int(parts[0])
+    if len(parts) != len(tasks):
+        raise ValueError(f"{len(parts)} counts for {len(tasks)} tasks ({','.join(tasks)}): give one, or one per task")
+    return {t: int(p) for t, p in zip(tasks, parts)}
+
+
 def beats_mean_action(table: dict) -> bool:
     """The model's closed-loop successes, over every task, exceed the mean-action policy's."""
     total = lambda name: sum(r["successes"] for r in table[name].values())
@@ -191,16 +205,27 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=IMAGE, help="camera and model image size (default: %(default)s)")
     ap.add_argument("--think", action="store_true",
                     help="MolmoThink: record depth, fit depth codes, train the Think styles, score depth codes")
-    ap.add_argument("--train-episodes", type=int, default=None, help="per task (default: 40; --think: 15)")
+    ap.add_argument("--train-episodes", default=None,
+                    help="expert episodes per task: one count, or one per --tasks entry, comma-separated "
+                         "(default: 40; --think: 15)")
     ap.add_argument("--heldout-episodes", type=int, default=3, help="per task (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: 800; --think: 600)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: 1050; --think: 600)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate of every parameter group (default: the tiny finetune recipe's, 1e-3)")
+    ap.add_argument("--ema", type=float, default=None,
+                    help="decay of the params' moving average that is scored, exported and served (0: the raw "
+                         "params; default: 0)")
     ap.add_argument("--vit-width", type=int, default=0, help="ViT width (default: the tiny model's, 32)")
     ap.add_argument("--batch", type=int, default=None, help="training batch (default: 32; --think: 8)")
     ap.add_argument("--action-mode", choices=("continuous", "both"), default=None,
                     help="what the model is trained on: the flow head only (continuous, the demo's default) or "
                          "OpenFAST tokens + flow (both; --think's default, and what --mode discrete needs)")
     ap.add_argument("--seq-len", type=int, default=None,
-                    help="training sequence length (default: 160; --think: 320, for the 102 depth tokens)")
+                    help="training sequence length (default: 128, for the 121-token prompts of two 112 px cameras; "
+                         "--think: 320, for the 102 depth tokens)")
+    ap.add_argument("--flow-samples", type=int, default=None,
+                    help="flow-matching noise draws per example and training step (default: 4; --think: the "
+                         "recipe's 8, which cost 10%% more per step)")
     ap.add_argument("--vqvae-steps", type=int, default=300, help="--think: depth VQ-VAE steps (default: %(default)s)")
     ap.add_argument("--think-eval-frames", type=int, default=40,
                     help="--think: held-out frames whose depth codes are scored (default: %(default)s)")
@@ -234,16 +259,26 @@ def main(argv=None) -> int:
                     help="worker processes for recording, converting and the model's closed-loop episodes "
                          "(0: in this process; default: %(default)s)")
     args = ap.parse_args(argv)
-    for name, plain, think in (("train_episodes", 40, 15), ("steps", 800, 600), ("seq_len", 160, 320),
+    for name, plain, think in (("train_episodes", 40, 15), ("steps", 1050, 600),
+                               ("seq_len", 128, 320), ("flow_samples", 4, 8),
                                ("cameras", CAMERAS, THINK_CAMERAS), ("batch", 32, 8), ("goal_marker", GOAL_MARKER, 0),
                                ("object_color", OBJECT_COLOR, "none"), ("object_marker", OBJECT_MARKER, 0),
                                ("action_mode", "continuous", "both"), ("action_noise", ACTION_NOISE, 0.0)):
         if getattr(args, name) is None:
             setattr(args, name, think if args.think else plain)
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    try:
+        args.train_episodes = episodes_per_task(args.train_episodes, tasks)
+    except ValueError as e:
+        ap.error(f"--train-episodes: {e}")
     args.goal_marker = args.goal_marker or None   # 0: the task's own marker
     args.object_marker = args.object_marker or None
     if args.object_marker is not None and not args.object_marker > 0:
         ap.error(f"--object-marker must be a radius in m (> 0; 0: the object as it is), got {args.object_marker}")
+    if args.ema is not None and not 0.0 <= args.ema < 1.0:
+        ap.error(f"--ema must be a decay in [0, 1) (0: off), got {args.ema}")
+    if args.lr is not None and not args.lr > 0:
+        ap.error(f"--lr must be > 0, got {args.lr}")
     if not args.action_noise >= 0:
         ap.error(f"--action-noise must be >= 0 (a std in action units), got {args.action_noise}")
     if args.mode == "discrete" and args.action_mode != "both":
@@ -255,7 +290,6 @@ def main(argv=None) -> int:
         ap.error(str(e))   # exit 2 naming the bad flag value, before anything is written
     wd = Path(args.workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
-    tasks = tuple(t for t in args.tasks.split(",") if t)
     t_all = time.perf_counter()
     seconds = {}
     if args.think:
@@ -281,7 +315,8 @@ def main(argv=None) -> int:
     shutil.rmtree(wd / "train", ignore_errors=True)   # a fresh run, not a resume of an older demo's
     out = trainer.train(cfg, str(wd / "train"))
     import jax  # lazy: --help must not import jax
-    params = jax.device_get(out["state"].params)
+    state = out["state"]
+    params = jax.device_get(state.params if state.ema_params is None else state.ema_params)
     done(t0, f"(final loss {out['last_metrics'].get('loss', float('nan')):.4f})")
     seconds["train"] = time.perf_counter() - t0
 
@@ -319,6 +354,8 @@ def main(argv=None) -> int:
     summary = {"closed_loop": table, "heldout_action_error": err, "train_action_error": fit,
                "settings": {**sim_settings(sim_cfg), "tasks": list(tasks), "train_episodes": args.train_episodes,
                             "heldout_episodes": args.heldout_episodes, "steps": args.steps, "batch": args.batch,
+                            "lr": float(cfg.optimizer.lr.llm), "ema": float(cfg.ema.decay),
+                            "seq_len": args.seq_len, "flow_samples": args.flow_samples,
                             "vit_width": args.vit_width or 32,
                             "augment": args.augment, "lossless": args.lossless, "mode": args.mode or "continuous",
                             "action_mode": args.action_mode, "action_noise": args.action_noise,

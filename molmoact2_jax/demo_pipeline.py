@@ -42,7 +42,7 @@ def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goa
                       object_rgba=parse_rgba(object_color, "--object-color"), object_marker_radius=object_marker)
 
 
-def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str, depth: bool = False,
+def _recorded_as(path: Path, cfg, episodes: int | dict, seed: int, tasks, storage: str, depth: bool = False,
                  action_noise: float = 0.0) -> bool:
     """An existing recording made with these settings (else it is recorded again)."""
     meta = path / "meta" / "sim_recording.json"
@@ -54,10 +54,14 @@ def _recorded_as(path: Path, cfg, episodes: int, seed: int, tasks, storage: str,
             and s.get("seed") == seed and all(s.get(k) == drawn[k] for k in DRAWING_FIELDS)
             and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
             and bool(s.get("depth")) == depth and float(s.get("action_noise", 0.0)) == float(action_noise)
-            and all(v.get("episodes") == episodes for v in s.get("tasks", {}).values()))
+            and {t: v.get("episodes") for t, v in s.get("tasks", {}).items()} == _per_task(episodes, tasks))
 
 
-def record_data(wd: Path, cfg, tasks, train_eps: int, heldout_eps: int, workers: int, storage: str = "image",
+def _per_task(episodes: int | dict, tasks) -> dict:
+    return dict(episodes) if isinstance(episodes, dict) else {t: int(episodes) for t in tasks}
+
+
+def record_data(wd: Path, cfg, tasks, train_eps: int | dict, heldout_eps: int, workers: int, storage: str = "image",
                 depth: bool = False, action_noise: float = 0.0):
     """Training episodes with `action_noise` (DART, evaluation/recorder.py); held-out ones always without, so the
     held-out error is measured on the expert's own path."""
@@ -147,6 +151,13 @@ def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, open
     c.data.max_cameras = len(args.cameras.split(","))
     c.data.augment = args.augment
     c.optimizer.warmup_steps = 20
+    if getattr(args, "flow_samples", None):
+        c.model.flow.num_samples = int(args.flow_samples)
+    if getattr(args, "ema", None):
+        c.ema.decay = float(args.ema)   # the trainer's held-out loss and the demo's params are then the EMA's
+    if getattr(args, "lr", None):
+        for group in c.optimizer.lr:
+            c.optimizer.lr[group] = float(args.lr)
     c.checkpoint.every_steps = max(args.steps // 2, 1)
     c.trainer.eval_every_steps = max(args.steps // 4, 1)
     c.trainer.eval_batches = 2

@@ -67,8 +67,9 @@ def recorded(tmp_path_factory):
     cfg = get_config("metaworld", **SMALL)
     t0 = time.perf_counter()
     summary = record(parse_suite("metaworld:reach-v3,push-v3"), cfg,
-                     RecordOptions(episodes=3, max_steps=200, workers=2, progress=False), out)
-    print(f"\nrecord 2 tasks x 3 episodes: {time.perf_counter() - t0:.1f}s ({summary['frames']} frames)")
+                     RecordOptions(episodes={"reach-v3": 4, "push-v3": 2}, max_steps=200, workers=2,
+                                   progress=False), out)
+    print(f"\nrecord 4 + 2 episodes: {time.perf_counter() - t0:.1f}s ({summary['frames']} frames)")
     return out, summary
 
 
@@ -233,7 +234,9 @@ def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path
     assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 6
     assert list(ds.camera_keys) == ["observation.images.corner2", "observation.images.gripperPOV"]
     rows = [json.loads(line) for line in (out / "meta/sim_episodes.jsonl").read_text().splitlines()]
-    assert len({r["seed"] for r in rows}) == 6
+    # per-task counts: seed = 1000 * task index + episode, the same seeds a single count would give
+    assert {t: s["episodes"] for t, s in summary["tasks"].items()} == {"reach-v3": 4, "push-v3": 2}
+    assert [r["seed"] for r in rows] == [0, 1, 2, 3, 1000, 1001]
     for i, r in enumerate(rows):
         cols = ds.episode_columns(i)
         assert cols["observation.state"].shape == (r["length"], 4) and cols["action"].shape == (r["length"], 4)

@@ -45,7 +45,7 @@ def _common(p: argparse.ArgumentParser):
                    help="comma-separated MetaWorld cameras in policy order, e.g. corner2,gripperPOV (default: "
                         "the checkpoint's sim_settings.json, else corner2,gripperPOV)")
     p.add_argument("--instruction-template", default=None, help="e.g. 'In simulation, {instruction}.'")
-    p.add_argument("--slow-render", action="store_true", help="keep shadows and multisampling (MetaWorld)")
+    p.add_argument("--slow-render", action="store_true", help="keep shadows, reflections and multisampling (MetaWorld)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -40,7 +40,7 @@ class SimConfig:
     n_action_steps: int                     # actions executed per policy query
     action_horizon: int                     # chunk length stored in tag metadata
     instruction_template: str = "{instruction}"
-    fast_render: bool = True                # shadows and multisampling off (MetaWorld)
+    fast_render: bool = True                # shadows, reflections and multisampling off (MetaWorld)
     norm_stats_path: str | None = None      # norm_stats.json (mean-action baseline, checkpoint checks)
     setup_type: str = ""
     control_mode: str = ""

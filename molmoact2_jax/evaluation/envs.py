@@ -5,7 +5,7 @@ obs = {"images": [HxWx3 uint8 per camera, config order], "state": float32 [state
 
 MetaWorld: the goal-observable v3 env; per-episode object/goal positions come from `seed` (the env's
 seeded rand_vec), cameras are rendered with our own mujoco.Renderer so several views share one
-context, and `fast_render` turns shadows and multisampling off. LIBERO: the suite's official
+context, and `fast_render` turns shadows, reflections and multisampling off. LIBERO: the suite's official
 initial states (episode i uses init state i), its success check, images rotated 180 degrees.
 """
 from __future__ import annotations
@@ -120,6 +120,9 @@ class MetaWorldEnv:
         if cfg.fast_render:
             model.light_castshadow[:] = 0
             model.vis.quality.offsamples = 0
+            # The floor's mirror pass re-draws the arm's 67k mesh faces: a third of a software-rendered frame,
+            # for a reflection that changes 0.02 grey levels per pixel at 112 px.
+            model.mat_reflectance[:] = 0
         if cfg.goal_marker_radius is not None:
             import mujoco  # optional: sim extra
             goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")

@@ -43,7 +43,7 @@ _EXPERT = None
 
 @dataclasses.dataclass
 class RecordOptions:
-    episodes: int = 10                 # per task
+    episodes: int | dict = 10          # per task: one count for all, or {task: count}
     max_steps: int | None = None       # default: the config's
     post_success_steps: int = 5
     seed: int = 0
@@ -56,6 +56,14 @@ class RecordOptions:
     only_success: bool = False         # drop episodes where the expert failed
     action_noise: float = 0.0          # std of the noise added to the executed (not the stored) action; see above
     progress: bool = True
+
+    def episodes_of(self, task: str) -> int:
+        if isinstance(self.episodes, dict):
+            if task not in self.episodes:
+                raise SimEvalError(f"RecordOptions.episodes names no count for task {task!r} "
+                                   f"(it has {sorted(self.episodes)})")
+            return int(self.episodes[task])
+        return int(self.episodes)
 
 
 def _record_one(args) -> dict:
@@ -127,7 +135,7 @@ def record(suite: SuiteSpec, cfg: SimConfig, opts: RecordOptions, out: str | Pat
         raise SimEvalError(f"action_noise must be >= 0 (a std in action units), got {opts.action_noise}")
     jobs = [(cfg, task, ti, ep, opts.seed + 1000 * ti + ep, max_steps, opts.post_success_steps, opts.depth,
              float(opts.action_noise), ~emb.gripper_dims())
-            for ti, task in enumerate(tasks) for ep in range(opts.episodes)]
+            for ti, task in enumerate(tasks) for ep in range(opts.episodes_of(task))]
     results = []
     t0 = time.perf_counter()
     bar = progress_bar(total=len(jobs), unit="ep", desc=f"record {','.join(tasks)}", disable=not opts.progress)
