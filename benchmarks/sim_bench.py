@@ -1,5 +1,5 @@
 """Simulation throughput: MetaWorld environment steps/s (with 2-camera rendering) with and without the
-fast rendering settings (shadows and multisampling off), physics-only steps/s, and baseline policy
+fast rendering settings (shadows, reflections and multisampling off), physics-only steps/s, and baseline policy
 queries/s, in one run.
 
   MUJOCO_GL=egl python benchmarks/sim_bench.py [--task push-v3] [--steps 100] [--image-size 224]

@@ -52,6 +52,9 @@ OBJECT_MARKER = 0.045
 # On 60 held-out seeds: reach 57/60 against 51/60 without, push 11/60 against 5/60 (README, issue 22 runs W, X);
 # noise breaks some of the push expert's 2 cm alignments before it descends (0.5: 28-29 of 40 are kept).
 ACTION_NOISE = 0.5
+# Expert episodes per task: reach holds 56/60 from 40 and 50/60 from 30, push gains from more (16/60 from 40 at 1050
+# steps, 28/60 from 50 at 1200; README, issue 22 runs AA, AC); the push expert keeps about 37 of 50 under DART.
+TRAIN_EPISODES = {"reach-v3": 30, "push-v3": 50}
 THINK_CAMERAS = "corner2,gripperPOV"
 ACTION_DIMS = ("dx", "dy", "dz", "gripper")   # MetaWorld: end-effector position delta + gripper effort
 EVAL_SEED = 900  # closed-loop seeds 900+ (train 0+, held-out 500+; seed = base + 1000 * task index + episode)
@@ -207,9 +210,10 @@ def main(argv=None) -> int:
                     help="MolmoThink: record depth, fit depth codes, train the Think styles, score depth codes")
     ap.add_argument("--train-episodes", default=None,
                     help="expert episodes per task: one count, or one per --tasks entry, comma-separated "
-                         "(default: 40; --think: 15)")
+                         f"(default: {', '.join(f'{t} {n}' for t, n in TRAIN_EPISODES.items())}, other tasks 40; "
+                         "--think: 15)")
     ap.add_argument("--heldout-episodes", type=int, default=3, help="per task (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: 1050; --think: 600)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: 1200; --think: 600)")
     ap.add_argument("--lr", type=float, default=None,
                     help="peak learning rate of every parameter group (default: the tiny finetune recipe's, 1e-3)")
     ap.add_argument("--ema", type=float, default=None,
@@ -259,14 +263,15 @@ def main(argv=None) -> int:
                     help="worker processes for recording, converting and the model's closed-loop episodes "
                          "(0: in this process; default: %(default)s)")
     args = ap.parse_args(argv)
-    for name, plain, think in (("train_episodes", 40, 15), ("steps", 1050, 600),
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    plain_episodes = ",".join(str(TRAIN_EPISODES.get(t, 40)) for t in tasks)
+    for name, plain, think in (("train_episodes", plain_episodes, 15), ("steps", 1200, 600),
                                ("seq_len", 128, 320), ("flow_samples", 4, 8),
                                ("cameras", CAMERAS, THINK_CAMERAS), ("batch", 32, 8), ("goal_marker", GOAL_MARKER, 0),
                                ("object_color", OBJECT_COLOR, "none"), ("object_marker", OBJECT_MARKER, 0),
                                ("action_mode", "continuous", "both"), ("action_noise", ACTION_NOISE, 0.0)):
         if getattr(args, name) is None:
             setattr(args, name, think if args.think else plain)
-    tasks = tuple(t for t in args.tasks.split(",") if t)
     try:
         args.train_episodes = episodes_per_task(args.train_episodes, tasks)
     except ValueError as e:
