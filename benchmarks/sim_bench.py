@@ -66,9 +66,9 @@ def main(argv=None):
             for name, fast_render, render in (("slow", False, True), ("fast", True, True), ("physics", True, False))}
     slow, fast, physics = (float(np.median(runs[k])) for k in ("slow", "fast", "physics"))
     best = {k: max(v) for k, v in runs.items()}
-    print(f"  env steps/s (median / best of {args.runs}), default rendering (shadows, 4x MSAA): {slow:8.1f} / "
-          f"{best['slow']:8.1f}  ({1000 / slow:6.1f} ms/step)")
-    print(f"  env steps/s (median / best), fast rendering (no shadows, no MSAA):  {fast:8.1f} / {best['fast']:8.1f}  "
+    print(f"  env steps/s (median / best of {args.runs}), default rendering (shadows, reflections, 4x MSAA): "
+          f"{slow:8.1f} / {best['slow']:8.1f}  ({1000 / slow:6.1f} ms/step)")
+    print(f"  env steps/s (median / best), fast rendering (none of them):  {fast:8.1f} / {best['fast']:8.1f}  "
           f"({1000 / fast:6.1f} ms/step)")
     print(f"  env steps/s (median / best), physics only (no cameras):             {physics:8.1f} / "
           f"{best['physics']:8.1f}  ({1000 / physics:6.2f} ms/step)")

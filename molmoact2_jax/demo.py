@@ -282,6 +282,8 @@ def main(argv=None) -> int:
         ap.error(f"--object-marker must be a radius in m (> 0; 0: the object as it is), got {args.object_marker}")
     if args.ema is not None and not 0.0 <= args.ema < 1.0:
         ap.error(f"--ema must be a decay in [0, 1) (0: off), got {args.ema}")
+    if not args.flow_samples >= 1:
+        ap.error(f"--flow-samples must be >= 1, got {args.flow_samples}")
     if args.lr is not None and not args.lr > 0:
         ap.error(f"--lr must be > 0, got {args.lr}")
     if not args.action_noise >= 0:

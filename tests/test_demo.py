@@ -19,9 +19,11 @@ def test_demo_bad_camera_is_a_usage_error(tmp_path, capsys):
         main(["--workdir", str(tmp_path / "d"), "--cameras", "corner2,wristcam"])
     assert e.value.code == 2 and "unknown MetaWorld camera(s) ['wristcam']" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
-    for bad, says in (("40,80,10", "3 counts for 2 tasks (reach-v3,push-v3)"), ("40,-1", "positive episode counts")):
+    for flag, bad, says in (("--train-episodes", "40,80,10", "3 counts for 2 tasks (reach-v3,push-v3)"),
+                            ("--train-episodes", "40,-1", "positive episode counts"),
+                            ("--flow-samples", "0", "--flow-samples must be >= 1"), ("--ema", "1", "--ema must be")):
         with pytest.raises(SystemExit) as e:
-            main(["--workdir", str(tmp_path / "d"), "--train-episodes", bad])
+            main(["--workdir", str(tmp_path / "d"), flag, bad])
         assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
