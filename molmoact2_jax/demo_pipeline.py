@@ -54,11 +54,8 @@ def _recorded_as(path: Path, cfg, episodes: int | dict, seed: int, tasks, storag
             and s.get("seed") == seed and all(s.get(k) == drawn[k] for k in DRAWING_FIELDS)
             and s.get("image_storage") == storage and s.get("suite") == "metaworld:" + ",".join(tasks)
             and bool(s.get("depth")) == depth and float(s.get("action_noise", 0.0)) == float(action_noise)
-            and {t: v.get("episodes") for t, v in s.get("tasks", {}).items()} == _per_task(episodes, tasks))
-
-
-def _per_task(episodes: int | dict, tasks) -> dict:
-    return dict(episodes) if isinstance(episodes, dict) else {t: int(episodes) for t in tasks}
+            and {t: v.get("episodes") for t, v in s.get("tasks", {}).items()}
+            == {t: RecordOptions(episodes=episodes).episodes_of(t) for t in tasks})
 
 
 def record_data(wd: Path, cfg, tasks, train_eps: int | dict, heldout_eps: int, workers: int, storage: str = "image",
