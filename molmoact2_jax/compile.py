@@ -1,10 +1,13 @@
-"""`molmoact2-compile --config=configs/<recipe>.py[:variant] [--config.<field>=...] (--topology=v5p:4x4x8
-[--num-slices=N] | --devices=cpu:N) [--out=report.json]`
+"""`molmoact2-compile --config=configs/<recipe>.py[:variant] [--config.<field>=...]
+((--pod=v5p-256 | --topology=v5p:4x4x8) [--num-slices=N] | --devices=cpu:N) [--out=report.json]`
 
 Answers "does this recipe fit that pod, and how fast could it go" from a CPU host: the trainer's own Setup is
-built on the target's devices (a TPU topology described by libtpu, no hardware needed, or N fake CPU devices),
-and the real train step is lowered and compiled for a batch of the recipe's shapes. Prints a table; `--out`
-writes the same as JSON. Exit code 3 when the step does not fit the chip's memory (the largest buffers are named).
+built on the target's devices (a TPU pod described by libtpu, no hardware needed, or N fake CPU devices),
+and the real train step is lowered and compiled for a batch of the recipe's shapes. `--pod` takes the Cloud TPU
+name as sold: v5p-N counts TensorCores (2 per chip, v5p-256 = v5p:4x4x8 = 128 chips), v5e-N / v6e-N count chips
+(v5e-256 = v5e:16x16). The global batch is first checked against the pod's real host count (exit 2). Prints a
+table; `--out` writes the same as JSON. Exit code 3 when the step does not fit the chip's memory (the largest
+buffers are named).
 """
 from __future__ import annotations
 
@@ -46,7 +49,9 @@ def _si(x: float, unit: str) -> str:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"topology         {r['topology']} ({r['num_devices']} x {r['chip']})",
+    lines = [f"pod              {r.get('pod', r['topology'])}, {r['chip']}",
+             f"batch            global {r['global_batch_size']}, per host {r['per_host_batch']} "
+             f"({r['num_hosts']} host{'s' if r['num_hosts'] > 1 else ''}, grad_accum_steps {r['grad_accum_steps']})",
              "mesh             " + " x ".join(f"{k}={v}" for k, v in r["mesh"].items()),
              f"parameters       {r['num_params'] / 1e9:.3f} B" if r["num_params"] >= 1e8 else
              f"parameters       {r['num_params'] / 1e6:.3f} M",
@@ -83,31 +88,39 @@ def main(argv=None):
     cfg_flag = config_flags.DEFINE_config_file(
         "config", default, "Recipe: configs/<recipe>.py with an optional :variant, as for molmoact2-train; "
         "override fields with --config.<field>=<value> (e.g. --config.mesh.fsdp=64).")
-    topo = flags.DEFINE_string("topology", None, "Target TPU pod as GEN:SHAPE, e.g. v5p:4x4x8, v5e:16x16, "
-                               "v6e:16x16 (described by libtpu; no TPU needed). Give this or --devices.")
-    slices = flags.DEFINE_integer("num_slices", 1, "With --topology: number of such slices joined over DCN "
+    pod = flags.DEFINE_string("pod", None, "Target TPU slice by its Cloud TPU name: v5p-N counts TensorCores "
+                              "(v5p-256 = 128 chips, v5p:4x4x8; v5p-128 = 64 chips), v5e-N (v5litepod-N) and v6e-N "
+                              "count chips (v5e-256 = v5e:16x16). Give one of --pod, --topology, --devices.")
+    topo = flags.DEFINE_string("topology", None, "Target TPU pod as GEN:SHAPE in chips, e.g. v5p:4x4x8, v5e:16x16, "
+                               "v6e:16x16 (described by libtpu; no TPU needed). Give one of --pod, --topology, "
+                               "--devices.")
+    slices = flags.DEFINE_integer("num_slices", 1, "With --pod or --topology: number of such slices joined over DCN "
                                   "(multi-slice; set config.mesh.slice to match). Also spelt --num-slices.")
     devices_flag = flags.DEFINE_string("devices", None, "cpu:N: compile for N fake CPU devices on this host instead "
-                                       "of a TPU topology. Give this or --topology.")
+                                       "of a TPU pod. Give one of --pod, --topology, --devices.")
     out = flags.DEFINE_string("out", None, "Also write the report as JSON to this file (its folder must exist).")
-    list_flags_in_help([cfg_flag, topo, slices, devices_flag, out], __doc__)
+    list_flags_in_help([cfg_flag, pod, topo, slices, devices_flag, out], __doc__)
 
     def run(_):
         import jax  # lazy: after XLA_FLAGS / JAX_PLATFORMS are set from --devices
         from molmoact2_jax.training import aot  # lazy: imports jax, after XLA_FLAGS is set
-        if bool(topo.value) == bool(n_cpu):
-            print("molmoact2-compile: give exactly one of --topology or --devices=cpu:N", file=sys.stderr)
+        if sum(map(bool, (pod.value, topo.value, n_cpu))) != 1:
+            print("molmoact2-compile: give exactly one of --pod (e.g. v5p-256), --topology (e.g. v5p:4x4x8) or "
+                  "--devices=cpu:N", file=sys.stderr)
             return 2
         if out.value and not os.path.isdir(os.path.dirname(os.path.abspath(out.value))):
             print(f"molmoact2-compile: error: --out={out.value}: no such directory", file=sys.stderr)
             return 2
         try:
-            if topo.value:
-                devices, chip = aot.topology_devices(topo.value, slices.value)
-                name = topo.value + (f" x {slices.value} slices" if slices.value > 1 else "")
+            if pod.value or topo.value:
+                topology = aot.pod_topology(pod.value) if pod.value else topo.value
+                devices, chip = aot.topology_devices(topology, slices.value)
+                name = topology + (f" x {slices.value} slices" if slices.value > 1 else "")
+                label = aot.pod_label(topology, slices.value, devices)
             else:
                 devices, chip, name = jax.devices("cpu")[:n_cpu], aot.cpu_chip(n_cpu), f"cpu:{n_cpu}"
-            report = aot.compile_report(cfg_flag.value, devices, chip, name)
+                label = f"{name} ({n_cpu} fake CPU devices, 1 host)"
+            report = aot.compile_report(cfg_flag.value, devices, chip, name, pod=label)
         except ValueError as e:
             print(f"molmoact2-compile: error: {e}", file=sys.stderr)
             return 2

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NormStatsError
 from molmoact2_jax.recipes import recipe_path
+from molmoact2_jax.storage import StorageError
 
 PROG = "molmoact2-train"
 EXIT_USER_ERROR = 2
@@ -35,12 +36,14 @@ def is_user_error(e: BaseException) -> bool:
       - TrainingAborted: the run gave up on purpose (e.g. config.trainer.max_consecutive_bad_steps);
       - data_pipelines' DataError and NormStatsError: bad input data, the message names file / episode / key;
       - FileNotFoundError: a path given in the config or flags does not exist;
+      - storage.StorageError: a path that cannot be used (gs:// without the `gcs` extra, no such bucket, a run
+        directory that cannot be written or is not shared between the processes);
       - a ValueError whose message names a config field (`config.<field>`) or one of this command's flags
         (`--num_processes` ...): every deliberate check in training/, sharding/ and the data source says which.
     Anything else, a ValueError from inside JAX/Flax/Orbax included, is an internal error and keeps its traceback.
     """
     from molmoact2_jax.training.trainer import TrainingAborted  # lazy: imports jax; --help must not
-    if isinstance(e, (TrainingAborted, DataError, NormStatsError, FileNotFoundError)):
+    if isinstance(e, (TrainingAborted, DataError, NormStatsError, FileNotFoundError, StorageError)):
         return True
     return isinstance(e, ValueError) and bool(_NAMES_A_SETTING.search(str(e)))
 

@@ -36,8 +36,8 @@ def check_report(report, devices):
 @pytest.mark.parametrize("args,devices,mesh", [
     (["--devices=cpu:8", "--config.data.global_batch_size=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"], 8,
      {"slice": 1, "data": 2, "fsdp": 4, "tensor": 1}),
-    (["--topology=v5e:2x2"], 4, {"slice": 1, "data": 4, "fsdp": 1, "tensor": 1}),
-], ids=["cpu8", "v5e_2x2"])
+    (["--pod=v5e-4"], 4, {"slice": 1, "data": 4, "fsdp": 1, "tensor": 1}),
+], ids=["cpu8", "v5e_4"])
 def test_compile_reports_memory_and_flops(tmp_path, args, devices, mesh):
     r, report = compile_cli(tmp_path, *TINY, *args)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -46,6 +46,9 @@ def test_compile_reports_memory_and_flops(tmp_path, args, devices, mesh):
     assert report["mesh"] == mesh and report["fits"] is True
     assert "fits" in r.stdout and "memory per device" in r.stdout
     if "v5e" in args[0]:
+        assert report["topology"] == "v5e:2x2" and report["pod"] == "v5e-4 (v5e:2x2, 4 chips, 1 host)"
+        assert report["num_hosts"] == 1 and report["per_host_batch"] == report["global_batch_size"] == 4
+        assert "v5e-4 (v5e:2x2, 4 chips, 1 host)" in r.stdout and "per host 4" in r.stdout
         assert report["hbm_bytes_per_device"] == 16 * 1024 ** 3
         floor = report["hardware_flops_per_step"] / devices / 197e12
         assert report["step_time_floor_seconds"] == pytest.approx(floor, rel=1e-9)
@@ -60,3 +63,59 @@ def test_compile_names_buffers_when_it_does_not_fit(tmp_path):
     big = report["largest_buffers"][0]
     assert big["bytes"] > report["hbm_bytes_per_device"] / 8
     assert "DOES NOT FIT" in r.stdout and big["shape"] in r.stdout
+
+
+def test_pod_names_as_sold_map_to_topologies():
+    from molmoact2_jax.training import aot
+    sold = {"v5p-8": "v5p:2x2x1", "v5p-32": "v5p:2x2x4", "v5p-128": "v5p:4x4x4", "v5p-256": "v5p:4x4x8",
+            "v5p-512": "v5p:4x8x8", "v5p-2048": "v5p:8x8x16", "v5p-12288": "v5p:16x16x24", "v5e-1": "v5e:1x1",
+            "v5e-8": "v5e:2x4", "v5e-256": "v5e:16x16", "v5litepod-16": "v5e:4x4", "v6e-64": "v6e:8x8",
+            "v6e-256": "v6e:16x16"}
+    for name, topology in sold.items():
+        assert aot.pod_topology(name) == topology, name
+        assert aot.sold_name(topology) == name.replace("v5litepod", "v5e"), topology
+    assert aot.sold_name("v5p:8x4x4") == "v5p-256" and aot.sold_name("v5e:4x2") == "v5e-8"
+    assert aot.sold_name("v5p:2x2x3") is None and aot.sold_name("v4:2x2x1") is None
+    for bad in ("v5p-100", "v5p-129", "v5p-1408", "v5p-24576", "v5e-2", "v6e-512", "v4-8", "v5p", "tpu-256"):
+        with pytest.raises(ValueError, match="is not a Cloud TPU slice; valid: v5p-N"):
+            aot.pod_topology(bad)
+
+
+def error_line(r) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("molmoact2-compile")]
+    assert r.returncode == 2 and len(lines) == 1, r.stdout[-2000:] + r.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("bad", ["v5p-100", "v6e-512"])
+def test_compile_rejects_a_pod_that_is_not_sold(tmp_path, bad):
+    r, report = compile_cli(tmp_path, *TINY, f"--pod={bad}")
+    line = error_line(r)
+    assert report is None and f"--pod='{bad}' is not a Cloud TPU slice; valid:" in line
+    assert "v5p-256 = 4x4x8" in line and "v6e-N" in line and "v5e-N" in line
+
+
+# The pod's real host count (libtpu's process_index per device, 4 chips per host) against the global batch: no
+# compile, the check runs first. The mesh flags make the data-parallel size divide the batch, so only hosts fail.
+@pytest.mark.parametrize("args,pod", [
+    (["--pod=v5p-256"], "v5p-256 (v5p:4x4x8, 128 chips, 32 hosts)"),
+    (["--topology=v5p:4x4x8"], "v5p-256 (v5p:4x4x8, 128 chips, 32 hosts)"),
+    (["--pod=v5p-128"], "v5p-128 (v5p:4x4x4, 64 chips, 16 hosts)"),
+    (["--pod=v5e-256"], "v5e-256 (v5e:16x16, 256 chips, 64 hosts)"),
+    (["--pod=v5e-256", "--num-slices=2"], "2 x v5e-256 (v5e:16x16 x 2 slices, 512 chips, 128 hosts)"),
+    (["--pod=v6e-16", "--config.mesh.fsdp=2", "--config.mesh.tensor=8"], "v6e-16 (v6e:4x4, 16 chips, 4 hosts)"),
+], ids=["v5p-256", "v5p_4x4x8", "v5p-128", "v5e-256", "2xv5e-256", "v6e-16"])
+def test_compile_checks_the_batch_against_the_pods_hosts(tmp_path, args, pod):
+    r, report = compile_cli(tmp_path, *TINY, *args, "--config.data.global_batch_size=2", "--config.mesh.data=1")
+    line = error_line(r)
+    hosts = pod.rsplit(", ", 1)[1].split()[0]
+    assert report is None
+    assert f"config.data.global_batch_size=2 is not divisible by the {hosts} hosts of {pod}" in line, line
+
+
+def test_compile_checks_grad_accum_against_the_per_host_batch(tmp_path):
+    r, report = compile_cli(tmp_path, *TINY, "--pod=v5e-16", "--config.data.global_batch_size=8",
+                            "--config.trainer.grad_accum_steps=4")
+    line = error_line(r)
+    assert "config.trainer.grad_accum_steps=4 does not divide the per-host batch 2" in line, line
+    assert "4 hosts of v5e-16 (v5e:4x4, 16 chips, 4 hosts)" in line

@@ -76,30 +76,49 @@ def run_until(workdir: str, overrides, step: int, sig=signal.SIGKILL, devices: i
         return proc.returncode, log.read(), sent
 
 
-def run_multiprocess(workdir: str, overrides, num_processes: int, devices_per_process: int, timeout: int = 400):
-    """Starts `num_processes` trainers on one coordinator; returns (exit codes, outputs). Each process writes to
-    its own file, not a pipe, so a talkative process can never block on a full pipe while another is waited on."""
+def start_multiprocess(workdir: str, overrides, num_processes: int, devices_per_process: int, env=None,
+                       cwd=None, base=BASE):
+    """Starts `num_processes` trainers on one coordinator; returns (processes, log files). Each process writes to
+    its own file, not a pipe, so a talkative process can never block on a full pipe while another is waited on.
+    `env` adds variables; `cwd` is one folder for all or a list, one per process."""
     port = coordinator_port()
     procs, logs = [], []
     for pid in range(num_processes):
         extra = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                  f"--process_id={pid}"]
         logs.append(tempfile.TemporaryFile(mode="w+"))
-        procs.append(subprocess.Popen(command(workdir, overrides, extra), env=env_for(devices_per_process),
+        cmd = [sys.executable, "-m", "molmoact2_jax.train", f"--workdir={workdir}", *base, *overrides, *extra]
+        procs.append(subprocess.Popen(cmd, env={**env_for(devices_per_process), **(env or {})},
+                                      cwd=cwd[pid] if isinstance(cwd, (list, tuple)) else cwd,
                                       stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
+    return procs, logs
+
+
+def wait_all(procs, logs, timeout: int = 400):
+    """(exit codes, outputs) of processes from start_multiprocess; any still running at the deadline is killed."""
     deadline = time.monotonic() + timeout
     try:
         codes = [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in procs]
+    except subprocess.TimeoutExpired:
+        codes = None
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
     outs = []
     for log in logs:
         log.seek(0)
         outs.append(log.read())
         log.close()
-    return codes, outs
+    return (codes or [p.returncode for p in procs]), outs
+
+
+def run_multiprocess(workdir: str, overrides, num_processes: int, devices_per_process: int, timeout: int = 400,
+                     env=None, cwd=None, base=BASE):
+    """Runs `num_processes` trainers on one coordinator to the end; returns (exit codes, outputs)."""
+    procs, logs = start_multiprocess(workdir, overrides, num_processes, devices_per_process, env, cwd, base)
+    return wait_all(procs, logs, timeout)
 
 
 def failure_report(outs, tail: int = 2500) -> str:

@@ -35,12 +35,85 @@ TPU_CHIPS = {
 }
 
 
+# Cloud TPU sells slices by name. v5p-N counts TensorCores, 2 per chip: v5p-256 is 128 chips (4x4x8). v5e-N (the
+# accelerator type v5litepod-N) and v6e-N count chips: v5e-256 is 256 chips (16x16).
+LITE_GENS = ("v5e", "v6e")
+LITE_SHAPES = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+LITE_SINGLE_HOST_CHIPS = 8  # v5e/v6e slices up to 8 chips are one host; larger ones have 4 chips per host
+V5P_SMALL = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4)}  # below one 4x4x4 cube
+V5P_CUBE = 4  # larger v5p slices are boxes of 4x4x4-chip cubes ...
+V5P_POD_CUBES = (4, 5, 7)  # ... inside the 16x20x28-chip pod
+V5P_MAX_CUBES = 96  # the largest v5p slice: 16x16x24 chips = v5p-12288
+VALID_PODS = ("v5p-N with N = 2 x chips (TensorCores): v5p-8, v5p-16, v5p-32, v5p-64, or a multiple of 128 up to "
+              "v5p-12288 whose 4x4x4-chip cubes form a box within the 16x20x28 pod (v5p-128 = 4x4x4, "
+              "v5p-256 = 4x4x8, v5p-512 = 4x8x8, ...); v5e-N (or v5litepod-N) and v6e-N with N chips in "
+              + ", ".join(map(str, LITE_SHAPES)))
+
+
+def _cube_box(cubes: int):
+    """The most cube-like box (a <= b <= c) of `cubes` v5p cubes that fits the pod, or None."""
+    if cubes > V5P_MAX_CUBES:
+        return None
+    boxes = [(a, b, cubes // (a * b)) for a in range(1, cubes + 1) for b in range(a, cubes + 1)
+             if cubes % (a * b) == 0 and cubes // (a * b) >= b]
+    boxes = [x for x in boxes if all(d <= m for d, m in zip(x, V5P_POD_CUBES))]
+    return min(boxes, key=lambda x: (x[2], -x[0])) if boxes else None
+
+
+def pod_topology(pod: str) -> str:
+    """A Cloud TPU slice name as sold ("v5p-256", "v5e-256", "v5litepod-16", "v6e-64") -> its topology
+    ("v5p:4x4x8", "v5e:16x16", ...). ValueError, in one line listing the valid names, for anything else."""
+    gen, _, n = pod.strip().lower().partition("-")
+    gen = {"v5litepod": "v5e"}.get(gen, gen)
+    shape = None
+    if n.isdigit() and gen in LITE_GENS:
+        shape = LITE_SHAPES.get(int(n))
+    elif n.isdigit() and gen == "v5p" and int(n) % 2 == 0:
+        chips = int(n) // 2
+        shape = V5P_SMALL.get(chips)
+        if shape is None and chips % V5P_CUBE ** 3 == 0:
+            box = _cube_box(chips // V5P_CUBE ** 3)
+            shape = tuple(V5P_CUBE * d for d in box) if box else None
+    if shape is None:
+        raise ValueError(f"--pod={pod!r} is not a Cloud TPU slice; valid: {VALID_PODS}")
+    return f"{gen}:" + "x".join(map(str, shape))
+
+
+def _parse_topology(topology: str):
+    gen, _, shape = topology.partition(":")
+    dims = shape.lower().split("x")
+    if not all(d.isdigit() and int(d) > 0 for d in dims):
+        return gen.lower(), None
+    return gen.lower(), tuple(int(d) for d in dims)
+
+
+def sold_name(topology: str) -> str | None:
+    """The Cloud TPU name of a topology ("v5p:4x4x8" -> "v5p-256", "v5e:16x16" -> "v5e-256"), or None when it is
+    not a slice Cloud TPU sells under a name."""
+    gen, dims = _parse_topology(topology)
+    if dims is None:
+        return None
+    chips = int(np.prod(dims))
+    if gen in LITE_GENS and len(dims) == 2 and tuple(sorted(dims)) == LITE_SHAPES.get(chips):
+        return f"{gen}-{chips}"
+    if gen == "v5p" and len(dims) == 3:
+        if tuple(sorted(dims)) == tuple(sorted(V5P_SMALL.get(chips, ()))):
+            return f"v5p-{2 * chips}"
+        cubes = sorted(d // V5P_CUBE for d in dims)
+        if all(d % V5P_CUBE == 0 for d in dims) and int(np.prod(cubes)) <= V5P_MAX_CUBES and \
+                all(c <= m for c, m in zip(cubes, V5P_POD_CUBES)):
+            return f"v5p-{2 * chips}"
+    return None
+
+
 def topology_devices(topology: str, num_slices: int = 1):
-    """(devices, Chip) of a TPU topology such as "v5p:4x4x8" or "v5e:16x16", described by libtpu (no hardware)."""
+    """(devices, Chip) of a TPU topology such as "v5p:4x4x8" or "v5e:16x16", described by libtpu (no hardware).
+    Each device's `process_index` is its host: 4 chips per host, but one host for v5e/v6e slices of up to 8 chips
+    (v5e-8, v6e-8), as Cloud TPU builds them."""
     gen = topology.split(":", 1)[0].lower()
     if gen not in TPU_CHIPS or ":" not in topology:
         raise ValueError(f"--topology={topology!r}: expected GEN:SHAPE with GEN one of {sorted(TPU_CHIPS)} "
-                         f"(e.g. v5p:4x4x8, v5e:16x16)")
+                         f"(e.g. v5p:4x4x8, v5e:16x16), or give --pod=<Cloud TPU name> (e.g. v5p-256)")
     try:
         import libtpu  # noqa: F401
     except ImportError:
@@ -51,12 +124,48 @@ def topology_devices(topology: str, num_slices: int = 1):
     from jax.experimental import topologies  # lazy: after ALLOW_MULTIPLE_LIBTPU_LOAD is set
     if int(num_slices) < 1:
         raise ValueError(f"--num-slices={num_slices}: must be >= 1")
+    kwargs = {}
+    _, dims = _parse_topology(topology)
+    if gen in LITE_GENS and dims and len(dims) == 2 and int(np.prod(dims)) <= LITE_SINGLE_HOST_CHIPS:
+        kwargs["chips_per_host_bounds"] = (*dims, 1)  # libtpu's default is 2x2 chips per host
     try:
-        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=int(num_slices))
+        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", num_slices=int(num_slices),
+                                            **kwargs)
     except Exception as e:  # noqa: BLE001 - libtpu raises runtime errors for shapes it does not know
         raise ValueError(f"--topology={topology!r}: libtpu cannot describe it ({str(e).splitlines()[0][:200]})") \
             from None
     return list(desc.devices), TPU_CHIPS[gen]
+
+
+def num_hosts(devices) -> int:
+    """Hosts (processes) that drive `devices`: each TPU device's process_index names its host."""
+    return len({d.process_index for d in devices})
+
+
+def pod_label(topology: str, num_slices: int, devices) -> str:
+    """The pod as sold, e.g. "v5p-256 (v5p:4x4x8, 128 chips, 32 hosts)" or "2 x v5e-256 (v5e:16x16 x 2 slices,
+    512 chips, 128 hosts)"; a topology Cloud TPU does not sell by name is shown as itself."""
+    name, slices = sold_name(topology), int(num_slices)
+    topo = topology + (f" x {slices} slices" if slices > 1 else "")
+    hosts = num_hosts(devices)
+    facts = f"{len(devices)} chips, {hosts} host{'s' if hosts > 1 else ''}"
+    if name is None:
+        return f"{topo} ({facts})"
+    return f"{f'{slices} x ' if slices > 1 else ''}{name} ({topo}, {facts})"
+
+
+def check_host_batch(cfg, devices, pod: str) -> int:
+    """The trainer's per-process batch checks (trainer.validate_config) against the pod's real host count, which a
+    single compiling process (jax.process_count() == 1) cannot see. Returns the per-host batch."""
+    gb, hosts = int(cfg.data.global_batch_size), num_hosts(devices)
+    if gb % hosts:
+        raise ValueError(f"config.data.global_batch_size={gb} is not divisible by the {hosts} hosts of {pod}: "
+                         f"each host feeds global_batch_size / hosts rows")
+    accum = int(cfg.trainer.grad_accum_steps)
+    if (gb // hosts) % accum:
+        raise ValueError(f"config.trainer.grad_accum_steps={accum} does not divide the per-host batch {gb // hosts} "
+                         f"(config.data.global_batch_size={gb} over the {hosts} hosts of {pod})")
+    return gb // hosts
 
 
 def cpu_chip(num_devices: int) -> Chip:
@@ -77,13 +186,19 @@ def example_batch(cfg) -> dict:
         raise ValueError(f"config.data.seq_len: {e}") from None
 
 
-def compile_report(cfg, devices, chip: Chip, topology: str) -> dict:
-    """Lowers and compiles the train step of `cfg` on `devices`; the report of molmoact2-compile. A compile the
-    chip's memory cannot hold comes back with fits=False and the compiler's message."""
+def compile_report(cfg, devices, chip: Chip, topology: str, pod: str | None = None) -> dict:
+    """Lowers and compiles the train step of `cfg` on `devices`; the report of molmoact2-compile. `pod` names the
+    target as sold (pod_label; default `topology`). The batch is first checked against the pod's hosts
+    (check_host_batch: ValueError). A compile the chip's memory cannot hold comes back with fits=False and the
+    compiler's message."""
+    pod = pod or topology
+    per_host = check_host_batch(cfg, devices, pod)
     batch = example_batch(cfg)
     setup = trainer.Setup(cfg, batch, devices=devices)
     flops = setup.step_flops(batch)
-    report = dict(topology=topology, num_devices=len(devices), chip=chip.name,
+    report = dict(topology=topology, pod=pod, num_devices=len(devices), num_hosts=num_hosts(devices), chip=chip.name,
+                  global_batch_size=int(cfg.data.global_batch_size), per_host_batch=per_host,
+                  grad_accum_steps=int(cfg.trainer.grad_accum_steps),
                   mesh={k: int(v) for k, v in setup.mesh.shape.items()},
                   hbm_bytes_per_device=int(chip.hbm_bytes), model_flops_per_step=float(flops["model"]),
                   hardware_flops_per_step=float(flops["hardware"]),

@@ -8,31 +8,38 @@ Each step directory holds the items
                        has committed, so the step directory serves on its own (copied elsewhere, too)
 so a step directory is self-describing (molmoact2_jax.checkpoint_io.params reads params + model config from it).
 
-Orbax writes each step to a temporary directory and renames it on commit, so a crash mid-save leaves no
-half-written step. A step that fails to restore (truncated or corrupt files) is moved aside to
-`checkpoints/<step>.corrupt-<time>` with a warning naming it, and the next older one is tried. Retention keeps the
+The directory can be local or a bucket (`gs://`, through molmoact2_jax.storage / etils epath, as Orbax uses).
+Orbax commits a step atomically (a temp directory renamed on commit locally, a commit marker on object storage), so
+a crash mid-save leaves no half-written step. Restores are agreed between processes: every process tries the same
+step and all of them learn whether it restored everywhere; a step that failed on any process (truncated or corrupt
+files, perhaps read by that process only) is moved aside to `checkpoints/<step>.corrupt-<time>` by process 0 with a
+warning naming it, and every process tries the next older one. Retention keeps the
 last `keep_last` steps plus every `keep_every`-th; Orbax deletes old steps only after the new one has committed.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
+import uuid
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from molmoact2_jax import storage
+from molmoact2_jax.sharding import distributed
 
 log = logging.getLogger("molmoact2_jax.checkpointing")
 
 
 class Checkpointer:
     def __init__(self, workdir: str, ckpt_cfg, async_save: bool = True, assets_dir: str | None = None):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.assets_dir = assets_dir
+        self.directory = storage.as_path(workdir) / "checkpoints"
+        self.assets_dir = storage.as_path(assets_dir) if assets_dir else None
+        self._assets_done: set = set()
         opts = ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_cfg.get("keep_last", 3)) or None,
             keep_period=ckpt_cfg.get("keep_every") or None,
@@ -55,48 +62,79 @@ class Checkpointer:
         self._copy_assets()
 
     def _copy_assets(self):
-        """Copies the run's assets into every committed step directory that lacks them (process 0). A step is
-        only copied into after Orbax has committed it, so the copy never races the rename."""
-        if not self.assets_dir or not os.path.isdir(self.assets_dir) or jax.process_index() != 0:
+        """Copies the run's assets into every committed step directory (process 0), so each step serves on its own.
+        A step is only copied into after Orbax has committed it; the copy goes file by file and skips files already
+        there, so one cut short (a crash) is finished by the next call."""
+        if self.assets_dir is None or jax.process_index() != 0 or not self.assets_dir.is_dir():
             return
         for step in self.manager.all_steps():
-            step_dir = os.path.join(self.directory, str(step))
-            target = os.path.join(step_dir, "assets")
-            if not os.path.isdir(step_dir) or os.path.exists(target):
+            if step in self._assets_done:
                 continue
-            tmp = target + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self.assets_dir, tmp)
-            os.replace(tmp, target)
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():
+                storage.copy_tree(self.assets_dir, step_dir / "assets")
+                self._assets_done.add(step)
 
     def all_steps(self):
         return sorted(self.manager.all_steps())
 
     def restore_latest(self, abstract_state):
-        """Returns (step, state, data_state, meta) of the newest step that restores cleanly, or None."""
+        """Returns (step, state, data_state, meta) of the newest step that restores cleanly on every process, or
+        None. Each process restores its shards of the same step; then all agree (a host allgather) before any of
+        them moves on, so a file only one process reads cannot leave the processes on different steps."""
         for step in reversed(self.all_steps()):
+            error = None
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
                     meta=ocp.args.JsonRestore()))
-                return step, out.state, out.data, out.meta
             except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
-                self._quarantine(step, e)
+                error = e
+            ok = distributed.all_agree(error is None)
+            if all(ok):
+                return step, out.state, out.data, out.meta
+            self._quarantine(step, error, [i for i, good in enumerate(ok) if not good])
         return None
 
-    def _quarantine(self, step: int, err: Exception):
-        src = os.path.join(self.directory, str(step))
-        dst = f"{src}.corrupt-{int(time.time())}"
-        if jax.process_index() == 0 and os.path.exists(src):
-            shutil.move(src, dst)
-        _sync(f"quarantine_{step}")
-        log.warning("checkpoint %s is incomplete or corrupt (%s: %s); moved aside to %s, trying an older one",
-                    src, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "", dst)
+    def _quarantine(self, step: int, err: Exception | None, failed: list[int]):
+        src = self.directory / str(step)
+        dst = self.directory / f"{step}.corrupt-{int(time.time())}"
+        if jax.process_index() == 0 and src.exists():
+            storage.move_tree(src, dst)
+        distributed.barrier(f"quarantine_{step}")
+        why = (f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}" if err is not None
+               else "restored here")
+        log.warning("checkpoint %s is incomplete or corrupt (failed on process(es) %s; this process: %s); moved "
+                    "aside to %s, trying an older one", src, failed, why, dst)
         self.manager.reload()
 
     def close(self):
         self.wait()
         self.manager.close()
+
+
+def check_shared(directory, timeout_s: int = 300) -> None:
+    """Before a multi-process run writes a checkpoint: process 0 writes a marker into `directory` and every process
+    must see it. A run directory that is not shared (the same local path on hosts with separate disks) would
+    otherwise hang Orbax's save in its finalize step. Raises one line (storage.StorageError) on every process."""
+    if jax.process_count() <= 1:
+        return
+    directory = storage.as_path(directory)
+    token = int(multihost_utils.broadcast_one_to_all(np.int64(uuid.uuid4().int % (2 ** 62) if
+                                                               jax.process_index() == 0 else 0)))
+    marker = directory / f".molmoact2-shared-{token:016x}"
+    if jax.process_index() == 0:
+        marker.write_text("written by process 0; every process of the run must see this file")
+    distributed.barrier("shared_check_written", timeout_s)
+    seen = distributed.all_agree(marker.exists())
+    distributed.barrier("shared_check_read", timeout_s)
+    if jax.process_index() == 0:
+        marker.unlink()
+    if not all(seen):
+        blind = [i for i, s in enumerate(seen) if not s]
+        raise storage.StorageError(
+            f"{directory}: the run directory is not shared between the run's processes (process(es) {blind} cannot "
+            f"see a file process 0 wrote there); use a bucket (gs://...) or a filesystem every host mounts")
 
 
 def _jsonable(state):
@@ -109,8 +147,3 @@ def from_jsonable(state):
     if isinstance(state, dict) and set(state) == {"__bytes__"}:
         return state["__bytes__"].encode("utf-8")
     return state
-
-
-def _sync(name: str):
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)

@@ -1,28 +1,55 @@
 """What a run reports: WORKDIR/metrics.jsonl (one JSON object per step), TensorBoard event files (both on process
-0) and WORKDIR/run_info.json (mesh, parameter and state bytes, compiled memory, FLOPs per step)."""
+0) and WORKDIR/run_info.json (cluster, mesh, parameter and state bytes, compiled memory, FLOPs per step, goodput).
+
+WORKDIR may be a bucket. Object storage has no append, so metrics.jsonl is appended in a local file (a temporary
+folder on this host) and the whole file is uploaded as one object: every `upload_every_s` seconds, at every
+checkpoint save and at the end (as MaxText uploads its metrics). On a local WORKDIR the file is appended in place
+and flushed every step. TensorBoard writes to the bucket through tensorboardX's own GCS writer (the `gcs` extra).
+"""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import time
 
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from molmoact2_jax import storage
+
+METRICS_FILE = "metrics.jsonl"
+RUN_INFO_FILE = "run_info.json"
+
 
 class MetricWriter:
     """JSONL + TensorBoard on process 0; no-ops elsewhere."""
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+    def __init__(self, workdir: str, resume_step: int = 0, upload_every_s: float = 60.0):
         self.primary = jax.process_index() == 0
         self.jsonl = None
         self.tb = None
-        if self.primary:
-            os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, "metrics.jsonl")
-            _truncate_metrics(path, resume_step)
-            self.jsonl = open(path, "a")
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.remote = storage.is_remote(workdir)
+        self.target = storage.as_path(workdir) / METRICS_FILE
+        self.upload_every_s = upload_every_s
+        self._last_upload = time.monotonic()
+        self._staging = None
+        if not self.primary:
+            return
+        if self.remote:
+            self._staging = tempfile.mkdtemp(prefix="molmoact2-metrics-")
+            self.path = os.path.join(self._staging, METRICS_FILE)
+            if self.target.exists():
+                with self.target.open("rb") as src, open(self.path, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        else:
+            self.path = str(self.target)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        _truncate_metrics(self.path, resume_step)
+        self.jsonl = open(self.path, "a")
+        self.tb = SummaryWriter(str(storage.as_path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict):
         if not self.primary:
@@ -33,11 +60,24 @@ class MetricWriter:
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
                 self.tb.add_scalar(k, v, step)
+        if self.remote and time.monotonic() - self._last_upload >= self.upload_every_s:
+            self.upload()
+
+    def upload(self):
+        """A remote WORKDIR's metrics.jsonl replaced by the whole local file (one object write)."""
+        if not (self.primary and self.remote):
+            return
+        self.jsonl.flush()
+        storage.upload_file(self.path, self.target)
+        self._last_upload = time.monotonic()
 
     def close(self):
         if self.primary:
             self.jsonl.close()
             self.tb.close()
+            if self.remote:
+                storage.upload_file(self.path, self.target)
+                shutil.rmtree(self._staging, ignore_errors=True)
 
 
 def _truncate_metrics(path: str, keep_upto: int):
@@ -76,22 +116,56 @@ def state_bytes(state) -> dict:
     return {"total_bytes": int(total), "max_bytes_per_device": int(max(per_device.values()))}
 
 
-def write_run_info(workdir: str, setup, state) -> None:
+def write_run_info(workdir: str, setup, state, cluster: dict | None = None) -> None:
     info = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "devices": jax.device_count(),
-            "processes": jax.process_count(),
+            "processes": jax.process_count(), "cluster": cluster or {},
             "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "params": state_bytes(state.params), "params_and_optimizer": state_bytes((state.params,
                                                                                        state.opt_state))}
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    storage.write_text(storage.as_path(workdir) / RUN_INFO_FILE, json.dumps(info, indent=2))
 
 
 def update_run_info(workdir: str, fields: dict) -> None:
-    path = os.path.join(workdir, "run_info.json")
-    with open(path) as f:
-        info = json.load(f)
+    path = storage.as_path(workdir) / RUN_INFO_FILE
+    info = json.loads(path.read_text())
     info.update(fields)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(info, indent=2))
+
+
+class Goodput:
+    """Where a run's wall time went: train steps, waiting for data, compiling, saving and restoring checkpoints,
+    evaluation; the rest (start-up, logging) is `other_s`. `step_fraction` is the share spent in train steps, the
+    run's goodput as MaxText reports it. Times are this process's (process 0 writes them)."""
+
+    KINDS = ("step", "data_wait", "compile", "checkpoint_save", "checkpoint_restore", "eval")
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.seconds = {k: 0.0 for k in self.KINDS}
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.seconds[kind] += seconds
+
+    def timed(self, kind: str):
+        return _Timer(self, kind)
+
+    def report(self) -> dict:
+        wall = time.perf_counter() - self.start
+        out = {f"{k}_s": round(v, 4) for k, v in self.seconds.items()}
+        out["wall_s"] = round(wall, 4)
+        out["other_s"] = round(max(wall - sum(self.seconds.values()), 0.0), 4)
+        out["step_fraction"] = round(self.seconds["step"] / wall, 4) if wall > 0 else 0.0
+        return out
+
+
+class _Timer:
+    def __init__(self, goodput: Goodput, kind: str):
+        self.goodput, self.kind = goodput, kind
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.goodput.add(self.kind, self.seconds)

@@ -3,8 +3,9 @@
 The same code runs on one CPU, fake CPU devices, several local processes, a TPU pod or SLURM nodes; only
 `config.mesh` and the process environment change.
 
-WORKDIR layout: metrics.jsonl (one JSON object per step, flushed as written), tensorboard/ (event files),
-checkpoints/<step>/ (see checkpointing.py), profile/ (optional jax.profiler traces).
+WORKDIR (a local folder or a bucket, `gs://...`): metrics.jsonl (one JSON object per step), tensorboard/ (event
+files), run_info.json (cluster, mesh, memory, FLOPs, goodput), assets/, checkpoints/<step>/ (see checkpointing.py),
+profile/ (optional jax.profiler traces). Nothing is written under the current directory.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import signal
+import tempfile
 import time
 
 import flax.linen as nn
@@ -24,6 +25,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from molmoact2_jax import storage
 from molmoact2_jax.models import flops as flops_lib
 from molmoact2_jax.models.config import set_token_layout
 from molmoact2_jax.models.molmoact2 import MolmoAct2
@@ -216,32 +218,36 @@ def _dtype_of(v):
 
 
 class PreemptionWatcher:
-    """SIGTERM (and JAX's TPU preemption notice) -> save at the next step boundary, agreed across processes."""
+    """Decides the step at which a stop request (SIGTERM: a TPU maintenance event, `scancel`, a spot reclaim) saves
+    and exits, the same step on every process.
+
+    With jax.distributed initialised, JAX's preemption sync manager owns SIGTERM (its notifier is installed by
+    `jax.distributed.initialize`; a Python handler would replace it): once any one process is signalled,
+    `reached_preemption_sync_point(step)` turns True on every process at the same step. A single process without a
+    coordination service uses a Python handler instead."""
 
     def __init__(self):
         self.requested = False
-        self._old = signal.signal(signal.SIGTERM, self._handler)
+        self.synced = distributed.preemption_sync_available()
+        self._old = None if self.synced else signal.signal(signal.SIGTERM, self._handler)
 
     def _handler(self, *_):
         self.requested = True
 
     def should_stop(self, step: int) -> bool:
-        flag = self.requested
-        try:
-            if jax.process_count() > 1:
-                flag = bool(np.asarray(multihost_utils.process_allgather(np.array(flag))).any())
-            flag = flag or multihost_utils.reached_preemption_sync_point(step)
-        except Exception:  # noqa: BLE001 - the preemption service only exists on some platforms
-            pass
-        return flag
+        if self.synced:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self.requested
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._old)
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
 
 
 # ---------------------------------------------------------------- the loop
 def train(cfg, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    goodput = metrics_lib.Goodput()
+    workdir = str(storage.check_writable(workdir))
     primary = jax.process_index() == 0
     cache_dir = cfg.trainer.get("compilation_cache_dir")
     if cache_dir:
@@ -255,14 +261,18 @@ def train(cfg, workdir: str) -> dict:
     example = next(data)  # shapes for Setup; the iterator is rewound so training still starts at this batch
     data.set_state(start_state)
     setup = Setup(cfg, example)
+    checkpointing.check_shared(workdir)
     ckpt = checkpointing.Checkpointer(workdir, cfg.checkpoint, async_save=bool(cfg.checkpoint.get("async_save", True)),
-                                      assets_dir=os.path.join(workdir, "assets"))
-    restored = ckpt.restore_latest(setup.abstract_sharded_state())
+                                      assets_dir=str(storage.as_path(workdir) / "assets"))
+    with goodput.timed("checkpoint_restore"):
+        restored = ckpt.restore_latest(setup.abstract_sharded_state())
     if restored is None:
-        state = setup.create_state()
+        with goodput.timed("compile"):
+            state = setup.create_state()
         start = 0
         if cfg.get("init_from"):
-            state = setup.state_from_params(load_init_params(cfg, state.params))
+            with goodput.timed("checkpoint_restore"):
+                state = setup.state_from_params(load_init_params(cfg, state.params))
     else:
         start, state, data_state, _ = restored
         data.set_state(checkpointing.from_jsonable(data_state))
@@ -270,7 +280,7 @@ def train(cfg, workdir: str) -> dict:
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     assets = copy_assets(cfg, workdir) if primary else {}
     if primary:
-        metrics_lib.write_run_info(workdir, setup, state)
+        metrics_lib.write_run_info(workdir, setup, state, distributed.info().record())
     watcher = PreemptionWatcher()
     total = int(cfg.total_steps)
     gb = int(cfg.data.global_batch_size)
@@ -288,11 +298,13 @@ def train(cfg, workdir: str) -> dict:
         with setup.context():
             for step in range(start, total):
                 if profile and step == profile[0]:
-                    jax.profiler.start_trace(os.path.join(workdir, "profile"))
-                local = next(data)
-                batch = global_batch(local, setup.batch_shardings, gb)
+                    jax.profiler.start_trace(str(storage.as_path(workdir) / "profile"))
+                with goodput.timed("data_wait") as waited:
+                    local = next(data)
+                    batch = global_batch(local, setup.batch_shardings, gb)
                 if compiled is None:  # compile once (AOT); its memory analysis goes into run_info.json
-                    compiled = setup.compiled("train_step", setup.train_step, state, batch)
+                    with goodput.timed("compile"):
+                        compiled = setup.compiled("train_step", setup.train_step, state, batch)
                     hardware_flops = setup.step_flops(setup.batch_shapes)["hardware"]
                     if primary:
                         metrics_lib.update_run_info(workdir, {"train_step_memory_per_device": memory.memory_report(compiled),
@@ -303,11 +315,12 @@ def train(cfg, workdir: str) -> dict:
                 state, metrics = compiled(state, batch)
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
+                goodput.add("step", dt)
                 if profile and step == profile[0] + profile[1] - 1:
                     jax.profiler.stop_trace()
                 tokens = float(np.sum(np.asarray(local["attention_mask"]))) * jax.process_count()
                 row = {k: v for k, v in metrics.items()}
-                row.update(step_time_s=dt, tokens_per_s=tokens / dt,
+                row.update(step_time_s=dt, data_wait_s=waited.seconds, tokens_per_s=tokens / dt,
                            bad_steps=int(state.bad_steps), skipped_steps=int(state.skipped_steps))
                 row.update({f"lr_{g}": float(s(step)) for g, s in setup.schedules.items()})
                 n_dev = setup.mesh.size
@@ -317,7 +330,8 @@ def train(cfg, workdir: str) -> dict:
                     row["mfu"] = model_flops / n_dev / dt / (float(peak) * 1e12)
                     row["hfu"] = hardware_flops / n_dev / dt / (float(peak) * 1e12)
                 if eval_every and (step + 1) % eval_every == 0:
-                    row.update(evaluate(cfg, setup, state))
+                    with goodput.timed("eval"):
+                        row.update(evaluate(cfg, setup, state))
                 writer.write(step + 1, row)
                 last = row
                 if bar is not None:
@@ -328,16 +342,26 @@ def train(cfg, workdir: str) -> dict:
                                           f"gradients (config.trainer.max_consecutive_bad_steps) at step {step + 1}")
                 done = step + 1 == total
                 if watcher.should_stop(step + 1):
-                    ckpt.save(step + 1, state, data.get_state(), cfg, assets, force=True)
+                    with goodput.timed("checkpoint_save"):
+                        ckpt.save(step + 1, state, data.get_state(), cfg, assets, force=True)
                     preempted = True
                     log.warning("preemption requested: saved step %d, exiting", step + 1)
                     break
                 if (every and (step + 1) % every == 0) or done:
-                    ckpt.save(step + 1, state, data.get_state(), cfg, assets, force=done)
+                    with goodput.timed("checkpoint_save"):
+                        ckpt.save(step + 1, state, data.get_state(), cfg, assets, force=done)
+                    writer.upload()
     finally:
-        ckpt.close()
+        with goodput.timed("checkpoint_save"):
+            ckpt.close()
         writer.close()
         watcher.restore()
+        if primary and compiled is not None:
+            report = goodput.report()
+            metrics_lib.update_run_info(workdir, {"goodput": report})
+            log.info("goodput: %.1f%% of %.1f s in train steps (compile %.1f s, data %.1f s, checkpoints %.1f s)",
+                     100 * report["step_fraction"], report["wall_s"], report["compile_s"], report["data_wait_s"],
+                     report["checkpoint_save_s"] + report["checkpoint_restore_s"])
         if bar is not None:
             bar.close()
     return {"last_metrics": last, "preempted": preempted, "start_step": start, "state": state}
@@ -347,33 +371,32 @@ def copy_assets(cfg, workdir: str) -> dict:
     """Run assets (norm stats, text tokenizer, OpenFAST tokenizer) copied into WORKDIR/assets/; the checkpointer
     copies that folder into every step directory, so each checkpoint serves on its own, and each checkpoint's meta
     lists them with their sha256. A run on synthetic data writes the synthetic embodiment's assets instead of the
-    ones it has no file for (training/synthetic_data.py), so its checkpoints serve too."""
+    ones it has no file for (training/synthetic_data.py), so its checkpoints serve too. Sources and WORKDIR may be
+    local or in a bucket."""
     out = {}
-    dst = os.path.join(workdir, "assets")
+    dst = storage.as_path(workdir) / "assets"
     synthetic = cfg.data.get("source", "synthetic") == "synthetic"
     if synthetic and not any(cfg.data.get(f) for f in ("norm_stats", "tokenizer", "openfast")):
-        write_synthetic_assets(cfg, dst)
+        with tempfile.TemporaryDirectory(prefix="molmoact2-assets-") as tmp:
+            write_synthetic_assets(cfg, tmp)
+            storage.copy_tree(tmp, dst, skip_existing=False)
     for field, name in (("norm_stats", "norm_stats.json"), ("tokenizer", "tokenizer.json"), ("openfast", "openfast")):
         src = cfg.data.get(field)
         if not src:
             continue
-        if field == "tokenizer" and os.path.isdir(src):
-            src = os.path.join(src, "tokenizer.json")
-        if not os.path.exists(src):
-            raise ValueError(f"config.data.{field}={src}: no such file or folder")
-        os.makedirs(dst, exist_ok=True)
-        target = os.path.join(dst, name)
-        if os.path.isdir(src):
-            shutil.copytree(src, target, dirs_exist_ok=True)
+        src = storage.as_path(src)
+        if field == "tokenizer" and src.is_dir():
+            src = src / "tokenizer.json"
+        if not src.exists():
+            raise ValueError(f"config.data.{field}={cfg.data.get(field)}: no such file or folder")
+        target = dst / name
+        if src.is_dir():
+            storage.copy_tree(src, target, skip_existing=False)
         else:
-            shutil.copyfile(src, target)
-    for name in sorted(os.listdir(dst)) if os.path.isdir(dst) else ():
-        path = os.path.join(dst, name)
-        if os.path.isdir(path):
-            out[name] = "dir"
-        else:
-            with open(path, "rb") as f:
-                out[name] = hashlib.sha256(f.read()).hexdigest()
+            dst.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(src.read_bytes())
+    for path in sorted(dst.iterdir(), key=lambda p: p.name) if dst.is_dir() else ():
+        out[path.name] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 

@@ -1,0 +1,169 @@
+"""A pod run as users run it, on this machine: a run directory in a bucket (a real GCS emulator), 2 real processes x
+4 fake devices, training data from local ArrayRecord shards, SIGTERM to one process, a resume from the bucket; and
+the multi-host failure modes: a run directory that is not shared, a checkpoint one process cannot read."""
+import glob
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from test_training_data import dataset  # noqa: F401 - the LeRobot fixture converted to shards, a module fixture
+from train_harness import CACHE, failure_report, read_metrics, run_multiprocess, start_multiprocess, wait_all
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+RECIPE = """
+from configs import pretrain
+
+
+def get_config():
+    c = pretrain.get_config("tiny")
+    c.model.use_action_expert = True
+    c.model.action_mode = "both"
+    c.trainer.compilation_cache_dir = {cache!r}
+    c.trainer.eval_every_steps = 0
+    c.data.source = "arrayrecord"
+    c.data.sources = [{{"path": {shards!r}, "weight": 1.0}}]
+    c.data.norm_stats = {norm_stats!r}
+    c.data.tokenizer = {tokenizer!r}
+    c.data.openfast = {openfast!r}
+    c.data.seq_len = 256
+    c.data.global_batch_size = 8
+    return c
+"""
+STEPS = ["--config.total_steps=10", "--config.checkpoint.every_steps=2", "--config.checkpoint.keep_last=10",
+         "--config.mesh.data=2", "--config.mesh.fsdp=4"]
+
+
+@pytest.fixture(scope="module")
+def recipe(dataset, tmp_path_factory):  # noqa: F811
+    path = tmp_path_factory.mktemp("recipe") / "shards_recipe.py"
+    path.write_text(RECIPE.format(cache=CACHE, shards=str(dataset / "shards"), norm_stats=str(dataset /
+                    "norm_stats.json"), tokenizer=str(dataset / "tokenizer.json"), openfast=str(dataset / "openfast")))
+    return [f"--config={path}"]
+
+
+def _bucket_rows(gcs, bucket: str, name: str) -> list[dict]:
+    """metrics.jsonl as the bucket holds it now (read from the emulator's storage folder)."""
+    path = os.path.join(gcs.data, bucket, name, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_gs_run_directory_preempt_one_process_then_resume_matches(gcs, recipe, tmp_path):
+    bucket = "pod-run"
+    gcs.create_bucket(bucket)
+    cwds = [tmp_path / "cwd0", tmp_path / "cwd1"]
+    for c in cwds:
+        c.mkdir()
+    run = lambda wd, **kw: run_multiprocess(f"gs://{bucket}/{wd}", STEPS, 2, 4, env=gcs.env, cwd=cwds, base=recipe,
+                                            **kw)
+
+    codes, outs = run("reference")
+    assert codes == [0, 0], failure_report(outs)
+    reference = [r["loss"] for r in _bucket_rows(gcs, bucket, "reference")]
+    assert len(reference) == 10
+
+    # SIGTERM to process 1 alone once step 2's checkpoint (and metrics upload) is in the bucket.
+    procs, logs = start_multiprocess(f"gs://{bucket}/run", STEPS, 2, 4, env=gcs.env, cwd=cwds, base=recipe)
+    deadline = time.monotonic() + 400
+    while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if len(_bucket_rows(gcs, bucket, "run")) >= 2:
+            procs[1].send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    codes, outs = wait_all(procs, logs)
+    assert codes == [0, 0], failure_report(outs)
+    saved = [int(o.split("preemption requested: saved step ")[1].split(",")[0]) for o in outs]
+    assert saved[0] == saved[1] < 10, failure_report(outs)
+    stop = saved[0]
+    assert f"preempted at step {stop}" in outs[0]
+    objects = gcs.objects(bucket)
+    assert f"run/checkpoints/{stop}/commit_success.txt" in objects
+    assert [r["step"] for r in _bucket_rows(gcs, bucket, "run")] == list(range(1, stop + 1))
+
+    codes, outs = run("run")
+    assert codes == [0, 0], failure_report(outs)
+    assert f"resumed from gs://{bucket}/run/checkpoints/{stop}" in outs[0]
+    rows = _bucket_rows(gcs, bucket, "run")
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    print("reference:", reference, "\npreempted at", stop, "and resumed:", [r["loss"] for r in rows])
+    np.testing.assert_allclose([r["loss"] for r in rows], reference, rtol=2e-6)
+
+    # Nothing under the processes' working directories; everything in the bucket.
+    assert [os.listdir(c) for c in cwds] == [[], []]
+    assert {"run/run_info.json", "run/assets/norm_stats.json", "run/checkpoints/10/assets/tokenizer.json"} <= \
+        set(objects) | set(gcs.objects(bucket))
+    assert any(o.startswith("run/tensorboard/events.out.tfevents") for o in gcs.objects(bucket))
+    info = json.loads(open(os.path.join(gcs.data, bucket, "run", "run_info.json")).read())
+    assert info["cluster"]["source"] == "explicit" and info["cluster"]["processes"] == 2
+    assert info["cluster"]["local_devices_per_process"] == 4
+    good = info["goodput"]
+    assert 0 < good["step_fraction"] < 1 and good["compile_s"] > 0 and good["checkpoint_save_s"] > 0
+    assert good["checkpoint_restore_s"] > 0 and abs(sum(good[f"{k}_s"] for k in (
+        "step", "data_wait", "compile", "checkpoint_save", "checkpoint_restore", "eval", "other")) -
+        good["wall_s"]) < 0.01 * good["wall_s"] + 0.01
+    assert all("data_wait_s" in r for r in rows)
+
+    # The bucket's step directory serves on its own.
+    from molmoact2_jax.inference import Policy
+    policy = Policy.load(f"gs://{bucket}/run/checkpoints/10")
+    from data_pipelines.formats.lerobot_reader import LeRobotDataset
+    ds = LeRobotDataset(recipe_dataset_root(recipe) / "so100")
+    cols = ds.episode_columns(0)
+    images = [ds.frames(0, k, [0])[0] for k in ds.camera_keys]
+    res = policy.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
+    assert res.actions.shape == (8, 6) and np.isfinite(res.actions).all()
+
+
+def recipe_dataset_root(recipe):
+    from pathlib import Path
+    text = Path(recipe[0].split("=", 1)[1]).read_text()
+    shards = text.split('"path": ')[1].split(",")[0].strip("'\"")
+    return Path(shards).parent
+
+
+def test_run_directory_not_shared_between_processes_is_one_line(recipe, tmp_path):
+    """The same relative --workdir from two working directories: two disks at one path, as on hosts without a
+    shared filesystem. Both processes stop with the one line, exit 2, before compiling anything."""
+    cwds = [tmp_path / "host0", tmp_path / "host1"]
+    for c in cwds:
+        c.mkdir()
+    t0 = time.monotonic()
+    codes, outs = run_multiprocess("run", STEPS, 2, 4, cwd=cwds, base=recipe, timeout=300)
+    took = time.monotonic() - t0
+    assert codes == [2, 2], failure_report(outs)
+    for out in outs:
+        errors = [line for line in out.splitlines() if line.startswith("molmoact2-train: error:")]
+        assert len(errors) == 1 and "is not shared between the run's processes" in errors[0], out[-2000:]
+        assert "process(es) [1]" in errors[0] and "Traceback" not in out
+    assert not glob.glob(str(tmp_path / "host*" / "run" / "checkpoints" / "*"))
+    print(f"refused in {took:.1f} s")
+
+
+def test_checkpoint_only_one_process_cannot_read_is_skipped_by_all(recipe, tmp_path):
+    """fsdp=8 over 2 processes: each process writes and reads only its own parameter shards. Step 4's files of
+    process 1 are truncated: process 1 fails to restore it, process 0 would not; both agree, step 4 is moved aside
+    and both resume from step 2."""
+    wd = str(tmp_path / "run")
+    mesh = ["--config.mesh.data=1", "--config.mesh.fsdp=8", "--config.checkpoint.every_steps=2",
+            "--config.checkpoint.keep_last=10"]
+    codes, outs = run_multiprocess(wd, mesh + ["--config.total_steps=4"], 2, 4, base=recipe)
+    assert codes == [0, 0], failure_report(outs)
+    files = [f for f in glob.glob(os.path.join(wd, "checkpoints", "4", "state", "ocdbt.process_1", "d", "*"))]
+    assert files, os.listdir(os.path.join(wd, "checkpoints", "4", "state"))
+    victim = max(files, key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    codes, outs = run_multiprocess(wd, mesh + ["--config.total_steps=6"], 2, 4, base=recipe)
+    assert codes == [0, 0], failure_report(outs)
+    for out in outs:
+        assert "checkpoints/4 is incomplete or corrupt (failed on process(es) [1]" in out, out[-3000:]
+    assert "resumed from" in outs[0] and "checkpoints/2" in outs[0].split("resumed from")[1].splitlines()[0]
+    assert any(d.startswith("4.corrupt-") for d in os.listdir(os.path.join(wd, "checkpoints")))
+    assert [r["step"] for r in read_metrics(wd)] == list(range(1, 7))
