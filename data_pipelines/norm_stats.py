@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
+
+from molmoact2_jax import storage
 
 NORM_STATS_FORMAT = "molmoact2_norm_stats.v1"
 NORM_STATS_FILE = "norm_stats.json"
@@ -175,13 +176,14 @@ class NormStats:
 
     @classmethod
     def load(cls, src) -> "NormStats":
-        """`src`: a path to norm_stats.json, its parsed dict, a JSON string, or a NormStats (returned as is)."""
+        """`src`: a path to norm_stats.json (local or `gs://`), its parsed dict, a JSON string, or a NormStats
+        (returned as is)."""
         if isinstance(src, NormStats):
             return src
         where = "norm_stats"
         if isinstance(src, (str, os.PathLike)) and (isinstance(src, os.PathLike) or not str(src).lstrip()
                                                      .startswith("{")):
-            path = Path(src)
+            path = storage.as_path(src)
             if not path.is_file():
                 raise FileNotFoundError(f"norm stats file not found: {path}")
             where = str(path)

@@ -11,7 +11,9 @@ ValueError the commands report as a user error with exit code 2).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -80,15 +82,30 @@ def check_writable(directory) -> epath.Path:
     p = as_path(directory)
     probe = p / f".molmoact2-write-probe-{uuid.uuid4().hex[:12]}"
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
+        with quiet_cloud_logs():
+            p.mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - every backend raises its own types; all mean "cannot write here"
         raise StorageError(f"{p}: cannot write there ({_reason(e, p)}); the run directory must be a writable folder or "
                            f"an existing bucket you can write to") from None
     return p
+
+
+@contextlib.contextmanager
+def quiet_cloud_logs():
+    """gcsfs logs a traceback for every failed request before raising; the caller turns the error into one line."""
+    loggers = [logging.getLogger(n) for n in ("gcsfs", "fsspec")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _reason(e: BaseException, path) -> str:

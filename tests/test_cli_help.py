@@ -82,7 +82,7 @@ def test_every_argparse_argument_has_help(prog):
 ABSL = {
     "molmoact2-train": ("molmoact2_jax.train", {"config", "workdir", "coordinator_address", "num_processes",
                                                 "process_id"}),
-    "molmoact2-compile": ("molmoact2_jax.compile", {"config", "topology", "num_slices", "devices", "out"}),
+    "molmoact2-compile": ("molmoact2_jax.compile", {"config", "pod", "topology", "num_slices", "devices", "out"}),
     "molmoact2-forward": ("molmoact2_jax.demo_forward", {"config", "batch"}),
 }
 

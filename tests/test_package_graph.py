@@ -132,17 +132,21 @@ def test_library_never_imports_recipes():
 def test_layers():
     # models and tokenizers at the bottom
     assert _violations("molmoact2_jax.models", allowed=("molmoact2_jax.preprocessing",)) == []
+    # molmoact2_jax.storage (the path layer: local folders and gs://, etils only) may be used from any layer
     assert _violations("molmoact2_jax.tokenizers", allowed=("molmoact2_jax.models.config",
-                                                              "molmoact2_jax.progress")) == []
+                                                              "molmoact2_jax.progress", "molmoact2_jax.storage")) == []
     # data pipelines know no model, trainer or simulator
     assert _violations("data_pipelines", allowed=("molmoact2_jax.preprocessing", "molmoact2_jax.tokenizers",
-                                                  "molmoact2_jax.progress")) == []
+                                                  "molmoact2_jax.progress", "molmoact2_jax.storage")) == []
     # inference and conversion need no trainer; inference knows no simulator
     assert _violations("molmoact2_jax.inference", forbidden=("molmoact2_jax.training", "molmoact2_jax.evaluation",
                                                              "molmoact2_jax.demo")) == []
     assert _violations("molmoact2_jax.convert", forbidden=("molmoact2_jax.training", "molmoact2_jax.inference",
                                                            "molmoact2_jax.evaluation")) == []
-    assert _violations("molmoact2_jax.checkpoint_io", allowed=("data_pipelines.norm_stats",)) == []
+    assert _violations("molmoact2_jax.checkpoint_io", allowed=("data_pipelines.norm_stats",
+                                                                 "molmoact2_jax.storage")) == []
+    # the path layer itself imports nothing of ours
+    assert GRAPH["molmoact2_jax.storage"] == set()
 
 
 # ---------------------------------------------------------------- imports at the top of files

@@ -27,12 +27,21 @@ from data_pipelines.norm_stats import NormStats
 from data_pipelines.pipeline.packing import PackIterDataset
 from data_pipelines.pipeline.robot_transform import RobotTransform, RobotTransformConfig
 from data_pipelines.transforms import think_styles
+from molmoact2_jax import storage
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
     shard_dir: str
     weight: float = 1.0
+
+    def __post_init__(self):
+        if storage.is_remote(self.shard_dir):   # Grain's ArrayRecord reader opens local files only
+            scheme, _, rest = str(self.shard_dir).partition("://")
+            bucket, _, sub = rest.partition("/")
+            raise ValueError(f"{self.shard_dir}: ArrayRecord shards are read through a mounted bucket, not {scheme}:// "
+                             f"(e.g. gcsfuse --implicit-dirs {bucket} /mnt/{bucket}, then pass "
+                             f"/mnt/{bucket}/{sub}; launch/tpu_pod.sh mounts it with DATA_BUCKET={bucket})")
 
 
 @dataclasses.dataclass

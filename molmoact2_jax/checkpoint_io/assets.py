@@ -1,23 +1,24 @@
-"""Where a checkpoint keeps its assets (norm_stats.json, tokenizer files, the OpenFAST folder). Standard library
-only, so simulators and launchers can look without importing JAX."""
+"""Where a checkpoint keeps its assets (norm_stats.json, tokenizer files, the OpenFAST folder). No JAX, so
+simulators and launchers can look without importing it. A checkpoint may be a local folder or a `gs://` URI."""
 from __future__ import annotations
 
-import os
-
 from data_pipelines.norm_stats import NORM_STATS_FILE
+from molmoact2_jax import storage
 
 
 def find_asset(ckpt_dir: str, names) -> str | None:
     """The first of `names` found in DIR/assets/, DIR/ or, for a trainer step directory
-    (WORKDIR/checkpoints/<step>/), WORKDIR/assets/."""
-    roots = [os.path.join(ckpt_dir, "assets"), ckpt_dir]
-    parent = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))
-    roots += [os.path.join(parent, "assets")]
+    (WORKDIR/checkpoints/<step>/), WORKDIR/assets/. Returned as a string: an absolute local path or a URI."""
+    ckpt = storage.as_path(ckpt_dir)
+    roots = [ckpt / "assets", ckpt]
+    workdir = ckpt.parent.parent
+    if not storage.is_remote(workdir) or str(workdir).partition("://")[2].strip("/"):  # not above the bucket
+        roots.append(workdir / "assets")
     for root in roots:
         for n in names:
-            p = os.path.join(root, n)
-            if os.path.exists(p):
-                return p
+            p = root / n
+            if p.exists():
+                return str(p)
     return None
 
 

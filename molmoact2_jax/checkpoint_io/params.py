@@ -1,12 +1,14 @@
 """A self-describing params checkpoint: `CKPT_DIR/params/` (Orbax) + `CKPT_DIR/model_config.json` beside it.
 
+CKPT_DIR may be a local folder or a `gs://` URI: every path goes through `storage.as_path` (etils epath, which
+Orbax takes as it is), and files are written whole.
+
 Used by the converters and by params-only restores; the training CheckpointManager writes the same two entries
 inside each step directory, so any step directory is also a valid CKPT_DIR here.
 """
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
@@ -14,45 +16,44 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from molmoact2_jax import storage
+
 PARAMS = "params"
 MODEL_CONFIG = "model_config.json"
 
 
 def save_params(ckpt_dir: str, params, model_cfg) -> None:
-    """Writes params and the model config. Orbax commits the params atomically (temp dir + rename); the config is
-    written to a temp file and renamed, so neither entry is ever half-written."""
-    ckpt_dir = os.path.abspath(ckpt_dir)
-    os.makedirs(ckpt_dir, exist_ok=True)
+    """Writes params and the model config. Orbax commits the params atomically; the config is written whole
+    (locally a temp file renamed, on a bucket one object), so neither entry is ever half-written."""
+    ckpt = storage.as_path(ckpt_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(ckpt_dir, PARAMS), params, force=True)
+        ckptr.save(ckpt / PARAMS, params, force=True)
         ckptr.wait_until_finished()
-    write_model_config(ckpt_dir, model_cfg)
+    write_model_config(ckpt, model_cfg)
 
 
 def write_model_config(ckpt_dir: str, model_cfg) -> None:
-    """CKPT_DIR/model_config.json, written to a temp file and renamed (never half-written)."""
-    tmp = os.path.join(ckpt_dir, MODEL_CONFIG + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(ml_collections.ConfigDict(model_cfg).to_json(indent=2))
-    os.replace(tmp, os.path.join(ckpt_dir, MODEL_CONFIG))
+    """CKPT_DIR/model_config.json, written whole (locally a temp file renamed; on object storage one object)."""
+    text = ml_collections.ConfigDict(model_cfg).to_json(indent=2)
+    storage.write_text(storage.as_path(ckpt_dir) / MODEL_CONFIG, text)
 
 
 def is_training_step(ckpt_dir: str) -> bool:
     """A trainer step directory (WORKDIR/checkpoints/<step>/ with state/ and meta/ items)."""
-    return os.path.isdir(os.path.join(ckpt_dir, "state")) and os.path.exists(os.path.join(ckpt_dir, "meta",
-                                                                                          "metadata"))
+    ckpt = storage.as_path(ckpt_dir)
+    return (ckpt / "state").is_dir() and (ckpt / "meta" / "metadata").exists()
 
 
 def load_model_config(ckpt_dir: str) -> ml_collections.ConfigDict:
-    if is_training_step(ckpt_dir):
-        with open(os.path.join(ckpt_dir, "meta", "metadata")) as f:
-            d = json.load(f)["config"]["model"]
+    ckpt = storage.as_path(ckpt_dir)
+    if is_training_step(ckpt):
+        d = json.loads((ckpt / "meta" / "metadata").read_text())["config"]["model"]
     else:
-        path = os.path.join(ckpt_dir, MODEL_CONFIG)
-        if not os.path.exists(path):
+        path = ckpt / MODEL_CONFIG
+        if not path.exists():
             raise FileNotFoundError(f"{ckpt_dir}: no {MODEL_CONFIG} (not a molmoact2-jax params checkpoint)")
-        with open(path) as f:
-            d = json.load(f)
+        d = json.loads(path.read_text())
     d["vit"]["feature_layers"] = tuple(d["vit"]["feature_layers"])
     return ml_collections.ConfigDict(d)
 
@@ -66,14 +67,15 @@ def load_params(ckpt_dir: str, target=None, weights: str = "auto"):
     (config.ema.decay > 0), "raw" the trained params, "auto" the EMA when the run kept one, else the params."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}: expected one of {WEIGHTS}")
-    cfg = load_model_config(ckpt_dir)
-    if is_training_step(ckpt_dir):
-        return _params_from_train_state(os.path.join(os.path.abspath(ckpt_dir), "state"), target, weights), cfg
+    ckpt = storage.as_path(ckpt_dir)
+    cfg = load_model_config(ckpt)
+    if is_training_step(ckpt):
+        return _params_from_train_state(ckpt / "state", target, weights), cfg
     if weights == "ema":
         raise ValueError(f"{ckpt_dir}: a params checkpoint holds one set of weights; --weights ema needs a trainer "
                          f"step directory of a run with config.ema.decay > 0")
-    path = os.path.join(os.path.abspath(ckpt_dir), PARAMS)
-    if not os.path.isdir(path):
+    path = ckpt / PARAMS
+    if not path.is_dir():
         raise FileNotFoundError(f"{ckpt_dir}: no {PARAMS}/ directory")
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
@@ -84,7 +86,7 @@ def load_params(ckpt_dir: str, target=None, weights: str = "auto"):
     return params, cfg
 
 
-def _params_from_train_state(path: str, target=None, weights: str = "auto"):
+def _params_from_train_state(path, target=None, weights: str = "auto"):
     """Restores only the params (or their EMA) out of a saved TrainState (optimizer state is never read)."""
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
@@ -134,14 +136,14 @@ def restore_params_sharded(ckpt_dir: str, target: dict) -> dict:
     return out[prefix] if prefix else out
 
 
-def _params_location(ckpt_dir: str) -> tuple[str, str]:
-    """(Orbax item directory, key of the params inside it or "")."""
-    ckpt_dir = os.path.abspath(ckpt_dir)
-    if is_training_step(ckpt_dir):
-        return os.path.join(ckpt_dir, "state"), "params"
-    path = os.path.join(ckpt_dir, PARAMS)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{ckpt_dir}: no {PARAMS}/ directory (not a params checkpoint or step directory)")
+def _params_location(ckpt_dir: str) -> tuple:
+    """(Orbax item directory as an epath, key of the params inside it or "")."""
+    ckpt = storage.as_path(ckpt_dir)
+    if is_training_step(ckpt):
+        return ckpt / "state", "params"
+    path = ckpt / PARAMS
+    if not path.is_dir():
+        raise FileNotFoundError(f"{ckpt}: no {PARAMS}/ directory (not a params checkpoint or step directory)")
     return path, ""
 
 

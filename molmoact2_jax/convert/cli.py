@@ -1,4 +1,5 @@
-"""`molmoact2-convert`: checkpoint conversion between Orbax params checkpoints and Hugging Face folders."""
+"""`molmoact2-convert`: checkpoint conversion between Orbax params checkpoints and Hugging Face folders (local
+folders or `gs://` URIs)."""
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,9 @@ def main(argv=None):
                                        max_shard_bytes=args.max_shard_bytes, progress=not args.no_progress,
                                        weights=args.weights)
             print(molmoact2_hf.format_summary("export", s, args.ckpt_dir, args.out_hf_dir))
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except (OSError, KeyError, ValueError) as e:   # OSError: a missing file, bucket or permission
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+        msg = msg.splitlines()[0] if msg else type(e).__name__
         print(f"molmoact2-convert {args.command}: error: {msg}", file=sys.stderr)
         return 2
     return 0

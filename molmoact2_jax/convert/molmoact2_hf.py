@@ -25,6 +25,7 @@ Export loads the params once (one copy) and streams tensors into shards of `max_
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import numpy as np
 from flax.core import meta
 from safetensors import safe_open
 
+from molmoact2_jax import storage
 from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.checkpoint_io import params as params_io
 from molmoact2_jax.checkpoint_io import streaming
@@ -346,9 +348,13 @@ def _lazy_tree(src_dir: str, progress: bool):
 def load_hf(src_dir: str, progress: bool = False):
     """HF MolmoAct2 folder -> (params as numpy fp32, model config) in memory, writing nothing to disk (Policy.load
     and molmoact2-serve on a release folder). Converts group by group, one layer at a time, into preallocated
-    arrays: peak memory is the params plus about one layer's source tensors."""
-    cfg, _, _, leaves, bar = _lazy_tree(src_dir, progress)
-    out = streaming.materialize(leaves)
+    arrays: peak memory is the params plus about one layer's source tensors. A `gs://` folder is read from a
+    temporary local copy (removed afterwards)."""
+    if storage.is_remote(src_dir):
+        _require_folder(src_dir, "no such folder")
+    with storage.LocalCopy(src_dir) as local_src:
+        cfg, _, _, leaves, bar = _lazy_tree(local_src, progress)
+        out = streaming.materialize(leaves)
     bar.close()
     tree: dict = {}
     for path, value in out.items():
@@ -357,44 +363,66 @@ def load_hf(src_dir: str, progress: bool = False):
 
 
 def import_hf(src_dir: str, ckpt_dir: str, progress: bool = True) -> dict:
-    """HF MolmoAct2 folder -> params checkpoint (+ assets). Streams tensor by tensor; returns a summary dict."""
+    """HF MolmoAct2 folder -> params checkpoint (+ assets). Streams tensor by tensor; returns a summary dict.
+    Either side may be a `gs://` URI: a remote source is read from a temporary local copy (safetensors need local
+    files), a remote checkpoint is written by Orbax straight to the bucket."""
+    _require_folder(src_dir, "no such folder")
+    with storage.LocalCopy(src_dir) as local_src:
+        return _import_local(local_src, ckpt_dir, progress)
+
+
+def _require_folder(path: str, what: str) -> None:
+    """One line naming a missing folder (or its missing bucket)."""
+    if not storage.as_path(path).is_dir():
+        raise FileNotFoundError(f"{path}: {'no such bucket' if storage.missing_bucket(path) else what}")
+
+
+def _import_local(src_dir: str, ckpt_dir: str, progress: bool) -> dict:
     cfg, report, rope, leaves, bar = _lazy_tree(src_dir, progress)
     expected = {path: leaf.shape for path, leaf in leaves.items()}
     tree: dict = {}
     for path, leaf in leaves.items():
         mk.set_path(tree, path, leaf)
 
-    ckpt_dir = os.path.abspath(ckpt_dir)
-    os.makedirs(ckpt_dir, exist_ok=True)
-    streaming.save_streaming(os.path.join(ckpt_dir, params_io.PARAMS), tree)
+    ckpt = storage.as_path(ckpt_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    streaming.save_streaming(ckpt / params_io.PARAMS, tree)
     bar.close()
-    params_io.write_model_config(ckpt_dir, cfg)
+    params_io.write_model_config(ckpt, cfg)
 
-    assets = _copy_assets(src_dir, os.path.join(ckpt_dir, ASSETS))
-    inv_path = os.path.join(ckpt_dir, INV_FREQ_FILE)
+    assets = _copy_assets(src_dir, ckpt / ASSETS)
+    inv_path = ckpt / INV_FREQ_FILE
     if rope is not None:
-        np.save(inv_path, rope)
-    elif os.path.exists(inv_path):
-        os.remove(inv_path)
+        buf = io.BytesIO()
+        np.save(buf, rope)
+        inv_path.write_bytes(buf.getvalue())   # one whole file / object
+    elif inv_path.exists():
+        inv_path.unlink()
     n_params = sum(math.prod(s) for s in expected.values())
     return {"tensors": report["tensors"], "bytes": report["bytes"], "dtypes": report["dtypes"],
             "skipped": report["skipped"] + ([ROPE_KEY + " (verified)"] if rope is not None else []),
             "params": n_params, "leaves": len(expected), "assets": assets, "config": cfg}
 
 
-def _copy_assets(src: str, dst: str) -> list:
-    """Every non-weight file of `src` (config.json, norm_stats.json, tokenizer files, ...) and asset folders
-    (e.g. an OpenFAST tokenizer in `openfast/`)."""
-    os.makedirs(dst, exist_ok=True)
+def _copy_assets(src: str, dst) -> list:
+    """Every non-weight file of the local folder `src` (config.json, norm_stats.json, tokenizer files, ...) and
+    asset folders (e.g. an OpenFAST tokenizer in `openfast/`), to `dst` (local or remote)."""
+    dst = storage.as_path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in sorted(os.listdir(src)):
         path = os.path.join(src, name)
         if name.startswith(".") or name.endswith(".safetensors") or name == INDEX:
             continue
-        if os.path.isdir(path):
-            shutil.copytree(path, os.path.join(dst, name), dirs_exist_ok=True)
+        if not storage.is_remote(dst):
+            if os.path.isdir(path):
+                shutil.copytree(path, str(dst / name), dirs_exist_ok=True)
+            else:
+                shutil.copyfile(path, str(dst / name))
+        elif os.path.isdir(path):
+            storage.copy_tree(path, dst / name, skip_existing=False)
         else:
-            shutil.copyfile(path, os.path.join(dst, name))
+            storage.upload_file(path, dst / name)
         copied.append(name)
     return copied
 
@@ -419,24 +447,26 @@ def hf_tensors(params, cfg, inv_freq=None):
 def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_bytes: int = DEFAULT_SHARD_BYTES,
               progress: bool = True, weights: str = "auto") -> dict:
     """Params checkpoint (or trainer step directory) -> HF MolmoAct2 folder. Returns a summary dict (tensors,
-    bytes, shards, dtype). `weights`: "auto" exports a run's EMA weights when it kept them, "ema" / "raw" choose."""
+    bytes, shards, dtype). `weights`: "auto" exports a run's EMA weights when it kept them, "ema" / "raw" choose.
+    Either side may be a `gs://` URI; a remote export is written to a local temporary folder, then uploaded."""
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"{ckpt_dir}: no such checkpoint folder")
-    if os.path.isdir(out_dir) and any(n.endswith(".safetensors") or n == INDEX for n in os.listdir(out_dir)):
+    ckpt, out = storage.as_path(ckpt_dir), storage.as_path(out_dir)
+    _require_folder(ckpt_dir, "no such checkpoint folder")
+    if out.is_dir() and any(c.name.endswith(".safetensors") or c.name == INDEX for c in out.iterdir()):
         raise ConversionError(f"{out_dir}: already holds safetensors files; export into an empty folder")
-    params, cfg = params_io.load_params(ckpt_dir, weights=weights)
+    if storage.is_remote(out):
+        storage.check_writable(out)   # a wrong bucket fails now, not after the conversion
+    params, cfg = params_io.load_params(ckpt, weights=weights)
     cfg.use_action_expert = bool(cfg.get("use_action_expert", True))
-    assets = os.path.join(ckpt_dir, ASSETS)
+    assets = ckpt / ASSETS
     original = None
-    if os.path.exists(os.path.join(assets, "config.json")):
-        with open(os.path.join(assets, "config.json")) as f:
-            original = json.load(f)
+    if (assets / "config.json").exists():
+        original = json.loads((assets / "config.json").read_text())
     inv = None
-    inv_path = os.path.join(ckpt_dir, INV_FREQ_FILE)
-    if os.path.exists(inv_path):
-        inv = np.load(inv_path)
+    inv_path = ckpt / INV_FREQ_FILE
+    if inv_path.exists():
+        inv = np.load(io.BytesIO(inv_path.read_bytes()))
         want = rope_inv_freq(cfg.llm.head_dim, cfg.llm.rope_theta)
         if inv.shape != want.shape or not np.allclose(inv, want, rtol=1e-5, atol=0):
             inv = None  # rope_theta changed since the import: recompute
@@ -453,23 +483,25 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_byt
             bar.update(1)
             yield key, arr
 
-    os.makedirs(out_dir, exist_ok=True)
-    summary = write_safetensors(out_dir, stream(), max_shard_bytes)
-    bar.close()
-    hf = hf_molmoact2_config(cfg, original, dtype)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
-    copied = []
-    if os.path.isdir(assets):
-        for name in sorted(os.listdir(assets)):
-            src = os.path.join(assets, name)
-            if name == "config.json":
-                continue  # rebuilt above
-            if os.path.isdir(src):
-                shutil.copytree(src, os.path.join(out_dir, name), dirs_exist_ok=True)
-            else:
-                shutil.copyfile(src, os.path.join(out_dir, name))
-            copied.append(name)
+    # A bucket gets the export from a local staging folder, each file uploaded whole once all are written.
+    with storage.LocalStaging(out) as stage:
+        summary = write_safetensors(stage, stream(), max_shard_bytes)
+        bar.close()
+        hf = hf_molmoact2_config(cfg, original, dtype)
+        with open(os.path.join(stage, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+        copied = []
+        if assets.is_dir():
+            for child in sorted(assets.iterdir(), key=lambda c: c.name):
+                if child.name == "config.json":
+                    continue  # rebuilt above
+                if storage.is_remote(child):
+                    storage.download(child, stage)
+                elif child.is_dir():
+                    shutil.copytree(str(child), os.path.join(stage, child.name), dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(str(child), os.path.join(stage, child.name))
+                copied.append(child.name)
     summary.update(dtype=dtype, dtypes=sorted(dtypes), assets=copied, config_from_original=original is not None)
     return summary
 

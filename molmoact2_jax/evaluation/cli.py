@@ -5,7 +5,9 @@
   molmoact2-eval --policy random|mean-action|expert --suite libero:libero_spatial:0,1 --episodes 5 --out DIR
 
 Bad input (unknown suite or task, a checkpoint that does not fit the environment, no rendering
-backend) prints one line `molmoact2-...: error: ...` and exits with code 2.
+backend) prints one line `molmoact2-...: error: ...` and exits with code 2. A checkpoint may be a `gs://` URI (the
+policy reads its weights in place; its norm stats and sim settings are copied to a temporary folder); --out is a
+local folder.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
+import tempfile
 
+from data_pipelines.norm_stats import NORM_STATS_FILE
+from molmoact2_jax import inference, storage
 from molmoact2_jax.evaluation.errors import SimEvalError
 from molmoact2_jax.checkpoint_io.assets import find_asset
 from molmoact2_jax.evaluation.config import (SIM_SETTINGS_FILE, config_from_settings, get_config, parse_cameras,
@@ -62,7 +66,7 @@ def _config(args, suite):
     if path is None:
         return get_config(suite.simulator, **overrides)
     try:
-        settings = json.loads(Path(path).read_text())
+        settings = json.loads(storage.as_path(path).read_text())
     except (OSError, ValueError) as e:
         raise SimEvalError(f"{path}: unreadable sim settings ({e})") from None
     if settings.get("simulator") != suite.simulator:
@@ -78,11 +82,29 @@ def _check_suite(suite):
     return dataclasses.replace(suite, tasks=check_libero_tasks(suite.suite, suite.tasks))
 
 
+def _check_local_out(args):
+    if storage.is_remote(args.out):
+        raise SimEvalError(f"--out {args.out}: must be a local folder (videos and reports are written locally; "
+                           f"copy them to a bucket afterwards, e.g. gcloud storage cp -r)")
+
+
+def _local_assets(checkpoint: str, into: str) -> str:
+    """A local folder (named like the checkpoint) holding a remote checkpoint's norm_stats.json and
+    sim_settings.json, the files the evaluator reads before the policy; the weights are not downloaded."""
+    view = os.path.join(into, storage.as_path(checkpoint).name)
+    os.makedirs(view)
+    for name in (NORM_STATS_FILE, SIM_SETTINGS_FILE):
+        path = find_asset(checkpoint, [name])
+        if path is not None:
+            storage.download(path, view)
+    return view
+
+
 def _run(prog: str, fn, argv) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         return fn(argv)
-    except SimEvalError as e:
+    except (SimEvalError, storage.StorageError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
@@ -110,6 +132,7 @@ def sim_main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run(_):
+        _check_local_out(args)
         suite = parse_suite(args.suite)
         if suite.simulator != "metaworld":
             raise SimEvalError(f"record supports metaworld suites only (scripted experts), got {args.suite!r}")
@@ -149,16 +172,35 @@ def eval_main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run(_):
+        _check_local_out(args)
+        if not (args.checkpoint and storage.is_remote(args.checkpoint)):
+            return evaluate_checkpoint(args.checkpoint, args.checkpoint)
+        if not storage.as_path(args.checkpoint).is_dir():
+            why = " (no such bucket)" if storage.missing_bucket(args.checkpoint) else ""
+            raise SimEvalError(f"checkpoint directory not found: {args.checkpoint}{why}")
+        with tempfile.TemporaryDirectory(prefix="molmoact2-eval-") as tmp:
+            return evaluate_checkpoint(args.checkpoint, _local_assets(args.checkpoint, tmp))
+
+    def evaluate_checkpoint(checkpoint, assets_dir):
+        """`assets_dir`: where the checkpoint's norm stats and sim settings are read (the checkpoint itself, or a
+        local copy of those two files for a bucket's checkpoint, whose weights Policy.load reads in place)."""
+        args.checkpoint = assets_dir
         suite = parse_suite(args.suite)
         cfg = _config(args, suite)
-        if args.checkpoint:
-            check_checkpoint_fits(args.checkpoint, cfg, args.norm_tag)   # before any simulator starts
+        if checkpoint:
+            check_checkpoint_fits(assets_dir, cfg, args.norm_tag)   # before any simulator starts
         suite = _check_suite(suite)
-        if args.checkpoint:
-            from_settings = cfg.n_action_steps if find_asset(args.checkpoint, [SIM_SETTINGS_FILE]) else None
-            policy = ModelPolicy.load(args.checkpoint, cfg, args.norm_tag, args.n_action_steps or from_settings,
-                                      args.mode)
-            name = f"model:{os.path.basename(os.path.normpath(args.checkpoint))}"
+        if checkpoint:
+            from_settings = cfg.n_action_steps if find_asset(assets_dir, [SIM_SETTINGS_FILE]) else None
+            n_steps = args.n_action_steps or from_settings
+            if checkpoint == assets_dir:
+                policy = ModelPolicy.load(checkpoint, cfg, args.norm_tag, n_steps, args.mode)
+            else:   # ModelPolicy.load's steps, the weights read from the bucket
+                fit = check_checkpoint_fits(assets_dir, cfg, args.norm_tag)
+                n = n_steps or fit["n_action_steps"] or cfg.n_action_steps
+                policy = ModelPolicy(inference.Policy.load(checkpoint), fit["tag"], int(n), args.mode,
+                                     fit["camera_order"])
+            name = f"model:{os.path.basename(os.path.normpath(checkpoint))}"
             n_exec = policy.n_action_steps
         else:
             policy = make_baseline(args.policy, cfg, norm_stats=args.norm_stats, norm_tag=args.norm_tag,

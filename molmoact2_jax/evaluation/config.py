@@ -9,7 +9,6 @@ A suite spec names the simulator and its tasks:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from data_pipelines.embodiments import EMBODIMENTS
 from data_pipelines.norm_stats import NormStats, NormStatsError, TagInfo
@@ -252,7 +251,7 @@ def metaworld_task_text(task: str) -> str:
 def load_norm_stats(path) -> NormStats:
     """The checkpoint's norm stats (data_pipelines.norm_stats), bad files reported as SimEvalError."""
     try:
-        return NormStats.load(Path(path))
+        return NormStats.load(path)
     except (ValueError, FileNotFoundError) as e:
         raise SimEvalError(str(e)) from None
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -24,6 +23,7 @@ from molmoact2_jax.evaluation.config import SimConfig, load_norm_stats, select_t
 from molmoact2_jax.evaluation.errors import SimEvalError
 from molmoact2_jax.evaluation.envs import ensure_render_backend
 from molmoact2_jax.checkpoint_io import assets
+from molmoact2_jax import storage
 from molmoact2_jax import inference   # lazy package: jax is imported only once a model is loaded
 
 BASELINES = ("mean-action", "random", "expert")
@@ -71,7 +71,7 @@ class MeanActionPolicy:
         if source is None:
             raise SimEvalError("--policy mean-action needs action statistics: pass --norm-stats "
                                "(norm_stats.json, checkpoint dir or LeRobot dataset dir)")
-        p = Path(source)
+        p = storage.as_path(source)
         if p.is_dir() and (p / "meta/stats.json").is_file():
             stats = json.loads((p / "meta/stats.json").read_text())
             mean = stats["action"]["mean"]
@@ -128,12 +128,12 @@ class ExpertPolicy:
         return np.clip(np.asarray(a, np.float32), -1.0, 1.0)[None]
 
 
-def find_norm_stats(checkpoint) -> Path:
-    ckpt = Path(checkpoint)
+def find_norm_stats(checkpoint):
+    ckpt = storage.as_path(checkpoint)
     if not ckpt.is_dir():
         raise SimEvalError(f"checkpoint directory not found: {ckpt}")
     try:
-        return Path(assets.find_norm_stats(str(ckpt)))
+        return storage.as_path(assets.find_norm_stats(str(ckpt)))
     except FileNotFoundError:
         raise SimEvalError(f"checkpoint {ckpt} has no norm_stats.json (looked in assets/ and the top level)") \
             from None

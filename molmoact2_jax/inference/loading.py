@@ -2,9 +2,9 @@
 
 A folder is one of: a params checkpoint (`params/` + `model_config.json`, checkpoint_io.params), a trainer step
 directory (`WORKDIR/checkpoints/<step>/`), or a Hugging Face MolmoAct2 release folder (config.json +
-safetensors, converted in memory: nothing is written). Assets are looked up in DIR/assets/, DIR/ and, for a step
-directory, WORKDIR/assets/: norm_stats.json, tokenizer.json (or tokenizer.model), config.json (token-id
-overrides) and the OpenFAST folder.
+safetensors, converted in memory: nothing is written; from a bucket through a temporary local copy), each local or
+a `gs://` URI. Assets are looked up in DIR/assets/, DIR/ and, for a step directory, WORKDIR/assets/:
+norm_stats.json, tokenizer.json (or tokenizer.model), config.json (token-id overrides) and the OpenFAST folder.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 import os
 
 from data_pipelines.norm_stats import NormStats
+from molmoact2_jax import storage
 from molmoact2_jax.checkpoint_io.assets import find_asset, find_norm_stats
 from molmoact2_jax.checkpoint_io.params import load_params
 from molmoact2_jax.convert import molmoact2_hf
@@ -33,8 +34,9 @@ class CheckpointParts:
 
 
 def is_hf_folder(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(
-        os.path.join(path, "model_config.json")) and any(f.endswith(".safetensors") for f in os.listdir(path))
+    p = storage.as_path(path)
+    return (p / "config.json").exists() and not (p / "model_config.json").exists() and any(
+        f.name.endswith(".safetensors") for f in p.iterdir())
 
 
 def load_tokenizer(ckpt_dir: str, tokenizer=None) -> TextTokenizer:
@@ -48,8 +50,7 @@ def load_tokenizer(ckpt_dir: str, tokenizer=None) -> TextTokenizer:
     hf_cfg_path = find_asset(ckpt_dir, ["config.json"])
     hf_cfg = None
     if hf_cfg_path is not None:
-        with open(hf_cfg_path) as f:
-            hf_cfg = json.load(f)
+        hf_cfg = json.loads(storage.as_path(hf_cfg_path).read_text())
     return TextTokenizer.from_file(str(path), hf_config=hf_cfg)
 
 
@@ -66,11 +67,12 @@ def load_checkpoint(ckpt_dir: str, norm_stats=None, tokenizer=None, action_token
                     weights: str = "auto") -> CheckpointParts:
     """Params, model config and assets of a folder; arguments (objects or paths) override the assets. `weights`:
     for a trainer step directory, "auto" (the EMA when the run kept one), "ema" or "raw"."""
-    ckpt_dir = os.path.abspath(ckpt_dir)
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")
+    ckpt_dir = str(storage.as_path(ckpt_dir))
+    if not storage.as_path(ckpt_dir).is_dir():
+        why = " (no such bucket)" if storage.missing_bucket(ckpt_dir) else ""
+        raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}{why}")
     if is_hf_folder(ckpt_dir):
-        params, cfg = molmoact2_hf.load_hf(ckpt_dir)
+        params, cfg = molmoact2_hf.load_hf(ckpt_dir)   # a bucket's folder through a temporary local copy
     else:
         params, cfg = load_params(ckpt_dir, weights=weights)
     stats = NormStats.load(find_norm_stats(ckpt_dir) if norm_stats is None else norm_stats)

@@ -99,7 +99,7 @@ class Policy:
     def load(cls, ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None, weights: str = "auto",
              **kwargs) -> "Policy":
         """Loads a params checkpoint (`params/` + `model_config.json`), a trainer step dir, or an HF MolmoAct2
-        folder (converted in memory). Assets are looked up in DIR/assets/ then DIR/: norm_stats.json,
+        folder (converted in memory), local or `gs://`. Assets are looked up in DIR/assets/ then DIR/: norm_stats.json,
         tokenizer.json (or tokenizer.model), optional config.json (token-id overrides) and the OpenFAST folder
         (assets/action_tokenizer/). Arguments override the assets (objects or paths). `weights` ("auto", "ema",
         "raw"): a trainer step directory serves its EMA weights when the run kept them. See inference/loading.py."""

@@ -15,6 +15,7 @@ from scipy.fft import dct, idct
 from tokenizers import ByteLevelBPETokenizer, Tokenizer
 from tokenizers.trainers import BpeTrainer
 
+from molmoact2_jax import storage
 from molmoact2_jax.tokenizers import bytelevel_bpe
 
 MAX_ACTION_DIM = 32  # the released tokenizer was trained for dims up to 32 (spec 22.6)
@@ -284,8 +285,9 @@ class OpenFAST:
 
     @classmethod
     def load(cls, directory: str | Path) -> "OpenFAST":
-        """Load a folder written by `save`, by the official class, or downloaded from the hub (with auto_map)."""
-        folder = Path(directory)
+        """Load a folder written by `save`, by the official class, or downloaded from the hub (with auto_map);
+        local or `gs://`."""
+        folder = storage.as_path(directory)
         if not folder.is_dir():
             raise FileNotFoundError(f"OpenFAST tokenizer folder not found: {folder}")
         for name in ("tokenizer.json", "processor_config.json"):
@@ -312,7 +314,8 @@ class OpenFAST:
             if key in cfg and not ok(cfg[key]):
                 raise ValueError(f"{folder / 'processor_config.json'}: bad value for '{key}': {cfg[key]!r}")
         try:
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            with storage.LocalCopy(folder / "tokenizer.json") as local:
+                tokenizer = Tokenizer.from_file(local)
         except Exception as e:
             raise ValueError(f"{folder / 'tokenizer.json'}: cannot be read by tokenizers ({e})") from None
         return cls(tokenizer, scale=cfg["scale"], vocab_size=cfg["vocab_size"], min_token=cfg["min_token"],

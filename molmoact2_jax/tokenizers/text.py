@@ -10,12 +10,12 @@ them) are checked against the layout.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 
 import sentencepiece as spm
 from tokenizers import Tokenizer
 
+from molmoact2_jax import storage
 from molmoact2_jax.models.config import MULTIMODAL_FIELDS, PAD_MULTIPLE, robot_token_ids
 
 MULTIMODAL = ("<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>", "<im_low>",
@@ -206,14 +206,22 @@ class TextTokenizer:
 
     @classmethod
     def from_file(cls, path: str, hf_config: dict | None = None, eos_token: str = "<|im_end|>") -> "TextTokenizer":
-        """`path`: a tokenizer.json, a folder containing one, or a sentencepiece `.model` file.
-        `hf_config`: a checkpoint's parsed config.json whose ids override the computed layout."""
-        if os.path.isdir(path):
-            path = os.path.join(path, "tokenizer.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        """`path`: a tokenizer.json, a folder containing one, or a sentencepiece `.model` file, local or `gs://`
+        (read from a temporary local copy). `hf_config`: a checkpoint's parsed config.json whose ids override the
+        computed layout."""
+        p = storage.as_path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.exists():
+            raise FileNotFoundError(f"tokenizer file not found: {p}")
+        with storage.LocalCopy(p) as local:
+            return cls._from_local_file(local, str(p), hf_config, eos_token)
+
+    @classmethod
+    def _from_local_file(cls, local: str, path: str, hf_config, eos_token: str) -> "TextTokenizer":
+        """Reads the local file `local`; messages name `path` (where it came from)."""
         if path.endswith(".model"):
-            backend = spm.SentencePieceProcessor(model_file=path)
+            backend = spm.SentencePieceProcessor(model_file=local)
             kind = "sentencepiece"
             eos = backend.piece_to_id(eos_token) if backend.piece_to_id(eos_token) != backend.unk_id() \
                 else backend.eos_id()
@@ -222,7 +230,7 @@ class TextTokenizer:
                 layout = layout.with_overrides(hf_config)
         else:
             try:
-                backend = Tokenizer.from_file(path)
+                backend = Tokenizer.from_file(local)
             except Exception as e:  # noqa: BLE001 - the library raises bare Exceptions on bad JSON
                 raise ValueError(f"{path}: not a valid Hugging Face tokenizer.json ({e})") from None
             kind = "hf"
