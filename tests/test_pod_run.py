@@ -34,8 +34,12 @@ def get_config():
     c.data.global_batch_size = 8
     return c
 """
+# Pure data parallelism over the 8 devices of both processes. With fsdp across the processes this recipe's step
+# can deadlock under XLA:CPU's gloo collectives (an all-to-all outside the layer scan and the scan's FSDP all-gathers
+# run in different orders on different devices; seen with jax 0.10.2, CPU only): the emulation's limit, not the
+# trainer's. The multi-process FSDP paths run in test_distributed_training.py and below on synthetic batches.
 STEPS = ["--config.total_steps=10", "--config.checkpoint.every_steps=2", "--config.checkpoint.keep_last=10",
-         "--config.mesh.data=2", "--config.mesh.fsdp=4"]
+         "--config.mesh.data=8", "--config.mesh.fsdp=1"]
 
 
 @pytest.fixture(scope="module")
@@ -146,21 +150,21 @@ def test_run_directory_not_shared_between_processes_is_one_line(recipe, tmp_path
     print(f"refused in {took:.1f} s")
 
 
-def test_checkpoint_only_one_process_cannot_read_is_skipped_by_all(recipe, tmp_path):
-    """fsdp=8 over 2 processes: each process writes and reads only its own parameter shards. Step 4's files of
-    process 1 are truncated: process 1 fails to restore it, process 0 would not; both agree, step 4 is moved aside
-    and both resume from step 2."""
+def test_checkpoint_only_one_process_cannot_read_is_skipped_by_all(tmp_path):
+    """fsdp=8 over 2 processes (synthetic batches): each process writes and reads only its own parameter shards.
+    Step 4's files of process 1 are truncated: process 1 fails to restore it, process 0 would not; both agree, step
+    4 is moved aside and both resume from step 2."""
     wd = str(tmp_path / "run")
     mesh = ["--config.mesh.data=1", "--config.mesh.fsdp=8", "--config.checkpoint.every_steps=2",
-            "--config.checkpoint.keep_last=10"]
-    codes, outs = run_multiprocess(wd, mesh + ["--config.total_steps=4"], 2, 4, base=recipe)
+            "--config.checkpoint.keep_last=10", "--config.data.global_batch_size=8"]
+    codes, outs = run_multiprocess(wd, mesh + ["--config.total_steps=4"], 2, 4)
     assert codes == [0, 0], failure_report(outs)
     files = [f for f in glob.glob(os.path.join(wd, "checkpoints", "4", "state", "ocdbt.process_1", "d", "*"))]
     assert files, os.listdir(os.path.join(wd, "checkpoints", "4", "state"))
     victim = max(files, key=os.path.getsize)
     with open(victim, "r+b") as f:
         f.truncate(os.path.getsize(victim) // 2)
-    codes, outs = run_multiprocess(wd, mesh + ["--config.total_steps=6"], 2, 4, base=recipe)
+    codes, outs = run_multiprocess(wd, mesh + ["--config.total_steps=6"], 2, 4)
     assert codes == [0, 0], failure_report(outs)
     for out in outs:
         assert "checkpoints/4 is incomplete or corrupt (failed on process(es) [1]" in out, out[-3000:]

@@ -33,6 +33,7 @@ from molmoact2_jax import storage
 from molmoact2_jax.sharding import distributed
 
 log = logging.getLogger("molmoact2_jax.checkpointing")
+JSON_ITEM_FILE = "metadata"   # the file Orbax's JsonSave writes inside an item directory (data/, meta/)
 
 
 class Checkpointer:
@@ -80,21 +81,34 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state):
         """Returns (step, state, data_state, meta) of the newest step that restores cleanly on every process, or
-        None. Each process restores its shards of the same step; then all agree (a host allgather) before any of
-        them moves on, so a file only one process reads cannot leave the processes on different steps."""
+        None. Each process reads its shards of the same step with no cross-process barrier inside the read (Orbax's
+        own restore ends in one: a process whose read failed would never reach it and would leave the others
+        waiting there); then all agree (a host allgather) before any of them moves on, so a file only one process
+        reads cannot leave the processes on different steps."""
         for step in reversed(self.all_steps()):
             error = None
             try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-                    meta=ocp.args.JsonRestore()))
+                restored = self._restore_here(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
                 error = e
             ok = distributed.all_agree(error is None)
             if all(ok):
-                return step, out.state, out.data, out.meta
+                return restored
             self._quarantine(step, error, [i for i, good in enumerate(ok) if not good])
         return None
+
+    def _restore_here(self, step: int, abstract_state):
+        """This process's part of `step`: its shards of the train state (an Orbax restore whose barriers span this
+        process only) and the data iterator state and meta (JSON written by process 0)."""
+        step_dir = self.directory / str(step)
+        here = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                  active_processes={jax.process_index()})
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler(multiprocessing_options=here),
+                              multiprocessing_options=here) as checkpointer:
+            state = checkpointer.restore(step_dir / "state", args=ocp.args.StandardRestore(abstract_state))
+        data = json.loads((step_dir / "data" / JSON_ITEM_FILE).read_text())
+        meta = json.loads((step_dir / "meta" / JSON_ITEM_FILE).read_text())
+        return step, state, data, meta
 
     def _quarantine(self, step: int, err: Exception | None, failed: list[int]):
         src = self.directory / str(step)
