@@ -2,7 +2,7 @@
 fine-tune with flow gradients flowing into the VLM (no insulation).
 
   molmoact2-train --config=configs/finetune.py:droid --workdir=DIR --config.init_from=MOLMOACT2_CKPT \
-      --config.data.sources.0.path=DROID_SHARDS --config.data.norm_stats=... --config.data.tokenizer=...
+      --config.data.sources[0].path=DROID_SHARDS --config.data.norm_stats=... --config.data.tokenizer=...
 Variants: droid, yam, so100, libero (full size) and tiny / <embodiment>_tiny (CPU); MolmoThink fine-tuning:
 <embodiment>_think (and think_tiny / <embodiment>_think_tiny): styles robot_action : robot_depth_action = 1 : 1,
 10% depth-code input noise, per-layer depth gates (spec 14); data converted with --depth-codes.
