@@ -311,3 +311,24 @@ def test_relative_local_paths(local_ckpt, monkeypatch):
     assert find_norm_stats("ckpt") == os.path.join(local_ckpt, "assets", "norm_stats.json")
     assert json.loads(storage.as_path("ckpt/model_config.json").read_text())["llm"]
     assert not storage.is_remote("ckpt") and storage.is_remote("gs://b/ckpt")
+
+
+def test_train_refuses_unusable_run_directories_in_one_line(gcs, tmp_path):
+    """molmoact2-train: a bucket that does not exist, a folder that cannot be written (in /proc), and gs:// without
+    the `gcs` extra: one line naming the path, exit 2, before any compile, nothing written."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_GCS)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    recipe = ["--config=" + os.path.join(REPO, "configs", "pretrain.py") + ":tiny", "--config.total_steps=1"]
+    cases = [(f"{MISSING}/run", _env(gcs), "cannot write there (no such bucket)"),
+             ("/proc/molmoact2-run", _env(gcs), "cannot write there"),
+             ("gs://some-bucket/run", _env(gcs, str(site)), "pip install 'molmoact2-jax[gcs]'")]
+    for workdir, env, expect in cases:
+        r = subprocess.run([sys.executable, "-m", "molmoact2_jax.train", f"--workdir={workdir}", *recipe], env=env,
+                           cwd=str(cwd), capture_output=True, text=True, timeout=300)
+        line = _one_line(r.stderr)
+        assert r.returncode == 2 and line.startswith(f"molmoact2-train: error: {workdir}: ") and expect in line, \
+            r.stderr
+    assert os.listdir(cwd) == [] and not os.path.exists("/proc/molmoact2-run")
