@@ -24,30 +24,47 @@ def _free_port() -> int:
 
 
 class Emulator:
-    def __init__(self):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, attempts: int = 3):
         self.root = tempfile.mkdtemp(prefix="fake-gcs-")
-        self.log = open(os.path.join(self.root, "server.log"), "w+")
         self.data = os.path.join(self.root, "data")
         os.makedirs(self.data)
+        self.log = open(os.path.join(self.root, "server.log"), "w+")
+        self.proc = None
+        for _ in range(attempts):   # a server that does not answer within its deadline is replaced on a new port
+            if self._start():
+                break
+        else:
+            self.stop()
+            raise RuntimeError("fake-gcs-server did not start")
+        self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+                    "GOOGLE_CLOUD_PROJECT": "test"}
+
+    def _start(self, deadline_s: float = 20.0) -> bool:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [str(fake_gcs_server._get_binary_path()), "-scheme", "http", "-backend", "filesystem",
              "-filesystem-root", self.data, "-host", "127.0.0.1", "-port", str(self.port),
              "-external-url", self.url], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2):
-                    break
+                    return True
             except (urllib.error.URLError, OSError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("fake-gcs-server did not start")
                 time.sleep(0.05)
-        self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
-                    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-                    "GOOGLE_CLOUD_PROJECT": "test"}
+        self._kill()
+        return False
+
+    def _kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def create_bucket(self, name: str) -> str:
         req = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
@@ -66,11 +83,6 @@ class Emulator:
         return sorted(out)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self._kill()
         self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)

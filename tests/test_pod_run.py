@@ -5,6 +5,8 @@ import glob
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -114,15 +116,25 @@ def test_gs_run_directory_preempt_one_process_then_resume_matches(gcs, recipe, t
         good["wall_s"]) < 0.01 * good["wall_s"] + 0.01
     assert all("data_wait_s" in r for r in rows)
 
-    # The bucket's step directory serves on its own.
-    from molmoact2_jax.inference import Policy
-    policy = Policy.load(f"gs://{bucket}/run/checkpoints/10")
-    from data_pipelines.formats.lerobot_reader import LeRobotDataset
-    ds = LeRobotDataset(recipe_dataset_root(recipe) / "so100")
-    cols = ds.episode_columns(0)
-    images = [ds.frames(0, k, [0])[0] for k in ds.camera_keys]
-    res = policy.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
-    assert res.actions.shape == (8, 6) and np.isfinite(res.actions).all()
+    # The bucket's step directory serves on its own, in a fresh process as a user would load it.
+    probe = SERVE_PROBE.format(ckpt=f"gs://{bucket}/run/checkpoints/10", dataset=str(recipe_dataset_root(recipe)))
+    r = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu"},
+                       cwd=str(cwds[0]), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ACTIONS (8, 6) finite" in r.stdout, r.stderr[-3000:]
+    assert os.listdir(cwds[0]) == []
+
+
+SERVE_PROBE = """
+import numpy as np
+from data_pipelines.formats.lerobot_reader import LeRobotDataset
+from molmoact2_jax.inference import Policy
+policy = Policy.load({ckpt!r})
+ds = LeRobotDataset({dataset!r} + "/so100")
+cols = ds.episode_columns(0)
+images = [ds.frames(0, k, [0])[0] for k in ds.camera_keys]
+res = policy.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
+print("ACTIONS", res.actions.shape, "finite" if np.isfinite(res.actions).all() else "NOT FINITE")
+"""
 
 
 def recipe_dataset_root(recipe):
