@@ -70,11 +70,6 @@ def missing_bucket(path) -> bool:
         return False
 
 
-def local_dir(path) -> str | None:
-    """The local filesystem path of `path`, or None for object storage."""
-    return None if is_remote(path) else str(as_path(path))
-
-
 def check_writable(directory) -> epath.Path:
     """Creates `directory` (and parents) and proves a file can be written and deleted there; one line otherwise.
     Run before a run writes anything, so a wrong bucket or a read-only folder fails at start, not at the first
@@ -169,12 +164,6 @@ def _walk_files(root: epath.Path, prefix: str = "") -> list[str]:
         else:
             out.append(rel)
     return out
-
-
-def remove_tree(path) -> None:
-    p = as_path(path)
-    if p.exists():
-        p.rmtree() if p.is_dir() else p.unlink()
 
 
 def move_tree(src, dst) -> None:
