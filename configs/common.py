@@ -1,7 +1,30 @@
 """Pieces shared by every recipe: the run skeleton (mesh, data, optimizer, checkpoint, trainer, lora fields).
 
-Recipes call `base(variant)` and change what their stage needs. Variant "tiny" is a CPU-sized model on
-synthetic data (fp32); anything else is the full-size model (bf16 compute, fp32 params).
+Recipes call `base(variant)` and change what their stage needs. Variant "tiny" is a CPU-sized model (fp32);
+anything else is the full-size model (bf16 compute, fp32 params).
+
+Data (config.data; molmoact2_jax/training/run_setup.py works it out before anything is written or compiled):
+  source        "synthetic": a generated task, for smoke runs; only when asked for by that name, and never together
+                with a data path. "" (the default of every full-size and fine-tune recipe): converted shards, which
+                need data.sources[*].path; "arrayrecord" says the same explicitly. The CPU smoke recipes (tiny
+                pretrain, posttrain, molmoer) name "synthetic" since they have no paths.
+  sources       converted shard directories (molmoact2-data convert), each an entry {path, weight, tag}, or just a
+                path. On the command line: --config.data.sources[0].path=DIR fills a recipe's entry; repeated
+                --config.data.sources=DIR1 --config.data.sources=DIR2 replaces the list with those directories
+                (weight 1, the shards' tag); --config.data.sources='({"path": "D1", "weight": 3}, "D2")' gives
+                weights or tags.
+  eval_sources  held-out shard directories, given the same way (--config.data.eval_sources=DIR); the trainer's
+                eval (trainer.eval_every_steps, eval_batches) reads them in order. Empty: eval reads the training
+                sources in order, without augmentation (not held out).
+  tag           per source, the norm tag its examples use (the stats entry, the tag a served policy is asked
+                for); "" takes the shards' own tag (index.json `tag`).
+  norm_stats, tokenizer, openfast
+                "" finds them: the tokenizer and OpenFAST in config.init_from's assets, else in the first source's
+                shard folder (SHARD_DIR/tokenizer.json, SHARD_DIR/openfast/; made by molmoact2-data tokenizer and
+                molmoact2-data openfast); norm stats in each source's SHARD_DIR/norm_stats.json (molmoact2-data
+                stats), never from init_from (the stats describe the data trained on). A path given here wins.
+  seq_len       tokens per example; 0 sizes it from the data (the longest example of a sample of each source,
+                plus headroom). model.action_expert.max_action_horizon = 0 likewise takes the data's horizon.
 """
 import ml_collections
 
@@ -18,9 +41,10 @@ MOLMOACT2_MIXTURE = (
 )
 
 
-def mixture_sources(mixture) -> list:
-    """`data.sources` entries for a tag mixture; users fill in each tag's converted shard directory (`path`)."""
-    return [ml_collections.ConfigDict(dict(tag=tag, path="", weight=rate)) for tag, rate in mixture]
+def mixture_sources(mixture) -> tuple:
+    """`data.sources` entries for a tag mixture; users fill in each tag's converted shard directory (`path`). A
+    tuple, so that the command line can also replace it (ml_collections overrides tuples, not lists)."""
+    return tuple(ml_collections.ConfigDict(dict(tag=tag, path="", weight=rate)) for tag, rate in mixture)
 
 
 def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
@@ -37,8 +61,8 @@ def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(slice=1, data=-1, fsdp=1, tensor=1) if tiny else
                                        dict(slice=1, data=1, fsdp=-1, tensor=1))
     c.data = ml_collections.ConfigDict(dict(
-        source="synthetic",                       # "arrayrecord" once data.sources have paths
-        sources=[], norm_stats="", tokenizer="", openfast="",
+        source="synthetic" if tiny else "",       # see the module docstring; recipes with data paths set ""
+        sources=(), eval_sources=(), norm_stats="", tokenizer="", openfast="",
         vlm_sources=[],                           # .parquet/.jsonl VLM rehearsal files (data_pipelines vlm.py)
         robot_share=1.0,                          # with vlm_sources: share of robot batches
         global_batch_size=4 if tiny else 128,

@@ -15,7 +15,8 @@ the numbers of `molmoact2-data stats OUT`. Stages:
   WriteIndex    index.json from the shard summaries in shard order
 
 A shard that is already complete (convert.py's rule) is not read again: its sidecar and .npz feed the index and
-the stats. The readers and the shard writer use POSIX files, so the source and OUT must be paths that the launcher
+the stats. The options are checked and recorded exactly as convert.py does (open_conversion: convert_options.json,
+--overwrite), so either converter refuses, or resumes, what the other started. The readers and the shard writer use POSIX files, so the source and OUT must be paths that the launcher
 and every worker see alike (local disk for DirectRunner; a shared mount on a cluster).
 """
 from __future__ import annotations
@@ -28,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.convert import (ConvertOptions, ShardEpisode, build_index, check_episode, frame_records,
-                                    open_conversion, resumed_summary, shard_complete, sidecar_path, tag_metadata,
-                                    write_shard)
+                                    interrupted, open_conversion, resumed_summary, shard_complete, sidecar_path,
+                                    tag_metadata, write_index, write_shard)
 from data_pipelines import errors
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
@@ -163,12 +164,12 @@ def write_norm_stats_file(stats, out: str):
     tmp.replace(path)
 
 
-def write_index_file(shards: list, opts: ConvertOptions, camera_keys, state_names, fps, n: int):
+def write_index_file(shards: list, opts: ConvertOptions, camera_keys, state_names, fps, n: int, action_names=None):
     if len(shards) != n:
         raise RuntimeError(f"the pipeline returned {len(shards)} shard summaries for {n} shards")
     results = [s for _, s in sorted(shards, key=lambda s: s[0])]
-    index = build_index(opts, camera_keys, state_names, fps, results)
-    (Path(opts.out) / "index.json").write_text(json.dumps(index, indent=2))
+    index = build_index(opts, camera_keys, state_names, fps, results, action_names)
+    write_index(Path(opts.out), index)
 
 
 def worker_data_error(e: Exception) -> DataError | None:
@@ -197,7 +198,8 @@ def beam_convert(opts: ConvertOptions, runner: str = "direct", beam_options=None
     info = json.loads(json.dumps({"tag": emb.tag, "tag_metadata": tag_metadata(emb, opts.horizon,
                                                                                 opts.delta_action_dims,
                                                                                 src.camera_keys),
-                                  "state_names": src.state_names, "source": opts.source}))
+                                  "state_names": src.state_names, "action_names": src.action_names,
+                                  "source": opts.source}))
     try:
         with beam.Pipeline(options=pipeline_options(runner, opts.workers, beam_options, direct_mode)) as p:
             episodes = (p | "ListEpisodes" >> beam.Create([(k, j, ep) for k in todo
@@ -208,7 +210,7 @@ def beam_convert(opts: ConvertOptions, runner: str = "direct", beam_options=None
             markers = p | "ListShards" >> beam.Create([(k, None) for k in todo])
             written = ((episodes, markers) | "WithMarkers" >> beam.Flatten()
                        | "GroupByShard" >> beam.GroupByKey()
-                       | "WriteShard" >> beam.ParDo(WriteShard(str(out), n, emb.dim)))
+                       | "WriteShard" >> beam.ParDo(WriteShard(str(out), n, (emb.state_dim, emb.action_dim))))
             finished = (p | "ListFinished" >> beam.Create(done)
                         | "ReadFinished" >> beam.Map(finished_shard, str(out)))
             shards = (written, finished) | "AllShards" >> beam.Flatten()
@@ -217,7 +219,9 @@ def beam_convert(opts: ConvertOptions, runner: str = "direct", beam_options=None
                  | "WriteNormStats" >> beam.Map(write_norm_stats_file, str(out)))
             _ = (shards | "CollectShards" >> beam.combiners.ToList()
                  | "WriteIndex" >> beam.Map(write_index_file, opts, list(src.camera_keys), list(src.state_names),
-                                            src.fps, n))
+                                            src.fps, n, list(src.action_names)))
+    except KeyboardInterrupt:  # as convert.py: unfinished shards' files removed, one line on how to resume
+        raise interrupted(out, n) from None
     except Exception as e:  # noqa: BLE001 - only a DataError is rebuilt; anything else goes on as it came
         err = worker_data_error(e)
         if err is None or err is e:

@@ -1,4 +1,7 @@
-"""molmoact2-data: fixture | convert | stats | inspect."""
+"""molmoact2-data: fixture | convert | stats | inspect | embodiment | openfast | tokenizer.
+
+Errors in the data or the command line are one line `molmoact2-data: error: ...`, exit 2; Ctrl-C exits 130 (a
+conversion first removes its unfinished shards and says how to resume)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +15,12 @@ from data_pipelines.fixtures import FORMATS, make_fixture
 from data_pipelines.formats.lerobot_writer import DIRTY_VARIANTS
 from data_pipelines.inspect_data import inspect_path
 from data_pipelines.norm_stats import NORM_STATS_FILE
-from data_pipelines.stats import write_norm_stats
+from data_pipelines import shard_tokenizers
+from data_pipelines.sources import write_embodiment_from
+from data_pipelines.stats import norm_stats_out, write_norm_stats
+
+EMB_HELP = ("a built-in robot (" + ", ".join(sorted(EMBODIMENTS)) + ") or the path of an embodiment .json "
+            "file (molmoact2-data embodiment --from lerobot:DIR --out robot.json writes one)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,8 +29,8 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fixture", help="write a small synthetic dataset in a real on-disk format")
     f.add_argument("--format", required=True, choices=FORMATS, help="on-disk format to write")
-    f.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS),
-                   help="robot whose state/action names, cameras and fps the fixture uses")
+    f.add_argument("--embodiment", required=True, metavar="NAME|FILE.json",
+                   help="robot whose state/action names, cameras and fps the fixture uses: " + EMB_HELP)
     f.add_argument("--out", required=True, help="folder to write the dataset into")
     f.add_argument("--episodes", type=int, default=6, help="number of episodes (default: %(default)s)")
     f.add_argument("--seed", type=int, default=0, help="random seed of the synthetic episodes (default: 0)")
@@ -38,12 +46,21 @@ def _parser() -> argparse.ArgumentParser:
                         + ", ".join(DIRTY_VARIANTS))
 
     c = sub.add_parser("convert", help="LeRobot/RLDS source -> ArrayRecord shards")
-    c.add_argument("--source", required=True, help="lerobot:PATH or rlds:PATH")
-    c.add_argument("--embodiment", required=True, choices=sorted(EMBODIMENTS),
-                   help="robot the source was recorded with (its tag, state/action names, cameras); "
-                        "metaworld: datasets written by molmoact2-sim record")
+    c.add_argument("--source", required=True,
+                   help="lerobot:PATH or rlds:PATH; lerobot:OWNER/NAME reads a hub dataset already in the local "
+                        "Hugging Face cache ($HF_LEROBOT_HOME or $HF_HOME/hub; nothing is downloaded)")
+    c.add_argument("--embodiment", required=True, metavar="NAME|FILE.json",
+                   help="robot the source was recorded with (its tag, state/action names, cameras; a dataset of "
+                        "another robot is refused): " + EMB_HELP + "; metaworld: datasets written by "
+                        "molmoact2-sim record")
     c.add_argument("--out", required=True,
-                   help="output folder for the .array_record shards and index.json; a rerun resumes finished shards")
+                   help="output folder for the .array_record shards and index.json; a rerun with the same source and "
+                        "options resumes finished shards; one holding shards of another source or other options is "
+                        "refused (see --overwrite)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="first remove what an earlier conversion wrote in --out (shards, sidecars, index.json, "
+                        "convert_options.json, norm_stats.json; nothing else) instead of refusing a folder converted "
+                        "from another source or with other options")
     c.add_argument("--workers", type=int, default=1,
                    help="worker processes writing shards in parallel (default: 1, in this process)")
     c.add_argument("--episodes-per-shard", type=int, default=50, help="episodes per shard (default: %(default)s)")
@@ -82,9 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR|lerobot:PATH|rlds:PATH",
                    help="shard folders written by `molmoact2-data convert`, or raw sources (only their numeric "
                         "columns are read: no video is decoded; needs --embodiment)")
-    s.add_argument("--out", required=True, help="norm_stats.json file to write")
-    s.add_argument("--embodiment", choices=sorted(EMBODIMENTS), default=None,
-                   help="with lerobot:/rlds: sources: their embodiment (tag, state names, tag metadata)")
+    s.add_argument("--out", default=None,
+                   help="norm_stats.json file to write (default: SHARD_DIR/norm_stats.json of the first shard folder, "
+                        "where training recipes look; required for lerobot:/rlds: sources)")
+    s.add_argument("--embodiment", default=None, metavar="NAME|FILE.json",
+                   help="with lerobot:/rlds: sources: their embodiment (tag, state names, tag metadata): " + EMB_HELP)
     s.add_argument("--horizon", type=int, default=None,
                    help="with lerobot:/rlds: sources: the action chunk length to record (default: the "
                         "embodiment's, as `convert` does)")
@@ -100,6 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--max-errors", type=int, default=5,
                    help="report at most this many errors (default: %(default)s)")
     i.add_argument("--deep", action="store_true", help="decode every video frame")
+
+    shard_tokenizers.add_parsers(sub)   # openfast, tokenizer: tokenizers fitted on converted shards
+
+    e = sub.add_parser("embodiment", help="write a starting embodiment file (your robot as data) from a dataset")
+    e.add_argument("--from", dest="source", required=True, metavar="lerobot:PATH",
+                   help="a LeRobot dataset folder (or lerobot:OWNER/NAME in the local Hugging Face cache); its "
+                        "meta/info.json gives the names, dims, cameras, fps and robot_type")
+    e.add_argument("--out", required=True, help="embodiment .json file to write (an existing file is not overwritten)")
+    e.add_argument("--state-key", default="observation.state",
+                   help="feature holding the state (default: %(default)s)")
+    e.add_argument("--action-key", default="action", help="feature holding the action (default: %(default)s)")
     return p
 
 
@@ -127,7 +157,8 @@ def main(argv=None) -> int:
                                   max_image_side=args.max_image_side,
                                   on_error=args.on_error, tolerance_s=args.tolerance_s,
                                   delta_action_dims=args.delta_action_dims,
-                                  depth_codes=args.depth_codes, image_format=args.image_format)
+                                  depth_codes=args.depth_codes, image_format=args.image_format,
+                                  overwrite=args.overwrite)
             if args.runner is None:
                 if args.beam_options is not None:
                     raise ValueError("--beam-options only applies with --runner")
@@ -136,7 +167,7 @@ def main(argv=None) -> int:
                 try:
                     from data_pipelines.beam_convert import beam_convert  # lazy: apache-beam is an optional extra
                 except ImportError as e:
-                    print(f"molmoact2-data convert: error: {e}", file=sys.stderr)
+                    print(f"molmoact2-data: error: {e}", file=sys.stderr)
                     return 2
                 index = beam_convert(opts, args.runner, args.beam_options)
             print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
@@ -147,20 +178,33 @@ def main(argv=None) -> int:
                 stats = Path(args.out) / NORM_STATS_FILE
                 print(f"wrote {stats}" if stats.exists() else "no frame converted: no norm_stats.json written")
         elif args.command == "stats":
-            stats = write_norm_stats(args.shard_dirs, args.out, args.norm_mode, embodiment=args.embodiment,
+            out = norm_stats_out(args.shard_dirs, args.out)
+            stats = write_norm_stats(args.shard_dirs, out, args.norm_mode, embodiment=args.embodiment,
                                      horizon=args.horizon, on_error=args.on_error,
                                      delta_action_dims=args.delta_action_dims)
             for tag, m in stats["metadata_by_tag"].items():
                 print(f"{tag}: {m['action_stats']['count']} frames from {len(m['repos'])} directories")
-            print(f"wrote {args.out}")
+            print(f"wrote {out}")
+        elif args.command in ("openfast", "tokenizer"):
+            shard_tokenizers.run(args)
+        elif args.command == "embodiment":
+            path, emb, notes = write_embodiment_from(args.source, args.out, args.state_key, args.action_key)
+            print(f"wrote {path}: embodiment {emb.name}, tag {emb.tag}, {emb.state_dim} state / {emb.action_dim} "
+                  f"action dims, cameras {list(emb.camera_keys)}, {emb.fps} Hz")
+            for note in notes:
+                print(f"  edit it: {note}")
+            print(f"then: molmoact2-data convert --source {args.source} --embodiment {path} --out SHARD_DIR")
         elif args.command == "inspect":
             lines, errors = inspect_path(args.path, args.max_errors, args.deep)
             print("\n".join(lines))
             print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors))
             return 1 if errors else 0
-    except (DataError, ValueError) as e:
-        print(f"molmoact2-data {args.command}: error: {e}", file=sys.stderr)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"molmoact2-data: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # convert's ConversionInterrupted says how to resume; no traceback
+        print(f"molmoact2-data: error: {e or f'{args.command} interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

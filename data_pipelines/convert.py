@@ -7,7 +7,18 @@ of every camera, the state, and the action chunk t..t+H-1 (clamped at the episod
 Output: shard-XXXXX-of-YYYYY.array_record, a shard-XXXXX.json sidecar (episodes, skips), a
 shard-XXXXX.npz with raw states/actions (for fast stats), and index.json. A shard is written
 under a temporary name and renamed; its sidecar is written last, so a re-run skips exactly
-the finished shards.
+the finished shards (and rewrites a finished shard whose file no longer reads back whole).
+
+Every option that shapes the output (source, embodiment with a digest of its definition, horizon, image size,
+format and quality, episodes per shard, delta action dims, tolerance, depth codes, on_error) is recorded in
+OUT/convert_options.json before the first shard is written (and copied into index.json at the end), so a
+re-run into a folder holding shards of another source or other options is refused before anything is written,
+naming the options that differ: mixing e.g. 378 px and 112 px shards in one folder is never silent.
+`overwrite=True` (`--overwrite`) first removes what this converter wrote there (shards, sidecars, index.json,
+convert_options.json, norm_stats.json) and nothing else. The one change a resume accepts is on_error raise ->
+skip: a shard finished under raise holds no bad episode, so it is what skip would have written.
+Interrupted (Ctrl-C): no temporary or unfinished shard file is left behind, finished shards are kept, and
+`ConversionInterrupted` (a KeyboardInterrupt) says how to resume; the CLI prints it as one line, exit 130.
 With `depth_codes` (a MolmoThink companion dataset, formats/depth_codes.py) each record also holds the frame's
 `depth_codes` (int16 [100]) and `depth_updated_mask` (bool [100]), and index.json says `depth_codes: true`.
 """
@@ -16,23 +27,49 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import dataclasses
+import hashlib
 import json
 import os
+import re
+import signal
+import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
 from data_pipelines.formats import images
 from data_pipelines.formats.depth_codes import DepthCodes
 from data_pipelines.record_codec import encode_record
-from data_pipelines.sources import open_source
+from data_pipelines.sources import open_source, parse_source
 from molmoact2_jax.progress import progress_bar
 
 INDEX_FORMAT = "molmoact2_frames.v1"
+OPTIONS_FILE = "convert_options.json"
+# Every file this converter writes into OUT (beam_convert.py adds norm_stats.json): what --overwrite removes.
+_OUTPUT_FILE = re.compile(r"shard-\d{5}(-of-\d{5}\.array_record(\.tmp)?|\.json(\.tmp)?|\.npz|\.tmp\.npz)|"
+                          r"(index|convert_options|norm_stats)\.json(\.tmp)?")
+_TEMPORARY_FILE = re.compile(r"shard-\d{5}(-of-\d{5}\.array_record\.tmp|\.json\.tmp|\.tmp\.npz)")
+# recorded option -> how the user sets it, for the one line that refuses a folder converted otherwise
+OPTION_FLAGS = {"source": "--source", "source_episodes": "the source's episodes", "embodiment": "--embodiment",
+                "embodiment_sha256": "the embodiment's definition", "horizon": "--horizon",
+                "image_size": "--image-size", "max_image_side": "--max-image-side", "image_format": "--image-format",
+                "jpeg_quality": "jpeg_quality", "episodes_per_shard": "--episodes-per-shard",
+                "delta_action_dims": "--delta-action-dims", "tolerance_s": "--tolerance-s",
+                "depth_codes": "--depth-codes", "on_error": "--on-error"}
+REWRITE_HINT = "re-run the same molmoact2-data convert command to rewrite it (or add --overwrite to redo them all)"
+
+
+class ConversionConflict(ValueError):
+    """OUT holds shards of another source or other options (one line: the folder, what differs, the fix)."""
+
+
+class ConversionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a conversion, after the temporary files were removed; the message says how to resume."""
 
 
 @dataclasses.dataclass
@@ -53,6 +90,7 @@ class ConvertOptions:
     progress: bool = True
     delta_action_dims: tuple[int, ...] | None = None   # None: the embodiment's (released tags: none)
     depth_codes: str | None = None      # MolmoThink: a depth-code companion dataset (matched by episode_index)
+    overwrite: bool = False             # remove what an earlier conversion wrote in OUT instead of refusing it
 
     def __post_init__(self):
         if self.image_format not in ("jpeg", "png"):
@@ -61,7 +99,8 @@ class ConvertOptions:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         if self.delta_action_dims is not None:
             dims = tuple(int(d) for d in self.delta_action_dims)
-            dim = get_embodiment(self.embodiment).dim
+            emb = get_embodiment(self.embodiment)
+            dim = min(emb.state_dim, emb.action_dim)   # a delta dim pairs an action dim with the same state dim
             if any(not 0 <= d < dim for d in dims) or len(set(dims)) != len(dims):
                 raise ValueError(f"delta_action_dims {list(dims)}: expected distinct action dims in [0, {dim}) of "
                                  f"embodiment {self.embodiment}")
@@ -109,8 +148,55 @@ class ShardEpisode(NamedTuple):
 
 
 def shard_complete(out: Path, k: int, n: int) -> bool:
-    """The resume rule: a shard is done once its sidecar (written last) and its renamed shard file exist."""
-    return (out / f"shard-{k:05d}.json").exists() and (out / shard_name(k, n)).exists()
+    """The resume rule: a shard is done once its sidecar (written last) and its renamed shard file exist, and the
+    file still holds the records the sidecar counts (a shard truncated since, e.g. by a full disk, is rewritten)."""
+    sidecar = out / f"shard-{k:05d}.json"
+    if not (sidecar.exists() and (out / shard_name(k, n)).exists()):
+        return False
+    try:
+        expected = json.loads(sidecar.read_text())["num_records"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return shard_problem(out / shard_name(k, n), expected) is None
+
+
+def shard_problem(path: Path, expected: int) -> str | None:
+    """Why the ArrayRecord file `path` is not a whole shard of `expected` records, or None when it is. Cheap: opening
+    reads the file's footer and index, not its records (a truncated file opens with 0 records and ok() False), so a
+    bit flip inside a record is only found when that record is read (pipeline/robot_dataset.py names the file)."""
+    if not path.is_file():
+        return "shard file missing"
+    try:
+        reader = ArrayRecordReader(str(path))
+    except Exception as e:  # noqa: BLE001 - array_record raises bare RuntimeErrors (Riegeli messages)
+        return f"corrupt or truncated shard ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+    ok, found = reader.ok(), reader.num_records()
+    try:
+        reader.close()
+    except Exception:  # noqa: BLE001 - a reader that hit a damaged file reports it again on close
+        ok = False
+    if not ok or found != expected:
+        return f"corrupt or truncated shard ({found} readable records, {expected} written)"
+    return None
+
+
+def corrupt_record_message(path: Path, err: BaseException, record: int | None = None) -> str:
+    """A record of shard `path` did not read back (a Riegeli hash mismatch: the file's bytes changed after it was
+    written). Its record count is intact, so a resume would keep it: the fix removes its sidecar first."""
+    first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    at = f" at record {record}" if record is not None else ""
+    sidecar = sidecar_path(path.parent, path.name)
+    return (f"{path}: corrupt shard{at} ({first}); delete {sidecar.name} and re-run the same molmoact2-data convert "
+            f"command to rewrite it (or add --overwrite to redo them all)")
+
+
+def check_shard(shard_dir, entry: dict) -> None:
+    """DataError naming the shard file of index.json's `entry` ({file, num_records}) when it is missing, unreadable or
+    short; what `stats`, `inspect` and training check before they read a shard directory."""
+    path = Path(shard_dir) / entry["file"]
+    problem = shard_problem(path, int(entry["num_records"]))
+    if problem is not None:
+        raise DataError(f"{problem}; {REWRITE_HINT}", path=path)
 
 
 def resumed_summary(out: Path, k: int) -> dict:
@@ -144,7 +230,31 @@ def check_episode(src, ep_id, ep, depth_codes, on_error: str):
 
 def write_shard(out: Path, k: int, n: int, dim: int, parts) -> dict:
     """Write shard k of n from `parts` (in shard order: ShardEpisode, or a skip entry dict): the .array_record
-    under a temporary name then renamed, the .npz, and the .json sidecar last. Returns the sidecar's summary."""
+    under a temporary name then renamed, the .npz, and the .json sidecar last. Returns the sidecar's summary.
+    If anything stops it (an error, Ctrl-C), the shard's temporary and unfinished files are removed: no shard is
+    left half-written, and none looks finished that is not."""
+    (out / f"shard-{k:05d}.json").unlink(missing_ok=True)  # a rewrite (corrupt shard): unfinished until the end
+    try:
+        return _write_shard(out, k, n, dim, parts)
+    except BaseException:
+        remove_unfinished(out, [k])
+        raise
+
+
+def remove_unfinished(out: Path, shards=None) -> None:
+    """Removes the temporary files of shards `shards` (all when None) and their renamed shard / .npz files when their
+    sidecar (written last) is missing, i.e. the files of shards that did not finish."""
+    for f in Path(out).glob("shard-*"):
+        m = re.match(r"shard-(\d{5})", f.name)
+        if not m or (shards is not None and int(m.group(1)) not in shards):
+            continue
+        if _TEMPORARY_FILE.fullmatch(f.name) or (
+                _OUTPUT_FILE.fullmatch(f.name) and not f.name.endswith(".json")
+                and not (Path(out) / f"shard-{m.group(1)}.json").exists()):
+            f.unlink(missing_ok=True)
+
+
+def _write_shard(out: Path, k: int, n: int, dim: int, parts) -> dict:
     tmp = out / (shard_name(k, n) + ".tmp")
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     episodes, skipped, states, actions, n_records = [], [], [], [], 0
@@ -164,9 +274,10 @@ def write_shard(out: Path, k: int, n: int, dim: int, parts) -> dict:
     finally:
         writer.close()
     os.replace(tmp, out / shard_name(k, n))
+    state_dim, action_dim = dim if isinstance(dim, tuple) else (dim, dim)   # (state, action): LIBERO's 8 / 7
     np.savez(out / f"shard-{k:05d}.tmp.npz",
-             state=np.concatenate(states) if states else np.zeros((0, dim), np.float32),
-             action=np.concatenate(actions) if actions else np.zeros((0, dim), np.float32))
+             state=np.concatenate(states) if states else np.zeros((0, state_dim), np.float32),
+             action=np.concatenate(actions) if actions else np.zeros((0, action_dim), np.float32))
     os.replace(out / f"shard-{k:05d}.tmp.npz", out / f"shard-{k:05d}.npz")
     summary = {"shard": shard_name(k, n), "num_records": n_records, "episodes": episodes, "skipped": skipped}
     (out / f"shard-{k:05d}.json.tmp").write_text(json.dumps(summary))
@@ -191,19 +302,181 @@ def convert_shard(opts: ConvertOptions, k: int, n: int, ids: list) -> dict:
             else:
                 yield ShardEpisode(str(ep_id), ep.task, ep.states, ep.actions,
                                    frame_records(ep, emb, horizon, emb.tag, ep_id, opts, depth))
-    return write_shard(out, k, n, emb.dim, parts())
+    return write_shard(out, k, n, (emb.state_dim, emb.action_dim), parts())
 
 
 def open_conversion(opts: ConvertOptions):
     """(embodiment, OUT, opened source, episode groups per shard) of a conversion, OUT created; what both
-    converters (this one and beam_convert.py) start from, so they assign episodes to shards alike."""
+    converters (this one and beam_convert.py) start from, so they assign episodes to shards alike. Nothing is
+    written until every check passed: OUT writable, the source and depth codes readable, OUT free of shards of
+    another source or other options (or `overwrite`); then OUT/convert_options.json records the options."""
     emb = get_embodiment(opts.embodiment)
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    src = open_source(opts.source, emb, opts.tolerance_s)
+    check_writable(out, "--out")   # a read-only OUT fails before the source is read
+    src = open_source(opts.source, emb, opts.tolerance_s)   # a source that is not this robot: refused, OUT untouched
     if opts.depth_codes:
         DepthCodes(opts.depth_codes)   # a missing or unreadable companion fails before any shard is written
-    return emb, out, src, src.groups(opts.episodes_per_shard)
+    groups = src.groups(opts.episodes_per_shard)
+    prepare_output(out, conversion_record(opts, emb, groups), opts.overwrite)
+    return emb, out, src, groups
+
+
+def check_writable(folder, flag: str, given=None) -> None:
+    """Refuses, before any work, a folder that cannot be written: the folder itself when it exists, else the nearest
+    existing parent it would be created in. A file is created and removed there, as permission bits tell nothing
+    for root or on a read-only mount. Nothing is created when the check fails. Messages name `flag` and `given`
+    (what the user typed: the file to be written in `folder`, or `folder` itself)."""
+    shown = folder if given is None else given
+    where = Path(folder).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ValueError(f"{flag} {shown}: {where} is a file, not a folder; choose another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".molmoact2-write-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {shown}: cannot write in {where} ({e.strerror or type(e).__name__}); choose a "
+                         f"writable folder") from None
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def conversion_record(opts: ConvertOptions, emb, groups) -> dict:
+    """What convert_options.json holds: every option that shapes the output, resolved (defaults filled in, paths
+    absolute), plus digests of the embodiment's definition (a file may change under the same name) and of the
+    source's episode -> shard assignment (a dataset that gained episodes). Never OUT itself, so the same conversion
+    into two folders records the same thing."""
+    kind, path = parse_source(opts.source)
+    delta = opts.delta_action_dims if opts.delta_action_dims is not None else emb.tag_metadata().get(
+        "delta_action_dims")
+    embodiment_file = getattr(emb, "source", "") or None   # an embodiment .json: where it was read from
+    return {
+        "format": INDEX_FORMAT,
+        "source": f"{kind}:{Path(path).resolve()}",
+        "source_episodes": _digest([[str(i) for i in g] for g in groups]),
+        "num_shards": len(groups),
+        "embodiment": emb.name,
+        "embodiment_file": embodiment_file,
+        "embodiment_sha256": _digest(_definition(emb)),
+        "horizon": int(opts.horizon or emb.action_horizon),
+        "image_size": opts.image_size or None,
+        "max_image_side": int(opts.max_image_side),
+        "image_format": opts.image_format,
+        "jpeg_quality": int(opts.jpeg_quality),
+        "episodes_per_shard": int(opts.episodes_per_shard),
+        "delta_action_dims": [int(d) for d in delta] if delta else [],
+        "tolerance_s": float(opts.tolerance_s),
+        "depth_codes": str(Path(opts.depth_codes).resolve()) if opts.depth_codes else None,
+        "on_error": opts.on_error,
+    }
+
+
+def _definition(emb) -> dict | str:
+    """The embodiment's content: every field but `source` (where its file was read from: a moved file is the same
+    robot)."""
+    if not dataclasses.is_dataclass(emb):
+        return repr(emb)
+    d = dataclasses.asdict(emb)
+    d.pop("source", None)
+    return d
+
+
+def read_options(out) -> dict | None:
+    path = Path(out) / OPTIONS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConversionConflict(f"{path}: unreadable ({e}); add --overwrite to replace the folder's shards, or "
+                                 f"choose another --out") from None
+
+
+def _shown(key: str, value) -> str:
+    if key == "image_size" and value is None:
+        return "0 (aspect kept)"
+    if key == "delta_action_dims":
+        return ",".join(map(str, value)) if value else "none"
+    if key in ("source_episodes", "embodiment_sha256"):
+        return f"digest {str(value)[:12]}"
+    return str(value)
+
+
+def option_differences(before: dict, now: dict) -> list[str]:
+    """`--flag BEFORE there, NOW now` for every recorded option that differs, in OPTION_FLAGS order; on_error raise ->
+    skip is no difference (a shard finished under raise holds no bad episode)."""
+    diffs = []
+    for key, flag in OPTION_FLAGS.items():
+        if key not in before and key not in now:
+            continue
+        old, new = before.get(key), now.get(key)
+        if key == "on_error" and (old, new) == ("raise", "skip"):
+            continue
+        if key == "source_episodes" and before.get("source") != now.get("source"):
+            continue  # another source: said once
+        if key == "embodiment_sha256" and before.get("embodiment") != now.get("embodiment"):
+            continue
+        if old != new:
+            if key == "source_episodes":
+                diffs.append(f"the source's episodes changed ({before.get('num_shards')} shards there, "
+                             f"{now.get('num_shards')} now)")
+            else:
+                diffs.append(f"{flag} {_shown(key, old)} there, {_shown(key, new)} now")
+    return diffs
+
+
+def _legacy_record(index: dict) -> dict:
+    """The options an index.json written before convert_options.json existed recorded (the rest is unknown)."""
+    kind, _, path = str(index.get("source", "")).partition(":")
+    return {"source": f"{kind}:{Path(path).resolve()}", "embodiment": index.get("embodiment"),
+            "horizon": index.get("horizon"), "image_size": index.get("image_size"),
+            "image_format": index.get("image_format", "jpeg"),
+            "depth_codes": index.get("depth_codes_source")}
+
+
+def output_files(out: Path) -> list[Path]:
+    """The files in OUT that a conversion writes (what --overwrite removes); other files are not ours."""
+    if not out.is_dir():
+        return []
+    return sorted(f for f in out.iterdir() if f.is_file() and _OUTPUT_FILE.fullmatch(f.name))
+
+
+def prepare_output(out: Path, record: dict, overwrite: bool) -> None:
+    """Refuses OUT when it holds shards of another source or other options (unless `overwrite`, which removes them
+    first), then writes OUT/convert_options.json: before the first shard, so an interrupted first run (no index.json
+    yet) is compared on its resume too."""
+    before = read_options(out) if not overwrite else None
+    ours = output_files(out)
+    if before is None and not overwrite and any(f.name.startswith("shard-") or f.name == "index.json" for f in ours):
+        index_path = out / "index.json"
+        if not index_path.exists():
+            raise ConversionConflict(f"{out}: holds shards of a conversion that recorded no options (unfinished, by "
+                                     f"an older version); add --overwrite to replace them, or choose another --out")
+        try:
+            legacy = json.loads(index_path.read_text())
+        except ValueError as e:
+            raise ConversionConflict(f"{index_path}: unreadable ({e}); add --overwrite to replace the folder's "
+                                     f"shards, or choose another --out") from None
+        before = {k: v for k, v in record.items() if k not in _legacy_record(legacy)} | _legacy_record(legacy)
+    if before is not None:
+        if before.get("format") not in (None, INDEX_FORMAT):
+            raise ConversionConflict(f"{out}: holds shards in format {before.get('format')!r}, this converter "
+                                     f"writes {INDEX_FORMAT}; add --overwrite to replace them, or choose another --out")
+        diffs = option_differences(before, record)
+        if diffs:
+            raise ConversionConflict(f"{out}: holds shards converted with other options ({'; '.join(diffs)}); add "
+                                     f"--overwrite to replace them, or choose another --out")
+    if overwrite:
+        for f in ours:
+            f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (OPTIONS_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / OPTIONS_FILE)
 
 
 def convert(opts: ConvertOptions) -> dict:
@@ -211,24 +484,73 @@ def convert(opts: ConvertOptions) -> dict:
     n = len(groups)
     results = [None] * n
     bar = progress_bar(total=n, unit="shard", desc=f"convert {opts.source}", disable=not opts.progress)
-    if opts.workers <= 1:
-        for k, ids in enumerate(groups):
-            results[k] = convert_shard(opts, k, n, ids)
-            bar.update()
-    else:
-        # spawn, not fork: the caller may already run JAX (threads), and a forked child can deadlock
-        with cf.ProcessPoolExecutor(max_workers=opts.workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(convert_shard, opts, k, n, ids): k for k, ids in enumerate(groups)}
-            for f in cf.as_completed(futures):
-                results[futures[f]] = f.result()
+    try:
+        if opts.workers <= 1:
+            for k, ids in enumerate(groups):
+                results[k] = convert_shard(opts, k, n, ids)
                 bar.update()
+        else:
+            _convert_in_processes(opts, groups, results, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        raise interrupted(out, n) from None
     bar.close()
-    index = build_index(opts, src.camera_keys, src.state_names, src.fps, results)
-    (out / "index.json").write_text(json.dumps(index, indent=2))
+    index = build_index(opts, src.camera_keys, src.state_names, src.fps, results, src.action_names)
+    write_index(out, index)
     return index
 
 
-def build_index(opts: ConvertOptions, camera_keys, state_names, fps, results: list) -> dict:
+def write_index(out: Path, index: dict) -> None:
+    """index.json, the mark of a finished conversion: written last and atomically (never half a file)."""
+    tmp = Path(out) / "index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, Path(out) / "index.json")
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C goes to the whole process group; only the parent acts on it (it stops the workers
+    and cleans up), so no worker prints a KeyboardInterrupt traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _convert_in_processes(opts: ConvertOptions, groups, results: list, bar) -> None:
+    n = len(groups)
+    # spawn, not fork: the caller may already run JAX (threads), and a forked child can deadlock
+    pool = cf.ProcessPoolExecutor(max_workers=opts.workers, mp_context=mp.get_context("spawn"),
+                                  initializer=_ignore_sigint)
+    try:
+        # the workers are started by submit(); started with SIGINT ignored they inherit that through exec, so a
+        # Ctrl-C during their start-up (before the initializer runs) prints no traceback from them either
+        main = threading.current_thread() is threading.main_thread()   # only the main thread may set handlers
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            futures = {pool.submit(convert_shard, opts, k, n, ids): k for k, ids in enumerate(groups)}
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        for f in cf.as_completed(futures):
+            results[futures[f]] = f.result()
+            bar.update()
+    except KeyboardInterrupt:
+        # the workers are mid-write: stop them now (waiting would finish their shards, minutes each), then
+        # interrupted() removes what they left
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)  # after an error the shards already submitted still finish (a resume keeps them)
+
+
+def interrupted(out: Path, n: int) -> ConversionInterrupted:
+    """Removes the unfinished shards' files and says how to resume."""
+    remove_unfinished(out)
+    done = sum(shard_complete(out, k, n) for k in range(n))
+    return ConversionInterrupted(f"interrupted: {done} of {n} shards finished in {out} (no partial shard left); run "
+                                 f"the same command again to resume")
+
+
+def build_index(opts: ConvertOptions, camera_keys, state_names, fps, results: list, action_names=None) -> dict:
     """index.json of a conversion from the source's description and the shard summaries in shard order."""
     emb = get_embodiment(opts.embodiment)
     first_key = camera_keys[0] if camera_keys else None
@@ -236,6 +558,7 @@ def build_index(opts: ConvertOptions, camera_keys, state_names, fps, results: li
     return {
         "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
         "tag_metadata": tag_meta, "camera_keys": camera_keys, "state_names": state_names,
+        "action_names": list(state_names if action_names is None else action_names),
         "fps": fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size, "image_format": opts.image_format,
         "shards": [{"file": r["shard"], "num_records": r["num_records"], "num_episodes": len(r["episodes"])}
                    for r in results],
@@ -246,6 +569,7 @@ def build_index(opts: ConvertOptions, camera_keys, state_names, fps, results: li
         "first_camera": first_key,
         "depth_codes": bool(opts.depth_codes),
         "depth_codes_source": str(Path(opts.depth_codes).resolve()) if opts.depth_codes else None,
+        "options": read_options(opts.out),   # convert_options.json: every option the shards were written with
     }
 
 
@@ -269,6 +593,9 @@ def tag_metadata(emb, horizon: int | None = None, delta_action_dims=None, camera
 def load_index(shard_dir) -> dict:
     path = Path(shard_dir) / "index.json"
     if not path.exists():
+        if (Path(shard_dir) / OPTIONS_FILE).exists():  # index.json is written last
+            raise DataError("conversion unfinished (index.json is written last); run the same molmoact2-data convert "
+                            "command again to finish it", path=path)
         raise DataError("not a converted shard directory (index.json missing)", path=path)
     index = json.loads(path.read_text())
     if index.get("format") != INDEX_FORMAT:

@@ -8,7 +8,9 @@ the demo all call `NormStats.load`, so a field means the same thing everywhere:
 
 Schema (format molmoact2_norm_stats.v1): {"format", "norm_mode", "metadata_by_tag": {tag: {action_stats,
 state_stats, action_horizon, n_action_steps, normalize_gripper, camera_keys, setup_type, control_mode, ...}}};
-each *_stats holds min, max, mean, std, q01, q99 [, q10, q90], mask, names, count. Pure numpy.
+each *_stats holds min, max, mean, std, q01, q99 [, q10, q90], mask, names, count. Every value must be finite,
+with q01 <= q99, min <= max, q10 <= q90 and std >= 0: anything else is refused at load (NormStatsError naming the
+tag, key, stat and dim), so neither training nor serving ever normalizes with NaN. Pure numpy.
 """
 from __future__ import annotations
 
@@ -36,6 +38,40 @@ def gripper_mask(names, normalize_gripper: bool) -> list[bool]:
     return [bool(normalize_gripper) or "gripper" not in str(n).lower() for n in names]
 
 
+RECOMPUTE_HINT = "recompute them with `molmoact2-data stats`"
+
+
+def _check_values(values: dict, names, where: str) -> None:
+    """Refuses stats that would put NaN/inf or a flipped range into (un-)normalization: every value finite,
+    q01 <= q99, min <= max, q10 <= q90, std >= 0. Done at load, so training and serving both stop here instead of
+    training on `loss nan` or serving NaN actions. The message names the tag, the key, the stat and the dim."""
+    def dim(i):
+        return f"[{i}]" + (f" ({names[i]})" if names else "")
+
+    for k, v in values.items():
+        if v is None:
+            continue
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            i = int(bad[0])
+            more = f" and {bad.size - 1} more dim(s)" if bad.size > 1 else ""
+            raise NormStatsError(f"{where}.{k}{dim(i)} is {v[i]}{more}: norm stats must be finite; {RECOMPUTE_HINT} "
+                                 f"(a NaN there usually means NaN/inf values in that key of the source data)")
+    for lo, hi in (("q01", "q99"), ("min", "max"), ("q10", "q90")):
+        a, b = values[lo], values[hi]
+        if a is None or b is None:
+            continue
+        bad = np.flatnonzero(a > b)
+        if bad.size:
+            i = int(bad[0])
+            raise NormStatsError(f"{where}.{lo}{dim(i)} = {a[i]:g} > {hi}{dim(i)} = {b[i]:g}: the range is "
+                                 f"flipped; {RECOMPUTE_HINT}")
+    bad = np.flatnonzero(values["std"] < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise NormStatsError(f"{where}.std{dim(i)} = {values['std'][i]:g} is negative; {RECOMPUTE_HINT}")
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
     """One feature's stats as stored under action_stats / state_stats."""
@@ -57,7 +93,7 @@ class FeatureStats:
         if not isinstance(d, dict):
             raise NormStatsError(f"{where}: expected an object with {list(REQUIRED_STATS)}, got "
                                  f"{type(d).__name__}")
-        missing = [k for k in REQUIRED_STATS if k not in d]
+        missing = [k for k in REQUIRED_STATS if d.get(k) is None]
         if missing:
             raise NormStatsError(f"{where}: missing {missing} (quantile stats are required for q01_q99)")
 
@@ -82,8 +118,10 @@ class FeatureStats:
                 raise NormStatsError(f"{where}.{k} has {len(arr(k))} values, {where}.min has {dim}")
         if len(mask) != dim:
             raise NormStatsError(f"{where}.mask has {len(mask)} values, {where}.min has {dim}")
-        return cls(arr("min"), arr("max"), arr("mean"), arr("std"), arr("q01"), arr("q99"), mask, names,
-                   arr("q10"), arr("q90"))
+        values = {k: arr(k) for k in ("min", "max", "mean", "std", "q01", "q99", "q10", "q90")}
+        _check_values(values, names, where)
+        return cls(values["min"], values["max"], values["mean"], values["std"], values["q01"], values["q99"], mask,
+                   names, values["q10"], values["q90"])
 
     @property
     def dim(self) -> int:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.convert import load_index, sidecar_path, tag_metadata
+from data_pipelines.convert import check_shard, check_writable, load_index, sidecar_path, tag_metadata
 from data_pipelines.embodiments import canonical_state_names, get_embodiment
 from data_pipelines.errors import DataError
-from data_pipelines.norm_stats import NORM_MODES, NORM_STATS_FORMAT, gripper_mask
+from data_pipelines.norm_stats import NORM_MODES, NORM_STATS_FILE, NORM_STATS_FORMAT, gripper_mask
 from data_pipelines.sources import open_source
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q90": 0.90, "q99": 0.99}
 QUANTILE_METHOD = ("exact numpy 'linear' quantiles per shard directory; count-weighted mean of per-directory "
@@ -54,10 +54,13 @@ def load_shard_arrays(shard_dir) -> tuple[dict, np.ndarray, np.ndarray]:
 
 
 def load_shard_episodes(shard_dir) -> tuple[dict, np.ndarray, np.ndarray, list[int]]:
-    """(index, states [N, D], actions [N, D], episode lengths) of a converted shard directory."""
+    """(index, states [N, D], actions [N, D], episode lengths) of a converted shard directory. Every shard file is
+    checked first (opened, its record count compared with index.json: cheap), so a truncated shard is named here
+    rather than in the middle of a training run."""
     index = load_index(shard_dir)
     states, actions, lengths = [], [], []
     for s in index["shards"]:
+        check_shard(shard_dir, s)
         path = sidecar_path(shard_dir, s["file"], ".npz")
         if not path.exists():
             raise DataError("shard stats sidecar missing (conversion unfinished?)", path=path)
@@ -124,16 +127,20 @@ def tag_entries(repos: list, norm_mode: str) -> dict:
             if other != names and other not in variants:
                 variants.append(other)  # e.g. SO100 main_* (degrees) vs *.pos names under one tag
         meta = dict(repos[0][1]["tag_metadata"])
-        mask = gripper_mask(names, meta["normalize_gripper"])
+        # the action's own names (LIBERO: 7 action dims to the state's 8); an index written before they were recorded
+        # holds the state's, which were the action's too
+        action_names = canonical_state_names(repos[0][1].get("action_names") or repos[0][1]["state_names"])
         entry = dict(meta)
         for key in ("action_stats", "state_stats"):
+            knames = action_names if key == "action_stats" else names
+            mask = gripper_mask(knames, meta["normalize_gripper"])
             st = merge_stats([_action_stats(r, meta) if key == "action_stats" else array_stats(r[2])
                               for r in repos])
-            st.update(mask=mask, names=names)
+            st.update(mask=mask, names=knames)
             for i, m in enumerate(mask):
                 if not m and not (-1.0 <= st["min"][i] and st["max"][i] <= 1.0) and not (
                     key == "action_stats" and i in (meta.get("delta_action_dims") or ())):
-                    raise DataError(f"un-normalized gripper dim {names[i]} must lie in [-1, 1], found "
+                    raise DataError(f"un-normalized gripper dim {knames[i]} must lie in [-1, 1], found "
                                     f"[{st['min'][i]:.4g}, {st['max'][i]:.4g}]", path=repos[0][0], key=key)
             entry[key] = st
         if variants:
@@ -189,19 +196,22 @@ def compute_source_norm_stats(sources, embodiment: str, norm_mode: str = "q01_q9
         for name, arr in (("state", state), ("action", action)):
             if not np.isfinite(arr).all():
                 raise DataError("NaN/inf in source data", path=spec, key=name)
-        info = {"tag": emb.tag, "tag_metadata": tag_meta, "state_names": src.state_names, "source": spec}
+        info = {"tag": emb.tag, "tag_metadata": tag_meta, "state_names": src.state_names,
+                "action_names": src.action_names, "source": spec}
         repos.append((src.path, info, state, action, lengths))
     return tag_entries(repos, norm_mode)
 
 
-def write_norm_stats(shard_dirs, out, norm_mode: str = "q01_q99", embodiment: str | None = None,
+def write_norm_stats(shard_dirs, out=None, norm_mode: str = "q01_q99", embodiment: str | None = None,
                      horizon: int | None = None, on_error: str = "raise", delta_action_dims=None) -> dict:
     """`shard_dirs`: converted shard directories, or raw `lerobot:PATH` / `rlds:PATH` sources (then `embodiment`
     names their embodiment and `horizon` the chunk length the tag metadata records)."""
     specs = [str(d) for d in shard_dirs]
-    raw = [d.split(":", 1)[0] in ("lerobot", "rlds") and not Path(d).exists() for d in specs]
+    raw = _raw_sources(specs)
     if any(raw) and not all(raw):
         raise ValueError("give either converted shard directories or lerobot:/rlds: sources, not both")
+    out = norm_stats_out(specs, out)
+    check_writable(Path(out).parent, "--out", out)   # a read-only destination fails before the work
     if all(raw):
         if not embodiment:
             raise ValueError("stats of lerobot:/rlds: sources need --embodiment")
@@ -209,5 +219,23 @@ def write_norm_stats(shard_dirs, out, norm_mode: str = "q01_q99", embodiment: st
     else:
         stats = compute_norm_stats(shard_dirs, norm_mode)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(stats, indent=2))
+    tmp = Path(out).with_name(Path(out).name + ".tmp")   # never half a file where training looks
+    tmp.write_text(json.dumps(stats, indent=2))
+    tmp.replace(out)
     return stats
+
+
+def _raw_sources(specs) -> list[bool]:
+    return [d.split(":", 1)[0] in ("lerobot", "rlds") and not Path(d).exists() for d in specs]
+
+
+def norm_stats_out(shard_dirs, out=None) -> Path:
+    """Where `stats` writes: `out`, else SHARD_DIR/norm_stats.json of the first shard directory (where the training
+    recipes look); raw lerobot:/rlds: sources have no such folder, so they need `out`."""
+    if out:
+        return Path(out)
+    specs = [str(d) for d in shard_dirs]
+    if any(_raw_sources(specs)):
+        raise ValueError("--out is required with lerobot:/rlds: sources (the default, SHARD_DIR/norm_stats.json, "
+                         "is for converted shard folders)")
+    return Path(specs[0]) / NORM_STATS_FILE

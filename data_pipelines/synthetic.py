@@ -22,7 +22,7 @@ _TASK_STYLES = ("pick up the {c} block", "Pick up the {c} block.", "Task: pick u
 @dataclasses.dataclass
 class Episode:
     states: np.ndarray             # [T, D] float32, physical units
-    actions: np.ndarray            # [T, D] float32, absolute joint targets
+    actions: np.ndarray            # [T, A] float32, absolute joint targets (A: the action dim)
     images: dict[str, np.ndarray]  # camera -> [T, H, W, 3] uint8
     task: str
     annotated_task: str
@@ -41,7 +41,7 @@ def simulate_episode(emb: Embodiment, index: int, *, seed: int = 0, length: int 
     rng = np.random.default_rng([seed, index])
     T = episode_length(index) if length is None else length
     H, W = image_hw or emb.fixture_image_hw
-    D = emb.dim
+    D = emb.state_dim
     color = list(COLORS)[index % len(COLORS)]
     target = rng.uniform(0.15, 0.85, size=2)
     grip = emb.gripper_dims()
@@ -61,12 +61,15 @@ def simulate_episode(emb: Embodiment, index: int, *, seed: int = 0, length: int 
         actions.append(action)
         state = np.clip(action + rng.normal(0, 0.003, D), 0, 1)
     s01, a01 = np.array(states), np.array(actions)
-    low, high = np.array(emb.low), np.array(emb.high)
-    to_phys = lambda x: (low + x * (high - low)).astype(np.float32)
+    # An action dim repeats its same-named state dim's target (all of them where state and action are alike; LIBERO's
+    # 7-D action takes the 8-D state's pose and first gripper dim), in the action's own range.
+    a01 = a01[:, emb.action_source_dims()]
+    to_phys = lambda x, lo, hi: (np.array(lo) + x * (np.array(hi) - np.array(lo))).astype(np.float32)
     images = {cam: _render(cam_i, s01, grip, target, color, H, W) for cam_i, cam in enumerate(emb.cameras)}
     task = _TASK_STYLES[index % len(_TASK_STYLES)].format(c=color)
     annotated = f"pick up the {color} block at the {'left' if target[0] < 0.5 else 'right'} side of the table"
-    return Episode(to_phys(s01), to_phys(a01), images, task, annotated)
+    return Episode(to_phys(s01, emb.low, emb.high), to_phys(a01, emb.action_low, emb.action_high), images, task,
+                   annotated)
 
 
 def _render(cam_i: int, s01, grip, target, color, H, W) -> np.ndarray:

@@ -321,6 +321,7 @@ def main(argv=None) -> int:
     cfg = train_config(wd, shards, stats_path, tokenizer, openfast, args)
     shutil.rmtree(wd / "train", ignore_errors=True)   # a fresh run, not a resume of an older demo's
     out = trainer.train(cfg, str(wd / "train"))
+    cfg = out["config"]   # as trained: the tokenizer's token layout, sizes taken from the data
     import jax  # lazy: --help must not import jax
     state = out["state"]
     params = jax.device_get(state.params if state.ema_params is None else state.ema_params)

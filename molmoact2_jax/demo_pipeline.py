@@ -126,7 +126,7 @@ def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizo
 
 
 def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, openfast: Path, args):
-    c = load_recipe(recipe_path("finetune", "tiny"))
+    c = load_recipe(recipe_path("finetune", "robot_tiny"))
     c.total_steps = args.steps
     c.model.vit.image_size = args.image_size
     if args.vit_width:   # a wider tiny ViT (the tiny default is 32)

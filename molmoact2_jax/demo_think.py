@@ -165,6 +165,7 @@ def run(args, sim_cfg, wd: Path, tasks) -> dict:
     cfg = think_train_config(wd, shards, stats_path, tokenizer, openfast, args)
     shutil.rmtree(wd / "train", ignore_errors=True)
     out = trainer.train(cfg, str(wd / "train"))
+    cfg = out["config"]   # as trained: the tokenizer's token layout, sizes taken from the data
     import jax  # lazy: imports jax; --help must not
     params = jax.device_get(out["state"].params)
     curve = depth_ce_curve(wd / "train" / "metrics.jsonl")

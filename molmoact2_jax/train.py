@@ -9,7 +9,9 @@ Exit codes: 0 done (or preempted after saving), 2 bad config / input (one line o
 """
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import re
 import sys
 
@@ -19,12 +21,13 @@ from ml_collections import config_flags
 
 from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NormStatsError
-from molmoact2_jax.recipes import recipe_path
+from molmoact2_jax.recipes import load_recipe, recipe_path
 from molmoact2_jax.storage import StorageError
 
 PROG = "molmoact2-train"
 EXIT_USER_ERROR = 2
 _FLAG_NAMES = ("config", "workdir", "coordinator_address", "num_processes", "process_id")
+DEFAULT_RECIPE = ("pretrain", "tiny")
 # "config.data.seq_len=...", "config.mesh: ...", "--num_processes": the messages of our own validation.
 _NAMES_A_SETTING = re.compile(r"\bconfig\.\w|--(?:%s)\b" % "|".join(_FLAG_NAMES))
 
@@ -66,10 +69,14 @@ def list_flags_in_help(holders, doc: str | None = None) -> None:
 def define_flags() -> dict:
     """Defines this command's absl flags (at start-up, not on import: importing this module defines nothing)."""
     holders = dict(
+        # No default here: ml_collections would load it, with the command line's --config.<field> overrides, when
+        # the flag is defined (so an override the default recipe lacks failed before the user's recipe was read);
+        # main() puts DEFAULT_RECIPE on the command line instead when --config is not given.
         config=config_flags.DEFINE_config_file(
-            "config", recipe_path("pretrain", "tiny"),
-            "Recipe: a file configs/<recipe>.py with an optional :variant (pretrain, posttrain, finetune, "
-            "finetune_lora, molmoer; variants such as full, tiny). Override any field with "
+            "config", None,
+            f"Recipe (default configs/{DEFAULT_RECIPE[0]}.py:{DEFAULT_RECIPE[1]}): a file configs/<recipe>.py with an "
+            "optional :variant (pretrain, posttrain, finetune, finetune_lora, molmoer; variants such as full, tiny). "
+            "Override any field with "
             "--config.<field>=<value>, e.g. --config.total_steps=100 --config.mesh.fsdp=8."),
         workdir=flags.DEFINE_string(
             "workdir", None, "Run directory: metrics.jsonl, TensorBoard events, run_info.json and checkpoints. "
@@ -125,9 +132,82 @@ def run(f: dict) -> int:
         return EXIT_USER_ERROR
 
 
+def _user_error_exit(message: str):
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing (which loads the recipe and applies --config.<field> overrides), with every mistake in
+    one line and exit 2: absl's own errors (a bad value, an unknown flag, a missing --workdir) and the exceptions
+    ml_collections raises for an override of a field the recipe does not have (a misspelt name, an index past a
+    list's end), which would otherwise be tracebacks."""
+    spec = _recipe_arg(argv)
+    path = spec.rpartition(":")[0] if spec and spec.rpartition(":")[0].endswith(".py") else spec
+    if path and not os.path.isfile(path):
+        # ml_collections defers this error to the first use of the config, as a traceback
+        _user_error_exit(f"--config={spec}: no such recipe file (e.g. --config=configs/finetune.py:robot_tiny)")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        # a recipe that fails to load comes wrapped with its traceback as text: say the recipe's own error instead
+        _user_error_exit(config_override_error(argv) or e)
+    except Exception:  # noqa: BLE001 - AttributeError/KeyError/IndexError/ValueError from ml_collections
+        message = config_override_error(argv)
+        if message is None:
+            raise
+        _user_error_exit(message)
+
+
+def config_override_error(argv) -> str | None:
+    """The first `--config.<field>` of `argv` that the recipe (`--config=`, or the default) does not have, as one
+    line naming it and the fields it may have meant; a recipe that fails to load, its error; None if neither."""
+    spec = _recipe_arg(argv) or recipe_path(*DEFAULT_RECIPE)
+    try:
+        cfg = load_recipe(spec)
+    except Exception as e:  # noqa: BLE001 - the recipe's own error (unknown variant, missing file) says it
+        return f"--config={spec}: {e}"
+    for a in argv[1:]:
+        if not a.startswith("--config."):
+            continue
+        dotted = a[len("--"):].split("=", 1)[0]
+        node, where = cfg, "config"
+        for part in re.findall(r"\.?([^.\[\]]+)|\[(\d+)\]", dotted[len("config"):]):
+            key, index = part
+            if index:
+                index = int(index)
+                if not isinstance(node, (list, tuple)) or index >= len(node):
+                    n = len(node) if isinstance(node, (list, tuple)) else 0
+                    return (f"{where}[{index}]: {where} has {n} entr{'y' if n == 1 else 'ies'}; replace the whole list "
+                            f"with repeated --{where}=VALUE flags (e.g. --config.data.sources=DIR1 "
+                            f"--config.data.sources=DIR2; configs/common.py)")
+                node, where = node[index], f"{where}[{index}]"
+                continue
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+                hint = (f"; did you mean {' or '.join(f'{where}.{c}' for c in close)}?" if close else
+                        f"; {where} has {sorted(keys)}" if keys else "")
+                return f"{where}.{key}: no such config field{hint}"
+            node, where = node[key], f"{where}.{key}"
+    return None
+
+
+def _recipe_arg(argv) -> str | None:
+    for i, a in enumerate(argv[1:], 1):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def main(argv=None):
     holders = define_flags()
-    app.run(lambda _: sys.exit(run(holders)), argv=[sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
+    argv = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
+    if _recipe_arg(argv) is None:
+        argv.insert(1, f"--config={recipe_path(*DEFAULT_RECIPE)}")
+    app.run(lambda _: sys.exit(run(holders)), argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

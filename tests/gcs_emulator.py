@@ -46,7 +46,11 @@ class Emulator:
         self.proc = subprocess.Popen(
             [str(fake_gcs_server._get_binary_path()), "-scheme", "http", "-backend", "filesystem",
              "-filesystem-root", self.data, "-host", "127.0.0.1", "-port", str(self.port),
-             "-external-url", self.url], stdout=self.log, stderr=subprocess.STDOUT)
+             "-external-url", self.url], stdout=self.log, stderr=subprocess.STDOUT,
+            # Seen here under heavy load: a server that spun one thread at 95% CPU with the cgroup CPU-quota files
+            # open and never logged its start (Go 1.26 re-reads the cgroup limits to update GOMAXPROCS). A fixed
+            # GOMAXPROCS with that update off takes the runtime's cgroup path out of the picture.
+            env={**os.environ, "GOMAXPROCS": "2", "GODEBUG": "updatemaxprocs=0"})
         deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:

@@ -160,7 +160,7 @@ def test_train_run_prints_one_line_for_user_errors_and_reraises_bugs(monkeypatch
 def test_train_config_error_exits_2_with_one_line(tmp_path):
     r = _console_script("molmoact2-train", f"--workdir={tmp_path}", "--config.total_steps=0")
     assert r.returncode == 2, r.stderr[-3000:]
-    assert r.stderr.strip().splitlines() == ["molmoact2-train: error: config.total_steps=0: must be >= 1"]
+    assert r.stderr.strip().splitlines() == ["molmoact2-train: error: config.total_steps=0: expected an integer >= 1"]
 
 
 # ------------------------------------------------------------------ progress bars in logs

@@ -26,10 +26,12 @@ pytestmark = pytest.mark.torch
 
 REL_TOL = 1e-5   # measured: logits 1.3e-6 (Molmo2 export and the torch reference), actions 2.1e-7
 TOKENS_PER_IMAGE = 4  # 42 px: 3x3 patches -> 2x2 pooled
+_STATS3 = {"min": [-1.5, -2.5, 0.0], "max": [1.5, 2.5, 1.0], "mean": [0.0, 0.0, 0.5], "std": [0.5, 1.0, 0.5],
+           "q01": [-1.0, -2.0, 0.0], "q99": [1.0, 2.0, 1.0], "mask": [True, True, False]}
 NORM_STATS = {"format": "molmoact2_norm_stats.v1", "norm_mode": "q01_q99", "metadata_by_tag": {"tiny": {
     "action_key": "action", "state_keys": ["state"], "camera_keys": ["cam"], "normalize_gripper": False,
     "action_dim": 3, "action_horizon": 5, "n_action_steps": 4, "setup_type": "x", "control_mode": "y",
-    "action_stats": {"q01": [-1.0, -2.0, 0.0], "q99": [1.0, 2.0, 1.0], "mask": [True, True, False]}}}}
+    "action_stats": _STATS3, "state_stats": _STATS3}}}   # a valid file: export-hf parses the norm stats it exports
 TOKENIZER = {"version": "1.0", "added_tokens": [], "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "a": 1},
                                                              "unk_token": "<unk>"}}
 
@@ -132,7 +134,7 @@ def release(tmp_path_factory):
     src_ckpt = str(root / "src_ckpt")
     params_io.save_params(src_ckpt, params, cfg)
     hf0 = str(root / "hf0")
-    s = molmoact2_hf.export_hf(src_ckpt, hf0, max_shard_bytes=300_000, progress=False)
+    s = molmoact2_hf.export_hf(src_ckpt, hf0, max_shard_bytes=300_000, progress=False, require_assets=False)
     assert s["shards"] > 1 and os.path.exists(os.path.join(hf0, "model.safetensors.index.json"))
     with open(os.path.join(hf0, "config.json")) as f:
         hf_cfg = json.load(f)
@@ -302,7 +304,7 @@ def test_import_peak_memory_is_bounded(tmp_path):
     ckpt0 = str(tmp_path / "ckpt0")
     params_io.save_params(ckpt0, random_params(cfg, seed=3), cfg)
     hf = str(tmp_path / "hf")
-    molmoact2_hf.export_hf(ckpt0, hf, max_shard_bytes=8 << 20, progress=False)
+    molmoact2_hf.export_hf(ckpt0, hf, max_shard_bytes=8 << 20, progress=False, require_assets=False)
     shapes = molmoact2_hf.hf_key_shapes(cfg)
     largest = max(int(np.prod(s)) * 4 for s in shapes.values())
     total = sum(int(np.prod(s)) * 4 for s in shapes.values())
@@ -321,7 +323,7 @@ def test_import_peak_memory_is_bounded(tmp_path):
           f"model {total / 1e6:.1f} MB ({peak / largest:.1f}x largest)")
     assert peak < 6 * largest
     hf1 = str(tmp_path / "hf1")
-    molmoact2_hf.export_hf(str(tmp_path / "ckpt"), hf1, max_shard_bytes=8 << 20, progress=False)
+    molmoact2_hf.export_hf(str(tmp_path / "ckpt"), hf1, max_shard_bytes=8 << 20, progress=False, require_assets=False)
     t0, t1 = all_tensors(hf), all_tensors(hf1)
     assert t0.keys() == t1.keys() and "model.action_expert_depth_gate.15.weight" in t0
     chex.assert_trees_all_equal(t0, t1)

@@ -243,7 +243,7 @@ def _one_line(err: str) -> str:
 def test_bucket_that_does_not_exist(gcs, remote_ckpt, tmp_path, capsys, monkeypatch):
     ckpt = f"{MISSING}/ckpt"
     assert convert_main(["export-hf", ckpt, str(tmp_path / "out"), "--no-progress"]) == 2
-    assert _one_line(capsys.readouterr().err) == f"molmoact2-convert export-hf: error: {ckpt}: no such bucket"
+    assert _one_line(capsys.readouterr().err) == f"molmoact2-convert: error: {ckpt}: no such bucket"
     assert convert_main(["export-hf", remote_ckpt[1], f"{MISSING}/out", "--no-progress"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"{MISSING}/out: cannot write there (no such bucket)" in line
@@ -285,7 +285,7 @@ def test_missing_gcs_extra_is_one_line(gcs, tmp_path, monkeypatch, capsys):
     assert probe.returncode != 0 and "No module named 'gcsfs'" in probe.stderr   # the block works
     for cmd, prefix in (
             (["-m", "molmoact2_jax.convert.cli", "export-hf", ckpt, str(tmp_path / "out")],
-             "molmoact2-convert export-hf: error: "),
+             "molmoact2-convert: error: "),
             (["-m", "molmoact2_jax.inference.server", "--checkpoint", ckpt, "--port", "0"],
              "molmoact2-serve: error: ")):
         r = subprocess.run([sys.executable, *cmd], env=env, cwd=str(tmp_path), capture_output=True, text=True,

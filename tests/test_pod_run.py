@@ -116,11 +116,16 @@ def test_gs_run_directory_preempt_one_process_then_resume_matches(gcs, recipe, t
         good["wall_s"]) < 0.01 * good["wall_s"] + 0.01
     assert all("data_wait_s" in r for r in rows)
 
-    # The bucket's step directory serves on its own, in a fresh process as a user would load it.
-    probe = SERVE_PROBE.format(ckpt=f"gs://{bucket}/run/checkpoints/10", dataset=str(recipe_dataset_root(recipe)))
+    # The bucket's step directory serves on its own, and exports to an HF folder in the bucket that serves the same
+    # actions; in a fresh process, as a user would load them.
+    probe = SERVE_PROBE.format(ckpt=f"gs://{bucket}/run/checkpoints/10", hf=f"gs://{bucket}/hf",
+                               dataset=str(recipe_dataset_root(recipe)))
     r = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu"},
                        cwd=str(cwds[0]), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ACTIONS (8, 6) finite" in r.stdout, r.stderr[-3000:]
+    assert "model.safetensors" in [o[len("hf/"):] for o in gcs.objects(bucket) if o.startswith("hf/")]
+    assert "EXPORT MAX ABS DIFF" in r.stdout, r.stdout[-2000:]
+    assert float(r.stdout.split("EXPORT MAX ABS DIFF")[1].split()[0]) < 1e-5, r.stdout[-2000:]
     assert os.listdir(cwds[0]) == []
 
 
@@ -134,6 +139,11 @@ cols = ds.episode_columns(0)
 images = [ds.frames(0, k, [0])[0] for k in ds.camera_keys]
 res = policy.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
 print("ACTIONS", res.actions.shape, "finite" if np.isfinite(res.actions).all() else "NOT FINITE")
+from molmoact2_jax.convert.cli import main as convert
+assert convert(["export-hf", {ckpt!r}, {hf!r}, "--no-progress"]) == 0
+exported = Policy.load({hf!r})
+again = exported.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
+print("EXPORT MAX ABS DIFF", float(np.abs(np.asarray(again.actions) - np.asarray(res.actions)).max()))
 """
 
 

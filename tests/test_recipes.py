@@ -10,15 +10,20 @@ from molmoact2_jax.training import trainer
 from train_harness import CACHE
 
 RECIPES = {
-    "pretrain": ["full"], "posttrain": ["full", "think"], "finetune": ["droid", "yam", "so100", "libero"],
+    "pretrain": ["full"], "posttrain": ["full", "think"], "finetune": ["robot", "droid", "yam", "so100", "libero"],
     "finetune_lora": ["libero"], "molmoer": ["specialize", "rehearse"],
 }
 TINY = {"pretrain": "tiny", "posttrain": "think_tiny", "finetune": "tiny", "finetune_lora": "tiny",
         "molmoer": "tiny"}
 
 
-def get(recipe, variant):
-    return importlib.import_module(f"configs.{recipe}").get_config(None if variant == "full" else variant)
+def get(recipe, variant, synthetic=True):
+    """The recipe's config; `synthetic` asks for synthetic data by name (full-size and fine-tune recipes read shards
+    and would refuse to start without a data path)."""
+    cfg = importlib.import_module(f"configs.{recipe}").get_config(None if variant == "full" else variant)
+    if synthetic:
+        cfg.data.source = "synthetic"
+    return cfg
 
 
 @pytest.mark.parametrize("recipe,variant", [(r, v) for r, vs in RECIPES.items() for v in vs])
@@ -62,6 +67,7 @@ def test_init_from_loads_backbone_and_keeps_expert_fresh(tmp_path):
     out = trainer.train(cfg, str(tmp_path / "b"))
     a, b = jax.device_get(first["state"].params), jax.device_get(out["state"].params)
     np.testing.assert_array_equal(a["backbone"]["llm"]["wte"]["embedding"], b["backbone"]["llm"]["wte"]["embedding"])
+    cfg = out["config"]   # prepared: sizes the tiny fine-tune recipe leaves to the data
     fresh = jax.device_get(trainer.Setup(cfg, next(iter(trainer.make_data(cfg)))).create_state().params)
     np.testing.assert_array_equal(b["action_expert"]["action_embed"]["kernel"],
                                   fresh["action_expert"]["action_embed"]["kernel"])

@@ -421,10 +421,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         (eval_main, ["--checkpoint", str(tmp_path / "nope"), "--suite", "metaworld:push-v3", "--out", out],
          "checkpoint directory not found"),
     ]
-    ck = _fake_checkpoint(tmp_path / "libero_ckpt", tag="libero_franka", action_dim=7, state_dim=8,
+    ck = _fake_checkpoint(tmp_path / "libero_ckpt", tag="libero", action_dim=7, state_dim=8,
                           cams=["agentview", "wrist"])
     cases.append((eval_main, ["--checkpoint", str(ck), "--suite", "metaworld:push-v3", "--out", out],
-                  "predicts 7-D actions (tag libero_franka) but metaworld takes 4-D actions"))
+                  "predicts 7-D actions (tag libero) but metaworld takes 4-D actions"))
     ck = _fake_checkpoint(tmp_path / "three_cams", tag="metaworld_sawyer", action_dim=4, state_dim=4,
                           cams=["a", "b", "c"])
     cases.append((eval_main, ["--checkpoint", str(ck), "--suite", "metaworld:push-v3", "--out", out],

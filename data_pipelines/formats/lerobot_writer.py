@@ -104,10 +104,11 @@ def _names(names, opts, robot_type=""):
 
 
 def _features(emb, episodes, opts) -> dict:
-    D = emb.dim
     feats = {
-        "observation.state": {"dtype": "float32", "shape": [D], "names": _names(emb.state_names, opts, emb.robot_type)},
-        "action": {"dtype": "float32", "shape": [D], "names": _names(emb.state_names, opts, emb.robot_type)},
+        emb.state_key: {"dtype": "float32", "shape": [emb.state_dim],
+                        "names": _names(emb.state_names, opts, emb.robot_type)},
+        emb.action_key: {"dtype": "float32", "shape": [emb.action_dim],
+                         "names": _names(emb.action_names, opts, emb.robot_type)},
     }
     for cam, key in zip(emb.cameras, emb.camera_keys):
         H, W = episodes[0].images[cam].shape[1:3]
@@ -131,11 +132,11 @@ def _features(emb, episodes, opts) -> dict:
 
 
 def _episode_table(emb, ep, ep_index, from_index, task_index, fps, opts) -> pa.Table:
-    T, D = ep.states.shape
+    T = len(ep.states)
     if "list_columns" in opts.dirty:
         vec = lambda x: pa.array(list(x.astype(np.float32)), pa.list_(pa.float32()))
     else:
-        vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), D)
+        vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
     cols = {}
     if opts.image_storage == "image":  # HF `Image` feature: struct{bytes, path}, PNG bytes
         for cam, key in zip(emb.cameras, emb.camera_keys):
@@ -143,7 +144,7 @@ def _episode_table(emb, ep, ep_index, from_index, task_index, fps, opts) -> pa.T
                                  pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     return pa.table({
         **cols,
-        "observation.state": vec(ep.states), "action": vec(ep.actions),
+        emb.state_key: vec(ep.states), emb.action_key: vec(ep.actions),
         "timestamp": pa.array(np.arange(T, dtype=np.float32) / np.float32(fps), pa.float32()),
         "frame_index": pa.array(np.arange(T), pa.int64()),
         "episode_index": pa.array(np.full(T, ep_index), pa.int64()),
@@ -153,8 +154,8 @@ def _episode_table(emb, ep, ep_index, from_index, task_index, fps, opts) -> pa.T
 
 
 def _episode_stats(emb, ep, table, quant) -> dict:
-    stats = {"observation.state": lerobot_stats.vector_stats(ep.states, quant),
-             "action": lerobot_stats.vector_stats(ep.actions, quant)}
+    stats = {emb.state_key: lerobot_stats.vector_stats(ep.states, quant),
+             emb.action_key: lerobot_stats.vector_stats(ep.actions, quant)}
     for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
         stats[k] = lerobot_stats.vector_stats(table[k].to_numpy(), quant)
     for cam, key in zip(emb.cameras, emb.camera_keys):
@@ -261,7 +262,7 @@ def _write_v30(root, emb, episodes, tables, ep_stats, tasks, info, opts):
         rows.update(cols)
     rows["meta/episodes/chunk_index"] = [0] * len(episodes)
     rows["meta/episodes/file_index"] = [0] * len(episodes)
-    for feat in ("observation.state", "action"):
+    for feat in (emb.state_key, emb.action_key):
         for stat in ep_stats[0][feat]:
             rows[f"stats/{feat}/{stat}"] = [s[feat][stat] for s in ep_stats]
     ep_path = root / V30_EPISODES.format(chunk_index=0, file_index=0)
@@ -279,8 +280,8 @@ def _write_v30(root, emb, episodes, tables, ep_stats, tasks, info, opts):
         tasks_table = tasks_table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
     pq.write_table(tasks_table, root / "meta/tasks.parquet")
     quant = "no_quantiles" not in opts.dirty
-    stats = {"observation.state": lerobot_stats.vector_stats(np.concatenate([e.states for e in episodes]), quant),
-             "action": lerobot_stats.vector_stats(np.concatenate([e.actions for e in episodes]), quant)}
+    stats = {emb.state_key: lerobot_stats.vector_stats(np.concatenate([e.states for e in episodes]), quant),
+             emb.action_key: lerobot_stats.vector_stats(np.concatenate([e.actions for e in episodes]), quant)}
     for cam, key in zip(emb.cameras, emb.camera_keys):
         stats[key] = lerobot_stats.image_stats(np.concatenate([e.images[cam] for e in episodes]), quant)
     (root / "meta/stats.json").write_text(json.dumps(stats, indent=4))

@@ -13,6 +13,7 @@ iterator continues exactly where it stopped.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from data_pipelines.convert import load_episodes, load_index
+from data_pipelines.convert import check_shard, corrupt_record_message, load_episodes, load_index
 from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NormStats
 from data_pipelines.pipeline.packing import PackIterDataset
@@ -34,6 +35,10 @@ from molmoact2_jax import storage
 class Source:
     shard_dir: str
     weight: float = 1.0
+    tag: str = ""      # the norm tag its examples use (stats, tag id); "" = the shards' own (index.json `tag`)
+
+    def norm_tag(self) -> str:
+        return self.tag or load_index(self.shard_dir)["tag"]
 
     def __post_init__(self):
         if storage.is_remote(self.shard_dir):   # Grain's ArrayRecord reader opens local files only
@@ -74,9 +79,38 @@ def _shard_options(cfg: PipelineConfig) -> tuple[int, int]:
     return idx, count
 
 
-def source_dataset(shard_dir, tag_id: int, stats: NormStats, cfg: PipelineConfig, k: int) -> grain.MapDataset:
+class ShardSource:
+    """Grain's ArrayRecordDataSource over one directory's shards, except that a record that does not read back (a
+    Riegeli error, e.g. a bit flipped after the shard was written) is a DataError naming the shard file and the
+    record, not a bare RuntimeError from a reader thread. Picklable (Grain worker processes)."""
+
+    def __init__(self, paths: list[str], counts: list[int]):
+        self.paths = list(paths)
+        self.ends = [int(e) for e in np.cumsum(counts)]
+        self._source = grain.sources.ArrayRecordDataSource(self.paths)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index) -> bytes:
+        try:
+            return self._source[index]
+        except Exception as e:  # noqa: BLE001 - array_record raises bare RuntimeErrors
+            i = int(index)
+            k = bisect.bisect_right(self.ends, i)
+            if k >= len(self.paths):
+                raise
+            raise DataError(corrupt_record_message(Path(self.paths[k]), e, i - (self.ends[k - 1] if k else 0))) \
+                from None
+
+    def __repr__(self) -> str:
+        return f"ShardSource({len(self.paths)} files, {len(self)} records)"
+
+
+def source_dataset(shard_dir, tag_id: int, stats: NormStats, cfg: PipelineConfig, k: int,
+                   tag: str = "") -> grain.MapDataset:
     index = load_index(shard_dir)
-    tag = index["tag"]
+    tag = tag or index["tag"]
     if tag not in stats.tags:
         raise ValueError(f"{shard_dir}: tag {tag!r} not in norm_stats metadata_by_tag ({sorted(stats.tags)})")
     if think_styles.needs_depth(cfg.transform.style_probabilities) and not index.get("depth_codes"):
@@ -86,8 +120,11 @@ def source_dataset(shard_dir, tag_id: int, stats: NormStats, cfg: PipelineConfig
                         f"codes: no episode has depth_buffer_codes, the first being episode {first}. Convert with "
                         f"molmoact2-data convert --depth-codes DIR (molmoact2-depth-codes writes DIR)",
                         path=Path(shard_dir) / "index.json", episode=first, key="depth_codes")
-    paths = [str(Path(shard_dir) / s["file"]) for s in index["shards"] if s["num_records"] > 0]
-    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+    shards = [s for s in index["shards"] if s["num_records"] > 0]
+    for s in shards:  # a truncated or missing shard: a DataError naming it now, before anything compiles
+        check_shard(shard_dir, s)
+    ds = grain.MapDataset.source(ShardSource([str(Path(shard_dir) / s["file"]) for s in shards],
+                                             [int(s["num_records"]) for s in shards]))
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed * 1000 + k)
     transform_cfg = dataclasses.replace(cfg.transform, norm_mode=stats.norm_mode, seed=cfg.seed)
@@ -101,8 +138,8 @@ def build_map_dataset(cfg: PipelineConfig) -> grain.MapDataset:
     if not cfg.sources:
         raise ValueError("PipelineConfig.sources is empty")
     stats = NormStats.load(cfg.norm_stats)
-    tags = sorted({load_index(s.shard_dir)["tag"] for s in cfg.sources})
-    parts = [source_dataset(s.shard_dir, tags.index(load_index(s.shard_dir)["tag"]), stats, cfg, k)
+    tags = sorted({s.norm_tag() for s in cfg.sources})
+    parts = [source_dataset(s.shard_dir, tags.index(s.norm_tag()), stats, cfg, k, s.norm_tag())
              for k, s in enumerate(cfg.sources)]
     weights = [s.weight for s in cfg.sources]
     if any(w <= 0 for w in weights):
@@ -130,7 +167,7 @@ def build_robot_dataset(cfg: PipelineConfig) -> grain.IterDataset:
 
 def tag_names(cfg: PipelineConfig) -> list[str]:
     """tag_id -> tag name, as used in batches."""
-    return sorted({load_index(s.shard_dir)["tag"] for s in cfg.sources})
+    return sorted({s.norm_tag() for s in cfg.sources})
 
 
 def batch_fingerprint(batch: dict) -> list[tuple]:

@@ -5,16 +5,30 @@ from __future__ import annotations
 from data_pipelines.norm_stats import NORM_STATS_FILE
 from molmoact2_jax import storage
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+ACTION_TOKENIZER_DIRS = ("action_tokenizer", "openfast", "fast_tokenizer", "MolmoAct2-FAST-Tokenizer")
 
-def find_asset(ckpt_dir: str, names) -> str | None:
-    """The first of `names` found in DIR/assets/, DIR/ or, for a trainer step directory
-    (WORKDIR/checkpoints/<step>/), WORKDIR/assets/. Returned as a string: an absolute local path or a URI."""
+# How a user supplies an asset a checkpoint lacks, named in every "not found" message: the command-line flags of
+# molmoact2-serve / molmoact2-convert export-hf and the keyword of Policy.load.
+ASSET_FLAGS = {"norm_stats": ("--norm-stats", "norm_stats"), "tokenizer": ("--tokenizer", "tokenizer"),
+               "openfast": ("--openfast", "action_tokenizer")}
+
+
+def asset_roots(ckpt_dir: str) -> list:
+    """The folders searched, in order: DIR/assets/, DIR/ and, for a trainer step directory
+    (WORKDIR/checkpoints/<step>/), WORKDIR/assets/."""
     ckpt = storage.as_path(ckpt_dir)
     roots = [ckpt / "assets", ckpt]
     workdir = ckpt.parent.parent
     if not storage.is_remote(workdir) or str(workdir).partition("://")[2].strip("/"):  # not above the bucket
         roots.append(workdir / "assets")
-    for root in roots:
+    return roots
+
+
+def find_asset(ckpt_dir: str, names) -> str | None:
+    """The first of `names` found in DIR/assets/, DIR/ or, for a trainer step directory
+    (WORKDIR/checkpoints/<step>/), WORKDIR/assets/. Returned as a string: an absolute local path or a URI."""
+    for root in asset_roots(ckpt_dir):
         for n in names:
             p = root / n
             if p.exists():
@@ -22,9 +36,17 @@ def find_asset(ckpt_dir: str, names) -> str | None:
     return None
 
 
+def missing_asset_message(ckpt_dir: str, what: str, names, asset: str) -> str:
+    """One line: which asset is missing where, and how to supply it (flag, Policy.load keyword, or the folder).
+    `asset`: a key of ASSET_FLAGS."""
+    flag, keyword = ASSET_FLAGS[asset]
+    return (f"{ckpt_dir}: no {' / '.join(names)} in assets/, the folder itself or the run's assets/; give the "
+            f"{what} with {flag} PATH (molmoact2-serve, molmoact2-convert export-hf) or {keyword}=PATH "
+            f"(Policy.load), or copy it into {ckpt_dir}/assets/")
+
+
 def find_norm_stats(ckpt_dir: str) -> str:
     path = find_asset(ckpt_dir, [NORM_STATS_FILE])
     if path is None:
-        raise FileNotFoundError(f"{ckpt_dir}: no {NORM_STATS_FILE} in assets/ or the folder itself; pass "
-                                f"norm_stats=")
+        raise FileNotFoundError(missing_asset_message(ckpt_dir, "norm stats", [NORM_STATS_FILE], "norm_stats"))
     return path

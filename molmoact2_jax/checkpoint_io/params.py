@@ -58,6 +58,48 @@ def load_model_config(ckpt_dir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(d)
 
 
+class IncompleteCheckpointError(FileNotFoundError):
+    """An Orbax item directory that cannot be restored (a save cut short, a partial copy): one line naming it."""
+
+
+OCDBT_MANIFEST = "manifest.ocdbt"
+ORBAX_METADATA = "_METADATA"
+
+
+def check_item_complete(item_dir) -> None:
+    """Raises IncompleteCheckpointError naming `item_dir` (params/ or a step's state/) when it lacks the files a
+    restore needs: the item directory, Orbax's `_METADATA` (the tree) and, for an OCDBT checkpoint (Orbax's default),
+    `manifest.ocdbt` (the index of every array). Without this check the restore fails deep inside Orbax with a
+    TypeError or a tensorstore error that does not name the missing file. Costs one `exists` on a good checkpoint."""
+    item = storage.as_path(item_dir)
+    if (item / OCDBT_MANIFEST).exists():
+        return
+    hint = ("the save was cut short or the folder was copied partly; use another step (or the run directory, which "
+            "resolves to its newest complete step) or copy the checkpoint again")
+    if not item.is_dir():
+        raise IncompleteCheckpointError(f"{item}: missing (not a complete checkpoint); {hint}")
+    meta = item / ORBAX_METADATA
+    if not meta.exists():
+        raise IncompleteCheckpointError(f"{item}: no {ORBAX_METADATA} (an incomplete Orbax checkpoint); {hint}")
+    try:
+        use_ocdbt = bool(json.loads(meta.read_text()).get("use_ocdbt", True))
+    except (ValueError, AttributeError):
+        raise IncompleteCheckpointError(f"{meta}: unreadable Orbax metadata; {hint}") from None
+    if use_ocdbt:
+        raise IncompleteCheckpointError(f"{item / OCDBT_MANIFEST}: missing (an incomplete Orbax checkpoint); {hint}")
+
+
+def training_config(ckpt_dir: str) -> dict | None:
+    """The whole run config a trainer step directory was saved with (meta/metadata), or None for any other layout."""
+    ckpt = storage.as_path(ckpt_dir)
+    if not is_training_step(ckpt):
+        return None
+    try:
+        return json.loads((ckpt / "meta" / "metadata").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 WEIGHTS = ("auto", "ema", "raw")
 
 
@@ -70,6 +112,7 @@ def load_params(ckpt_dir: str, target=None, weights: str = "auto"):
     ckpt = storage.as_path(ckpt_dir)
     cfg = load_model_config(ckpt)
     if is_training_step(ckpt):
+        check_item_complete(ckpt / "state")
         return _params_from_train_state(ckpt / "state", target, weights), cfg
     if weights == "ema":
         raise ValueError(f"{ckpt_dir}: a params checkpoint holds one set of weights; --weights ema needs a trainer "
@@ -77,6 +120,7 @@ def load_params(ckpt_dir: str, target=None, weights: str = "auto"):
     path = ckpt / PARAMS
     if not path.is_dir():
         raise FileNotFoundError(f"{ckpt_dir}: no {PARAMS}/ directory")
+    check_item_complete(path)
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
             meta = ckptr.metadata(path)
@@ -136,14 +180,24 @@ def restore_params_sharded(ckpt_dir: str, target: dict) -> dict:
     return out[prefix] if prefix else out
 
 
+def check_checkpoint(ckpt_dir: str) -> ml_collections.ConfigDict:
+    """The model config of a params checkpoint or step directory, after checking that its weights are restorable
+    (one-line FileNotFoundError / IncompleteCheckpointError naming the path otherwise); reads no tensor."""
+    cfg = load_model_config(ckpt_dir)
+    _params_location(ckpt_dir)
+    return cfg
+
+
 def _params_location(ckpt_dir: str) -> tuple:
     """(Orbax item directory as an epath, key of the params inside it or "")."""
     ckpt = storage.as_path(ckpt_dir)
     if is_training_step(ckpt):
+        check_item_complete(ckpt / "state")
         return ckpt / "state", "params"
     path = ckpt / PARAMS
     if not path.is_dir():
         raise FileNotFoundError(f"{ckpt}: no {PARAMS}/ directory (not a params checkpoint or step directory)")
+    check_item_complete(path)
     return path, ""
 
 

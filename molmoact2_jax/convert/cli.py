@@ -1,5 +1,8 @@
 """`molmoact2-convert`: checkpoint conversion between Orbax params checkpoints and Hugging Face folders (local
-folders or `gs://` URIs)."""
+folders or `gs://` URIs).
+
+Bad input (a missing folder or asset, an incomplete checkpoint, an output folder that cannot be written) is one line
+`molmoact2-convert: error: ...` on stderr and exit code 2, before anything is written."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +16,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     src_hf = "source Hugging Face folder (config.json, *.safetensors, tokenizer files)"
     ckpt_out = "params checkpoint folder to write (params/ + model_config.json)"
-    ckpt_in = "params checkpoint folder (or a trainer checkpoint step folder) to read"
+    ckpt_in = ("params checkpoint folder (or a trainer checkpoint step folder, or a run directory: its newest "
+               "complete step) to read")
     hf_out = "Hugging Face folder to write"
     dtype = "dtype of the written tensors (default: float32)"
     no_progress = "no progress bar on stderr"
@@ -37,6 +41,14 @@ def main(argv=None):
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="for a trainer step directory: its EMA weights (auto: when the run kept them) or the raw "
                         "trained params")
+    p.add_argument("--norm-stats", default=None,
+                   help="norm_stats.json to export (default: the checkpoint's; required when it has none)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json / tokenizer.model to export (default: the checkpoint's; required when it has "
+                        "none)")
+    p.add_argument("--openfast", default=None,
+                   help="OpenFAST action tokenizer folder to export (default: the checkpoint's; required for a "
+                        "discrete-only model that has none)")
     p.add_argument("--no-progress", action="store_true", help=no_progress)
     args = parser.parse_args(argv)
 
@@ -59,12 +71,13 @@ def main(argv=None):
             from molmoact2_jax.convert import molmoact2_hf  # lazy: imports jax; --help must not
             s = molmoact2_hf.export_hf(args.ckpt_dir, args.out_hf_dir, dtype=args.dtype,
                                        max_shard_bytes=args.max_shard_bytes, progress=not args.no_progress,
-                                       weights=args.weights)
+                                       weights=args.weights, norm_stats=args.norm_stats, tokenizer=args.tokenizer,
+                                       openfast=args.openfast)
             print(molmoact2_hf.format_summary("export", s, args.ckpt_dir, args.out_hf_dir))
     except (OSError, KeyError, ValueError) as e:   # OSError: a missing file, bucket or permission
         msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
         msg = msg.splitlines()[0] if msg else type(e).__name__
-        print(f"molmoact2-convert {args.command}: error: {msg}", file=sys.stderr)
+        print(f"molmoact2-convert: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

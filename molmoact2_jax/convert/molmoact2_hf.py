@@ -38,10 +38,14 @@ import numpy as np
 from flax.core import meta
 from safetensors import safe_open
 
+from data_pipelines.norm_stats import NORM_STATS_FILE, NormStats
 from molmoact2_jax import storage
 from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.checkpoint_io import params as params_io
 from molmoact2_jax.checkpoint_io import streaming
+from molmoact2_jax.checkpoint_io.assets import (ACTION_TOKENIZER_DIRS, TOKENIZER_FILES, find_asset,
+                                                missing_asset_message)
+from molmoact2_jax.checkpoint_io.steps import resolve_checkpoint
 from molmoact2_jax.checkpoint_io.streaming import LazyLeaf, LeafGroup
 from molmoact2_jax.convert import molmo2_keys as mk
 from molmoact2_jax.convert.action_expert_keys import TRAINING_ONLY_MARKERS, _linear_specs, expert_params_to_hf
@@ -50,6 +54,7 @@ from molmoact2_jax.convert.safetensors_io import INDEX, SafetensorsReader, write
 from molmoact2_jax.models.action_expert import expert_head_dim
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.models.vit import num_built_layers
+from molmoact2_jax.tokenizers.openfast import OpenFAST
 
 EXPERT = "model.action_expert."
 DEPTH_GATE = "model.action_expert_depth_gate."
@@ -444,19 +449,96 @@ def hf_tensors(params, cfg, inv_freq=None):
             yield key, converted.pop(key)
 
 
+def needs_openfast(cfg) -> bool:
+    """A model that can only act through OpenFAST tokens (no flow head, or trained discrete-only): without its
+    action tokenizer an export of it cannot produce a single action."""
+    return not bool(cfg.get("use_action_expert", True)) or str(cfg.get("action_mode", "both")) == "discrete"
+
+
+def export_assets(ckpt_dir: str, cfg, norm_stats=None, tokenizer=None, openfast=None,
+                  require: bool = True) -> dict:
+    """{asset: (source path or None, name in the export)} for the norm stats, the text tokenizer and the OpenFAST
+    folder: the given paths (--norm-stats / --tokenizer / --openfast) win over what the checkpoint holds (its
+    assets/, the folder itself, or its run's assets/). With `require`, a missing norm_stats.json or tokenizer (or
+    OpenFAST, for a model that needs it, see needs_openfast) is refused in one line naming the flag: an export
+    without them cannot be served. The norm stats are parsed (NaN / flipped ranges are refused, as at serving)."""
+    out = {}
+    norm = str(norm_stats) if norm_stats else find_asset(ckpt_dir, [NORM_STATS_FILE])
+    if norm is None and require:
+        raise ConversionError(missing_asset_message(ckpt_dir, "norm stats", [NORM_STATS_FILE], "norm_stats"))
+    if norm is not None:
+        NormStats.load(norm)   # a bad file fails here, before anything is written
+    out["norm_stats"] = (norm, NORM_STATS_FILE)
+
+    tok = str(tokenizer) if tokenizer else find_asset(ckpt_dir, TOKENIZER_FILES)
+    if tokenizer and storage.as_path(tok).is_dir():   # a folder holding tokenizer.json
+        inside = [storage.as_path(tok) / n for n in TOKENIZER_FILES if (storage.as_path(tok) / n).is_file()]
+        if not inside:
+            raise ConversionError(f"--tokenizer {tokenizer}: a folder without {' / '.join(TOKENIZER_FILES)}")
+        tok = str(inside[0])
+    if tokenizer and not storage.as_path(tok).is_file():
+        raise ConversionError(f"--tokenizer {tokenizer}: no such file")
+    if tok is None and require:
+        raise ConversionError(missing_asset_message(ckpt_dir, "tokenizer", TOKENIZER_FILES, "tokenizer"))
+    name = storage.as_path(tok).name if tok else TOKENIZER_FILES[0]
+    out["tokenizer"] = (tok, name if name in TOKENIZER_FILES else TOKENIZER_FILES[0])
+
+    fast = str(openfast) if openfast else find_asset(ckpt_dir, ACTION_TOKENIZER_DIRS)
+    if openfast:   # a given folder is loaded, so a wrong one fails now
+        try:
+            OpenFAST.load(fast)
+        except (OSError, ValueError) as e:
+            raise ConversionError(f"--openfast {openfast}: {str(e).splitlines()[0]}") from None
+    if fast is None and require and needs_openfast(cfg):
+        raise ConversionError(missing_asset_message(ckpt_dir, "OpenFAST action tokenizer (this model acts only "
+                                                    "through discrete tokens)", ACTION_TOKENIZER_DIRS, "openfast"))
+    name = storage.as_path(fast).name if fast else ACTION_TOKENIZER_DIRS[0]
+    out["openfast"] = (fast, name if name in ACTION_TOKENIZER_DIRS else ACTION_TOKENIZER_DIRS[0])
+    return out
+
+
+def check_out_folder(out_dir: str) -> None:
+    """The export folder can be written: created if needed, a probe file written and removed. A read-only folder, a
+    path under a file or a missing bucket fails here in one line, before the (slow) conversion writes anything."""
+    out = storage.as_path(out_dir)
+    probe = out / f".molmoact2-write-probe-{os.getpid()}"
+    try:
+        with storage.quiet_cloud_logs():
+            out.mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
+    except storage.StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every backend raises its own types; all mean "cannot write here"
+        if isinstance(e, FileNotFoundError) and storage.is_remote(out):
+            why = "no such bucket"
+        else:
+            text = str(e).splitlines()[0] if str(e) else ""
+            why = f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
+        raise ConversionError(f"{out_dir}: cannot write there ({why}); export into a folder (or an existing "
+                              f"bucket) you can write to") from None
+
+
 def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-              progress: bool = True, weights: str = "auto") -> dict:
-    """Params checkpoint (or trainer step directory) -> HF MolmoAct2 folder. Returns a summary dict (tensors,
-    bytes, shards, dtype). `weights`: "auto" exports a run's EMA weights when it kept them, "ema" / "raw" choose.
-    Either side may be a `gs://` URI; a remote export is written to a local temporary folder, then uploaded."""
+              progress: bool = True, weights: str = "auto", norm_stats=None, tokenizer=None, openfast=None,
+              require_assets: bool = True) -> dict:
+    """Params checkpoint (or trainer step directory, or a run directory: its newest complete step) -> HF MolmoAct2
+    folder. Returns a summary dict (tensors, bytes, shards, dtype). `weights`: "auto" exports a run's EMA weights
+    when it kept them, "ema" / "raw" choose. `norm_stats` / `tokenizer` / `openfast`: paths that replace (or
+    supply) the checkpoint's assets; with `require_assets` (the CLI always) an export that could not be served --
+    no norm stats, no tokenizer, no OpenFAST for a discrete-only model -- is refused before anything is written
+    (False: weights and config only, e.g. test fixtures). Either side may be a `gs://` URI; a remote export is
+    written to a local temporary folder, then uploaded."""
     if dtype not in ("float32", "bfloat16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
-    ckpt, out = storage.as_path(ckpt_dir), storage.as_path(out_dir)
     _require_folder(ckpt_dir, "no such checkpoint folder")
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
+    ckpt, out = storage.as_path(ckpt_dir), storage.as_path(out_dir)
+    cfg = params_io.check_checkpoint(ckpt)   # before anything is written: config readable, weights complete
+    extra = export_assets(ckpt_dir, cfg, norm_stats, tokenizer, openfast, require_assets)
     if out.is_dir() and any(c.name.endswith(".safetensors") or c.name == INDEX for c in out.iterdir()):
         raise ConversionError(f"{out_dir}: already holds safetensors files; export into an empty folder")
-    if storage.is_remote(out):
-        storage.check_writable(out)   # a wrong bucket fails now, not after the conversion
+    check_out_folder(out_dir)   # a wrong bucket or a read-only folder fails now, not after the conversion
     params, cfg = params_io.load_params(ckpt, weights=weights)
     cfg.use_action_expert = bool(cfg.get("use_action_expert", True))
     assets = ckpt / ASSETS
@@ -490,20 +572,35 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_byt
         hf = hf_molmoact2_config(cfg, original, dtype)
         with open(os.path.join(stage, "config.json"), "w") as f:
             json.dump(hf, f, indent=2)
+        # assets/ verbatim, except what was given or found elsewhere (norm stats, tokenizer, OpenFAST), which
+        # replaces the checkpoint's copy of that asset under the name the loaders look for
+        replaced = {"norm_stats": {NORM_STATS_FILE}, "tokenizer": set(TOKENIZER_FILES),
+                    "openfast": set(ACTION_TOKENIZER_DIRS)}
+        placed, skip = [], {"config.json"}  # config.json: rebuilt above
+        for key, (src, name) in extra.items():
+            if src is not None and storage.as_path(src).parent != assets:
+                skip |= replaced[key]
+                placed.append((storage.as_path(src), name))
         copied = []
-        if assets.is_dir():
-            for child in sorted(assets.iterdir(), key=lambda c: c.name):
-                if child.name == "config.json":
-                    continue  # rebuilt above
-                if storage.is_remote(child):
-                    storage.download(child, stage)
-                elif child.is_dir():
-                    shutil.copytree(str(child), os.path.join(stage, child.name), dirs_exist_ok=True)
-                else:
-                    shutil.copyfile(str(child), os.path.join(stage, child.name))
-                copied.append(child.name)
-    summary.update(dtype=dtype, dtypes=sorted(dtypes), assets=copied, config_from_original=original is not None)
+        children = sorted(assets.iterdir(), key=lambda c: c.name) if assets.is_dir() else []
+        for child, name in [(c, c.name) for c in children if c.name not in skip] + placed:
+            _copy_into(child, stage, name)
+            copied.append(name)
+    summary.update(dtype=dtype, dtypes=sorted(dtypes), assets=sorted(copied),
+                   config_from_original=original is not None)
     return summary
+
+
+def _copy_into(src, stage: str, name: str) -> None:
+    """A file or folder (local or remote) into the local staging folder, as `name`."""
+    dst = os.path.join(stage, name)
+    if storage.is_remote(src):
+        with storage.LocalCopy(src) as local:
+            _copy_into(storage.as_path(local), stage, name)
+    elif src.is_dir():
+        shutil.copytree(str(src), dst, dirs_exist_ok=True)
+    else:
+        shutil.copyfile(str(src), dst)
 
 
 def _bf16():

@@ -86,6 +86,25 @@ def _check_local_out(args):
     if storage.is_remote(args.out):
         raise SimEvalError(f"--out {args.out}: must be a local folder (videos and reports are written locally; "
                            f"copy them to a bucket afterwards, e.g. gcloud storage cp -r)")
+    _check_writable_out(args.out)
+
+
+def _check_writable_out(out: str) -> None:
+    """--out can be created and written: a temporary file is made and removed in the folder, or in its nearest
+    existing parent when the folder does not exist yet (nothing is left behind). A read-only folder fails here, in
+    one line, instead of after minutes of simulation."""
+    path = os.path.abspath(os.path.expanduser(out))
+    probe_dir = path
+    while not os.path.exists(probe_dir):
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        raise SimEvalError(f"--out {out}: {probe_dir} is a file, not a folder; choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as e:
+        raise SimEvalError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}); choose a folder "
+                           f"you can write to") from None
 
 
 def _local_assets(checkpoint: str, into: str) -> str:
@@ -173,6 +192,12 @@ def eval_main(argv=None) -> int:
 
     def run(_):
         _check_local_out(args)
+        if args.checkpoint:   # a run directory: its newest complete step (named on stderr)
+            from molmoact2_jax.checkpoint_io.steps import resolve_checkpoint  # lazy: orbax + jax, not for --help
+            try:
+                args.checkpoint = resolve_checkpoint(args.checkpoint)
+            except FileNotFoundError as e:
+                raise SimEvalError(str(e)) from None
         if not (args.checkpoint and storage.is_remote(args.checkpoint)):
             return evaluate_checkpoint(args.checkpoint, args.checkpoint)
         if not storage.as_path(args.checkpoint).is_dir():

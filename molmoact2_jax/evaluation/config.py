@@ -86,14 +86,17 @@ METAWORLD = SimConfig(
     action_horizon=_MW.action_horizon, setup_type=_MW.setup_type, control_mode=_MW.control_mode,
 )
 
+# The tag facts (norm tag `libero`, horizon 10, prompt pieces) are the dataset's, declared once in the libero
+# embodiment file, so fine-tuning (configs/finetune.py) and evaluation agree; fps is the simulator's control rate.
+_LB = EMBODIMENTS["libero"]
 LIBERO = SimConfig(
-    simulator="libero", embodiment="libero", norm_tag="libero_franka",
+    simulator="libero", embodiment=_LB.name, norm_tag=_LB.tag,
     cameras=(CameraSpec("agentview", "agentview", rotate180=True),
              CameraSpec("wrist", "robot0_eye_in_hand", rotate180=True)),
-    image_hw=(256, 256), action_dim=7,
+    image_hw=_LB.real_image_hw, action_dim=_LB.action_dim,
     state_names=("eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "gripper_left", "gripper_right"),
-    action_low=(-1.0,) * 7, action_high=(1.0,) * 7, fps=20, max_steps=520, n_action_steps=8, action_horizon=8,
-    setup_type="single franka robotic arm in libero", control_mode="delta end-effector pose",
+    action_low=(-1.0,) * 7, action_high=(1.0,) * 7, fps=20, max_steps=520, n_action_steps=_LB.action_horizon,
+    action_horizon=_LB.action_horizon, setup_type=_LB.setup_type, control_mode=_LB.control_mode,
     wait_steps=10,
     # policy steps per episode, as in the published LIBERO evaluations
     max_steps_by_suite=(("libero_spatial", 220), ("libero_object", 280), ("libero_goal", 300),

@@ -82,9 +82,12 @@ def loads(text):
 
 
 class PolicyServerError(RuntimeError):
-    def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.message = status, message
+    """An error reply (or a reply that must not be used). `request_id`: the server's id of a 5xx, which its log
+    line names too."""
+
+    def __init__(self, status: int, message: str, request_id: str | None = None):
+        super().__init__(f"HTTP {status}: {message}" + (f" (request {request_id})" if request_id else ""))
+        self.status, self.message, self.request_id = status, message, request_id
 
 
 class PolicyClient:
@@ -98,11 +101,13 @@ class PolicyClient:
                 return loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
             body = e.read().decode("utf-8", "replace")
+            rid = None
             try:
-                msg = json.loads(body).get("error", body)
+                reply = json.loads(body)
+                msg, rid = reply.get("error", body), reply.get("request_id")
             except (ValueError, AttributeError):
                 msg = body
-            raise PolicyServerError(e.code, msg) from None
+            raise PolicyServerError(e.code, msg, rid) from None
 
     def request(self, payload: dict) -> dict:
         """POST /act with an arbitrary payload; returns the decoded response dict."""
@@ -112,10 +117,13 @@ class PolicyClient:
 
     def act(self, images=None, instruction: str | None = None, state=None, norm_tag: str | None = None,
             **extra) -> np.ndarray:
-        """images: list of HxWx3 uint8 arrays in camera order (or pass DROID/YAM keys through **extra).
-        Returns actions float32 (N, D)."""
+        """images: list of HxWx3 uint8 arrays in camera order, or {camera name: image} (or pass DROID/YAM keys
+        through **extra). Returns actions float32 (N, D); raises PolicyServerError for an error reply or for
+        actions holding NaN/inf."""
         payload = dict(extra)
-        if images is not None:
+        if isinstance(images, dict):
+            payload["images"] = {str(k): np.asarray(im) for k, im in images.items()}
+        elif images is not None:
             payload["images"] = [np.asarray(im) for im in images]
         if instruction is not None:
             payload["instruction"] = instruction
@@ -124,7 +132,10 @@ class PolicyClient:
         if norm_tag is not None:
             payload["norm_tag"] = norm_tag
         out = self.request(payload)
-        return np.asarray(out["actions"], np.float32)
+        actions = np.asarray(out["actions"], np.float32)
+        if not np.isfinite(actions).all():   # a server that does not check: never hand NaN/inf to the robot
+            raise PolicyServerError(200, "the reply holds non-finite actions (NaN/inf); not using them")
+        return actions
 
     def health(self) -> dict:
         return self._send(urllib.request.Request(self.url + "/health", method="GET"))

@@ -1,10 +1,11 @@
 """Everything a policy needs from a checkpoint folder, apart from the policy itself.
 
 A folder is one of: a params checkpoint (`params/` + `model_config.json`, checkpoint_io.params), a trainer step
-directory (`WORKDIR/checkpoints/<step>/`), or a Hugging Face MolmoAct2 release folder (config.json +
-safetensors, converted in memory: nothing is written; from a bucket through a temporary local copy), each local or
-a `gs://` URI. Assets are looked up in DIR/assets/, DIR/ and, for a step directory, WORKDIR/assets/:
-norm_stats.json, tokenizer.json (or tokenizer.model), config.json (token-id overrides) and the OpenFAST folder.
+directory (`WORKDIR/checkpoints/<step>/`), a run directory (`WORKDIR`: its newest complete step, announced on
+stderr; checkpoint_io.steps), or a Hugging Face MolmoAct2 release folder (config.json + safetensors, converted in
+memory: nothing is written; from a bucket through a temporary local copy), each local or a `gs://` URI. Assets are
+looked up in DIR/assets/, DIR/ and, for a step directory, WORKDIR/assets/: norm_stats.json, tokenizer.json (or
+tokenizer.model), config.json (token-id overrides) and the OpenFAST folder.
 """
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ import os
 
 from data_pipelines.norm_stats import NormStats
 from molmoact2_jax import storage
-from molmoact2_jax.checkpoint_io.assets import find_asset, find_norm_stats
-from molmoact2_jax.checkpoint_io.params import load_params
+from molmoact2_jax.checkpoint_io.assets import (ACTION_TOKENIZER_DIRS, TOKENIZER_FILES, find_asset, find_norm_stats,
+                                                missing_asset_message)
+from molmoact2_jax.checkpoint_io.params import check_checkpoint, load_params, training_config
+from molmoact2_jax.checkpoint_io.steps import resolve_checkpoint
 from molmoact2_jax.convert import molmoact2_hf
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 from molmoact2_jax.tokenizers.text import TextTokenizer
 
-ACTION_TOKENIZER_DIRS = ("action_tokenizer", "openfast", "fast_tokenizer", "MolmoAct2-FAST-Tokenizer")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+__all__ = ["ACTION_TOKENIZER_DIRS", "TOKENIZER_FILES", "CheckpointParts", "is_hf_folder", "load_checkpoint",
+           "load_tokenizer", "load_action_tokenizer"]
 
 
 @dataclasses.dataclass
@@ -31,6 +34,8 @@ class CheckpointParts:
     norm_stats: NormStats
     tokenizer: TextTokenizer
     action_tokenizer: OpenFAST | None
+    max_cameras: int | None = None   # a trainer step's data.max_cameras: training never fed more images
+    path: str = ""                   # the folder read (a run directory resolved to its step)
 
 
 def is_hf_folder(path: str) -> bool:
@@ -46,7 +51,7 @@ def load_tokenizer(ckpt_dir: str, tokenizer=None) -> TextTokenizer:
         return tokenizer
     path = tokenizer or find_asset(ckpt_dir, TOKENIZER_FILES)
     if path is None:
-        raise FileNotFoundError(f"{ckpt_dir}: no tokenizer.json in assets/ or the folder itself; pass tokenizer=")
+        raise FileNotFoundError(missing_asset_message(ckpt_dir, "tokenizer", TOKENIZER_FILES, "tokenizer"))
     hf_cfg_path = find_asset(ckpt_dir, ["config.json"])
     hf_cfg = None
     if hf_cfg_path is not None:
@@ -66,15 +71,24 @@ def load_action_tokenizer(ckpt_dir: str, action_tokenizer=None) -> OpenFAST | No
 def load_checkpoint(ckpt_dir: str, norm_stats=None, tokenizer=None, action_tokenizer=None,
                     weights: str = "auto") -> CheckpointParts:
     """Params, model config and assets of a folder; arguments (objects or paths) override the assets. `weights`:
-    for a trainer step directory, "auto" (the EMA when the run kept one), "ema" or "raw"."""
+    for a trainer step directory, "auto" (the EMA when the run kept one), "ema" or "raw". A run directory stands
+    for its newest complete step (one line on stderr names it)."""
     ckpt_dir = str(storage.as_path(ckpt_dir))
     if not storage.as_path(ckpt_dir).is_dir():
         why = " (no such bucket)" if storage.missing_bucket(ckpt_dir) else ""
         raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}{why}")
-    if is_hf_folder(ckpt_dir):
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
+    hf = is_hf_folder(ckpt_dir)
+    if hf:   # its config.json is checked by the in-memory conversion, which comes first
         params, cfg = molmoact2_hf.load_hf(ckpt_dir)   # a bucket's folder through a temporary local copy
     else:
-        params, cfg = load_params(ckpt_dir, weights=weights)
+        check_checkpoint(ckpt_dir)   # its config and the weights' index (manifest) are there: one line otherwise
+    # The assets (small files): a params checkpoint without them fails before its weights are read.
     stats = NormStats.load(find_norm_stats(ckpt_dir) if norm_stats is None else norm_stats)
-    return CheckpointParts(cfg, params, stats, load_tokenizer(ckpt_dir, tokenizer),
-                           load_action_tokenizer(ckpt_dir, action_tokenizer))
+    tok = load_tokenizer(ckpt_dir, tokenizer)
+    fast = load_action_tokenizer(ckpt_dir, action_tokenizer)
+    if not hf:
+        params, cfg = load_params(ckpt_dir, weights=weights)
+    run_cfg = training_config(ckpt_dir) or {}
+    cams = (run_cfg.get("data") or {}).get("max_cameras")
+    return CheckpointParts(cfg, params, stats, tok, fast, int(cams) if cams else None, ckpt_dir)

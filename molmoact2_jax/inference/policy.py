@@ -31,6 +31,7 @@ from data_pipelines.norm_stats import NormStats, TagInfo
 from data_pipelines.transforms.model_inputs import ModelInputs
 from data_pipelines.transforms.robot_inputs import Group, actions_to_model_space, robot_transforms
 from molmoact2_jax.inference import loading
+from molmoact2_jax.inference.errors import NonFiniteActionError
 from molmoact2_jax.inference import think as think_lib
 from molmoact2_jax.models import rtc
 from molmoact2_jax.models.molmoact2 import MolmoAct2
@@ -45,6 +46,11 @@ _LAYOUT_FIELDS = {"image_start": "image_start", "image_end": "image_end", "image
                   "action_token_start": "action_token_start", "depth_output": "depth_output",
                   "depth_start": "depth_start", "depth_end": "depth_end", "depth_token_start": "depth_token_start",
                   "setup_start": "setup_start", "control_start": "control_start", "state_start": "state_start"}
+
+
+def _short_camera_name(key: str) -> str:
+    """"observation.images.wrist" -> "wrist": the part a client usually names."""
+    return str(key).rsplit(".", 1)[-1]
 
 
 @dataclasses.dataclass
@@ -105,6 +111,8 @@ class Policy:
         "raw"): a trainer step directory serves its EMA weights when the run kept them. See inference/loading.py."""
         parts = loading.load_checkpoint(ckpt_dir, norm_stats=norm_stats, tokenizer=tokenizer,
                                         action_tokenizer=action_tokenizer, weights=weights)
+        if parts.max_cameras:   # a trainer step: its run never fed the model more images than data.max_cameras
+            kwargs.setdefault("max_images", min(MAX_IMAGES, parts.max_cameras))
         return cls(parts.model_cfg, parts.params, parts.norm_stats, parts.tokenizer, parts.action_tokenizer,
                    **kwargs)
 
@@ -142,17 +150,52 @@ class Policy:
                                                  think=think, normalize_language=self.normalize_language)
         return self._groups[key]
 
+    def expected_cameras(self, tag: TagInfo) -> tuple:
+        """The tag's cameras in the order training fed them (its fixed camera_keys, at most max_images of them, as
+        the training transform truncates to data.max_cameras); () when the tag has no fixed order."""
+        return tuple(tag.camera_keys[:self.max_images])
+
+    def order_cameras(self, images: dict, tag: TagInfo) -> list:
+        """{camera name: image} -> images in the tag's camera order. A name is the full key
+        ("observation.images.wrist") or its last part ("wrist"). Unknown or missing names are refused, naming the
+        expected and the given ones (missing ones only with strict_camera_count)."""
+        expected = self.expected_cameras(tag)
+        if not expected:   # no fixed order (per-episode permutation in training): any order, as given
+            return list(images.values())
+        lookup = {}
+        for key in expected:
+            lookup[key] = key
+            lookup.setdefault(_short_camera_name(key), key)
+        given = [str(k) for k in images]
+        unknown = [k for k in given if k not in lookup]
+        chosen = {lookup[k]: images[k] for k in images if str(k) in lookup}
+        missing = [k for k in expected if k not in chosen]
+        if unknown or (missing and self.strict_camera_count) or len(chosen) != len(given):
+            why = "; ".join(x for x in (f"unknown {unknown}" if unknown else "",
+                                        f"missing {missing}" if missing else "") if x) or "a camera named twice"
+            raise ValueError(f"norm_tag {tag.name!r} was trained with cameras {list(expected)} (short names "
+                             f"{[_short_camera_name(k) for k in expected]}); got {given}: {why}")
+        return [chosen[k] for k in expected if k in chosen]
+
     def check_images(self, images, tag: TagInfo) -> list[np.ndarray]:
+        """images: a list in camera order, one HxWx3 array, or a {camera name: image} dict (reordered to the
+        tag's camera order). The count must be the one the checkpoint was trained with: the tag's fixed
+        camera_keys, and never more than max_images (a trainer step's data.max_cameras)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
+        if isinstance(images, dict):
+            images = self.order_cameras(images, tag)
         if not isinstance(images, (list, tuple)):
-            raise ValueError(f"images must be a list of HxWx3 arrays in camera order, got {type(images).__name__}")
+            raise ValueError(f"images must be a list of HxWx3 arrays in camera order (or a {{camera name: image}} "
+                             f"dict), got {type(images).__name__}")
         n = len(images)
         if not 1 <= n <= self.max_images:
-            raise ValueError(f"got {n} images; expected between 1 and {self.max_images}")
-        if self.strict_camera_count and tag.camera_keys and n != len(tag.camera_keys):
-            raise ValueError(f"norm_tag {tag.name!r} expects {len(tag.camera_keys)} images "
-                             f"({', '.join(tag.camera_keys)}), got {n}")
+            raise ValueError(f"got {n} images; expected between 1 and {self.max_images}"
+                             + (" (the run's data.max_cameras)" if self.max_images < MAX_IMAGES else ""))
+        expected = self.expected_cameras(tag)
+        if self.strict_camera_count and expected and n != len(expected):
+            raise ValueError(f"norm_tag {tag.name!r} expects {len(expected)} images ({', '.join(expected)}), "
+                             f"got {n}: send one image per camera the checkpoint was trained with, in that order")
         out = []
         for j, im in enumerate(images):
             arr = np.asarray(im)
@@ -266,7 +309,9 @@ class Policy:
                        seed: int | None = None, noise=None, normalize_language: bool | None = None,
                        prev_chunk=None, inference_delay: int = 0, execution_horizon: int | None = None,
                        max_guidance_weight: float = rtc.MAX_GUIDANCE_WEIGHT) -> ActionResult:
-        """images: list of HxWx3 uint8 (or float) arrays in camera order; task: instruction; state: raw state
+        """images: list of HxWx3 uint8 (or float) arrays in camera order, or {camera name: image} (full key or its
+        last part, reordered to the tag's camera_keys); the cameras must be those the checkpoint was trained with
+        (ValueError naming expected vs given otherwise); task: instruction; state: raw state
         vector; norm_tag: a tag of norm_stats.json; mode: "continuous" (flow expert) or "discrete" (OpenFAST
         tokens); think: MolmoThink depth prefix (with `depth_cache` from the previous call to re-predict only
         changed cells); num_steps: Euler steps (default config flow.num_steps); n_action_steps: default the
@@ -276,7 +321,10 @@ class Policy:
         actions from this observation's step on (prev_chunk[0] is the action due now; N <= horizon);
         inference_delay d: steps the robot executes from prev_chunk while this call runs (the returned
         actions[:d] are prev_chunk[:d]); execution_horizon: the guided overlap ends there (default N); the
-        guidance clip max_guidance_weight (the paper's beta, 5)."""
+        guidance clip max_guidance_weight (the paper's beta, 5).
+
+        Raises ValueError for bad inputs and NonFiniteActionError (a RuntimeError) rather than return NaN/inf
+        actions."""
         tag = self.tag(norm_tag)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -335,7 +383,20 @@ class Policy:
         result.actions = np.array(out["actions"], np.float32)
         if delay:
             result.actions[:delay] = prev[:delay]
+        self._check_finite(result, tag)
         return result
+
+    @staticmethod
+    def _check_finite(result: ActionResult, tag: TagInfo) -> None:
+        """Nothing non-finite reaches a robot: every caller (server, eval, client code) gets an error instead. The
+        inputs and the norm stats were checked, so NaN/inf here comes from the weights (or an overflow in them)."""
+        for name, arr in (("actions", result.actions), ("normalized_actions", result.normalized_actions)):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                raise NonFiniteActionError(
+                    f"the model produced non-finite {name} ({int(bad.sum())} of {bad.size} values NaN/inf; "
+                    f"norm_tag {tag.name!r}, mode {result.mode}); refusing to return them: the checkpoint's "
+                    f"weights hold NaN/inf or overflow (check the training run for a NaN loss)")
 
     def _decode_discrete(self, gen, h, d, result) -> np.ndarray:
         t = self.cfg.tokens

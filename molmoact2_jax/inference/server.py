@@ -1,16 +1,22 @@
 """HTTP policy server speaking the reference `/act` wire protocol (spec 19), standard library only.
 
-    molmoact2-serve --checkpoint CKPT_DIR [--host 127.0.0.1] [--port 8000] [--norm-tag TAG] [--mode continuous]
-                    [--think] [--max-request-mb 32] [--warmup]
+    molmoact2-serve --checkpoint CKPT_DIR|WORKDIR [--host 127.0.0.1] [--port 8000] [--norm-tag TAG]
+                    [--mode continuous] [--think] [--max-request-mb 32] [--warmup]
+                    [--norm-stats PATH] [--tokenizer PATH] [--openfast DIR]
+
+The port is bound before the model loads, so a port in use fails at once (one line, exit 2). A run directory
+(WORKDIR with checkpoints/<step>/) serves its newest complete step, named on stderr.
 
 Routes: `POST /act` (JSON body; arrays json_numpy-encoded or plain nested lists) -> `{"actions": (N, D) float32
 json_numpy, "dt_ms": float, "action_shape": [N, D]}`; `GET /health`, `GET /healthz`, `GET /act` -> `{"status": "ok",
 ...}`.
 
 Request keys:
-  images     `images` (list, camera order) | `image` (one) | DROID `external_cam`, `wrist_cam` | YAM `top_cam`,
-             `left_cam`, `right_cam` (fixed order). DROID: when the tag's metadata lists 3 cameras the exterior view
-             is duplicated ([external, external, wrist]), as the DROID fork does with 2 physical views (spec 17).
+  images     `images` (list, camera order; or an object {camera name: image}, names as the tag's camera_keys or
+             their last part, reordered to the tag's order) | `image` (one) | DROID `external_cam`, `wrist_cam` |
+             YAM `top_cam`, `left_cam`, `right_cam` (fixed order). DROID: when the tag's metadata lists 3 cameras
+             the exterior view is duplicated ([external, external, wrist]), as the DROID fork does with 2 physical
+             views (spec 17). The cameras must be those the checkpoint was trained with (else 400, naming both).
   task       `instruction` | `task`
   state      `state` (raw units)
   tag        `tag` | `norm_tag` | `normalization_tag` (default: --norm-tag, or the only tag of the checkpoint)
@@ -22,22 +28,28 @@ Request keys:
 
 Every input problem is answered with a 4xx and `{"error": msg}` (400 bad JSON / fields / values, 404 route,
 411 no Content-Length, 413 body over --max-request-mb) and logged as one line on stderr; the server keeps
-serving. It binds 127.0.0.1 unless told otherwise. No pickle anywhere.
+serving. A failure of the model itself is a 500 with `{"error": msg, "request_id": id}`, logged as one line with the
+same id (no traceback); in particular actions holding NaN/inf are never sent (the policy refuses them, and the
+service checks again). It binds 127.0.0.1 unless told otherwise. No pickle anywhere.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import queue
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
 from molmoact2_jax.inference.client import WireError, dumps, encode_array, loads
+from molmoact2_jax.inference.errors import NonFiniteActionError
 
 DROID_KEYS = ("external_cam", "wrist_cam")
 YAM_KEYS = ("top_cam", "left_cam", "right_cam")
@@ -114,9 +126,13 @@ class PolicyService:
             raw = payload["images"]
             if isinstance(raw, np.ndarray) and raw.ndim == 4:
                 raw = list(raw)
-            if not isinstance(raw, list):
-                raise RequestError(400, "images: expected a list of HxWx3 arrays")
-            images = [_array(im, f"images[{j}]") for j, im in enumerate(raw)]
+            if isinstance(raw, dict):   # {camera name: image}: the policy checks the names and orders them
+                images = {str(k): _array(im, f"images[{k!r}]") for k, im in raw.items()}
+            elif isinstance(raw, list):
+                images = [_array(im, f"images[{j}]") for j, im in enumerate(raw)]
+            else:
+                raise RequestError(400, "images: expected a list of HxWx3 arrays in camera order, or an object "
+                                        "{camera name: HxWx3 array}")
         elif payload.get("image") is not None:
             images = [_array(payload["image"], "image")]
         elif any(k in payload for k in YAM_KEYS):
@@ -185,8 +201,12 @@ class PolicyService:
                     self._depth_cache = out.depth_cache
         except ValueError as e:   # the policy's input validation
             raise RequestError(400, str(e)) from None
+        except NonFiniteActionError as e:   # the model, not the request: 500
+            raise RequestError(500, str(e)) from None
         dt = (time.perf_counter() - t0) * 1000.0
         actions = np.asarray(out.actions, np.float32)
+        if not np.isfinite(actions).all():   # whatever policy object is served: NaN/inf never goes on the wire
+            raise RequestError(500, "the policy returned non-finite actions (NaN/inf); refusing to send them")
         resp = {"actions": encode_array(actions), "dt_ms": dt, "action_shape": list(actions.shape)}
         if out.mode == "discrete":
             resp["valid"] = bool(out.valid)
@@ -216,12 +236,17 @@ def make_handler(service: PolicyService, max_body: int, log=sys.stderr):
         def _error(self, status: int, message: str, close: bool = False):
             service.rejected += 1
             msg = " ".join(str(message).split())[:500]
+            body = {"error": msg}
+            where = f"{self.command} {self.path}"
+            if status >= 500:   # a server-side failure: an id the client can quote and the operator can grep
+                body["request_id"] = uuid.uuid4().hex[:16]
+                where += f" request {body['request_id']}"
             try:
-                log.write(f"molmoact2-serve: {status} {self.command} {self.path}: {msg}\n")
+                log.write(f"molmoact2-serve: {status} {where}: {msg}\n")
                 log.flush()
             except Exception:  # noqa: BLE001 - logging must never take the server down
                 pass
-            self._send(status, json.dumps({"error": msg}), close=close)
+            self._send(status, json.dumps(body), close=close)
 
         def do_GET(self):
             if self.path.split("?")[0] in ("/health", "/healthz", "/act", "/"):
@@ -283,11 +308,45 @@ def make_handler(service: PolicyService, max_body: int, log=sys.stderr):
     return Handler
 
 
-def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 8000,
-                max_request_bytes: int = 32 << 20, log=sys.stderr) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(service, max_request_bytes, log))
+class PortError(OSError):
+    """The address cannot be listened on; the message names host, port and the fix."""
+
+
+def bind(host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """Binds and listens on (host, port) with no handler yet (`attach` sets it once the policy is loaded), so a
+    port in use fails in a second, not after the model load. Connections made meanwhile wait in the backlog."""
+    if isinstance(port, bool) or not 0 <= int(port) <= 65535:
+        raise PortError(f"--port {port}: expected 0..65535 (0 picks a free port)")
+    try:
+        server = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)
+    except socket.gaierror as e:
+        raise PortError(f"--host {host}: cannot resolve it ({e.strerror}); use 127.0.0.1 (this machine only) or "
+                        f"0.0.0.0 (all interfaces)") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            why = (f"port {port} on {host} is already in use (another molmoact2-serve?); stop that process or "
+                   f"choose another port with --port N (--port 0 picks a free one)")
+        elif e.errno == errno.EACCES:
+            why = f"port {port} on {host}: permission denied (ports below 1024 need privileges); use --port 1024..65535"
+        elif e.errno == errno.EADDRNOTAVAIL:
+            why = (f"--host {host}: not an address of this machine; use 127.0.0.1 (this machine only) or 0.0.0.0 "
+                   f"(all interfaces)")
+        else:
+            why = f"cannot listen on {host}:{port} ({e.strerror or e})"
+        raise PortError(why) from None
     server.daemon_threads = True
     return server
+
+
+def attach(server: ThreadingHTTPServer, service: PolicyService, max_request_bytes: int = 32 << 20,
+           log=sys.stderr) -> ThreadingHTTPServer:
+    server.RequestHandlerClass = make_handler(service, max_request_bytes, log)
+    return server
+
+
+def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 8000,
+                max_request_bytes: int = 32 << 20, log=sys.stderr) -> ThreadingHTTPServer:
+    return attach(bind(host, port), service, max_request_bytes, log)
 
 
 LISTENING = "molmoact2-serve: listening on "
@@ -342,7 +401,7 @@ def warmup(service: PolicyService):
     if tag is None:
         return
     info = service.policy.tags[tag]
-    n = len(info.camera_keys) or 1
+    n = len(service.policy.expected_cameras(info)) or 1
     imgs = [np.zeros((224, 224, 3), np.uint8)] * n
     service.policy.predict_action(imgs, "warm up", np.zeros(info.state_dim), tag, mode=service.mode,
                                   think=service.think, seed=0)
@@ -350,7 +409,9 @@ def warmup(service: PolicyService):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="molmoact2-serve", description="MolmoAct2 HTTP policy server (POST /act).")
-    ap.add_argument("--checkpoint", required=True, help="params checkpoint / trainer step / HF folder")
+    ap.add_argument("--checkpoint", required=True,
+                    help="params checkpoint / trainer step / HF folder, or a run directory (its newest complete "
+                         "step)")
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
     ap.add_argument("--port", type=int, default=8000,
@@ -368,18 +429,38 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                     help="for a trainer step directory: its EMA weights (auto: when the run kept them) or the raw "
                          "trained params")
+    ap.add_argument("--norm-stats", default=None,
+                    help="norm_stats.json to use instead of the checkpoint's (for a checkpoint without assets)")
+    ap.add_argument("--tokenizer", default=None,
+                    help="tokenizer.json (or tokenizer.model) to use instead of the checkpoint's")
+    ap.add_argument("--openfast", default=None,
+                    help="OpenFAST action tokenizer folder to use instead of the checkpoint's (discrete mode)")
     args = ap.parse_args(argv)
-    from molmoact2_jax.inference.policy import Policy  # lazy: imports jax; --help must not
-    try:
-        policy = Policy.load(args.checkpoint, strict_camera_count=not args.no_strict_cameras, weights=args.weights)
-        mode = args.mode or ("continuous" if policy.model.expert is not None else "discrete")
-        service = PolicyService(policy, args.norm_tag, mode, args.think, args.num_steps)
-    except (OSError, ValueError) as e:
+    try:   # the port first: a port in use fails now, not after the (slow) model load
+        server = bind(args.host, args.port)
+    except PortError as e:
         print(f"molmoact2-serve: error: {e}", file=sys.stderr)
         return 2
-    if args.warmup:
-        warmup(service)
-    server = make_server(service, args.host, args.port, int(args.max_request_mb * (1 << 20)))
+    serving = False
+    try:
+        from molmoact2_jax.inference.policy import Policy  # lazy: imports jax; --help must not
+        try:
+            policy = Policy.load(args.checkpoint, norm_stats=args.norm_stats, tokenizer=args.tokenizer,
+                                 action_tokenizer=args.openfast, strict_camera_count=not args.no_strict_cameras,
+                                 weights=args.weights)
+            mode = args.mode or ("continuous" if policy.model.expert is not None else "discrete")
+            service = PolicyService(policy, args.norm_tag, mode, args.think, args.num_steps)
+            if args.warmup:   # a checkpoint producing NaN fails here, before it is served
+                warmup(service)
+        except (OSError, ValueError, NonFiniteActionError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"molmoact2-serve: error: {msg}", file=sys.stderr)
+            return 2
+        attach(server, service, int(args.max_request_mb * (1 << 20)))
+        serving = True
+    finally:
+        if not serving:
+            server.server_close()
     host, port = server.server_address[:2]
     print(f"{LISTENING}http://{host}:{port} (tags {sorted(policy.tags)})", flush=True)
     try:

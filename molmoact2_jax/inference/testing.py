@@ -89,6 +89,34 @@ def init_params(cfg, seed: int = 0, expert_noise: float = 0.05):
     return params
 
 
+def quick_params(cfg, seed: int = 0, scale: float = 0.02):
+    """Random params of the model's shapes without compiling its init (jax.eval_shape only, seconds instead of
+    minutes on a loaded CPU): for tests that need a real checkpoint on disk, not a well-trained-looking model."""
+    model = MolmoAct2(cfg)
+    batch = {k: jnp.asarray(v) for k, v in model.fake_batch().items()}
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(seed), batch))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+def quick_checkpoint(ckpt_dir: str, num_cameras: int = 2, nan_expert: bool = False, openfast: bool = False,
+                     **overrides) -> str:
+    """A tiny params checkpoint with assets (norm_stats.json for TAG, tokenizer.json[, action_tokenizer/]) built
+    from quick_params. `nan_expert`: every action-expert weight NaN, so the flow produces NaN actions through the
+    real code path (for the non-finite guards)."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    tok_path = os.path.join(ckpt_dir + ".tokenizer", "tokenizer.json")
+    if not os.path.exists(tok_path):
+        train_text_tokenizer(tok_path)
+    cfg = model_config("tiny", TextTokenizer.from_file(tok_path), **overrides)
+    params = quick_params(cfg)
+    if nan_expert:
+        params["action_expert"] = jax.tree.map(lambda a: np.full(a.shape, np.nan, a.dtype), params["action_expert"])
+    h = cfg.action_expert.max_action_horizon
+    stats = norm_stats(horizon=h, n_action_steps=min(5, h), num_cameras=num_cameras)
+    return save_checkpoint(ckpt_dir, cfg, params, stats, tok_path, fit_openfast(horizon=h) if openfast else None)
+
+
 def _feature_stats(rng, dim, names, gripper_dims=()):
     lo = rng.uniform(-2.0, -0.5, dim)
     hi = rng.uniform(0.5, 2.0, dim)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from itertools import accumulate, chain
 
 import numpy as np
@@ -71,40 +72,71 @@ class ByteLevelBPETables:
         if not supports(tokenizer):
             raise ValueError("tokenizer is not a plain byte-level BPE; use it directly")
         self.tokenizer = tokenizer
-        self._probed = 0
+        # (code points probed, split function over them), replaced as one tuple once both are complete: Grain's
+        # read threads encode through one tables object, and a reader must never see a bound without its split
+        # (publishing `_probed` before `_split` crashed training with "'NoneType' object is not callable").
+        self._state: tuple = (0, None)
         self._classes: dict[str, list[int]] = {"L": [], "N": [], "O": [], "S": []}
-        self._split = None
+        self._probe_lock = threading.Lock()  # one thread probes; the others wait and use its result
         self._words: dict[str, list[int]] = {}
         self._byte_table()
 
+    @property
+    def _probed(self) -> int:
+        return self._state[0]
+
+    def __getstate__(self):  # Grain worker processes get a pickled copy: a lock does not pickle, a fresh one will do
+        state = dict(self.__dict__)
+        del state["_probe_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._probe_lock = threading.Lock()
+
     # ---- encode ----
-    def _probe(self, upto: int) -> None:
-        """Classify code points [probed, upto) as letter / number / other / space by asking the pre-tokenizer."""
-        pieces = self.tokenizer.pre_tokenizer.pre_tokenize_str
-        for code in range(self._probed, upto):
-            ch = chr(code)
-            kinds = [k for k, lead in (("L", "a"), ("N", "1"), ("O", "!")) if len(pieces(lead + ch)) == 1]
-            if len(kinds) > 1:
-                raise RuntimeError(f"pre-tokenizer puts U+{code:04X} in several classes {kinds}")
-            self._classes[kinds[0] if kinds else "S"].append(code)
-        self._probed = upto
-        body = {k: _char_class(v) for k, v in self._classes.items()}
-        # the GPT-2 split that the ByteLevel pre-tokenizer applies, with \p{L}, \p{N}, \s as probed
-        self._split = re.compile(
-            rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{body['L']}]+| ?[{body['N']}]+| ?[{body['O']}]+"
-            rf"|[{body['S']}]+(?![^{body['S']}])|[{body['S']}]+").findall
+    def _probe(self, upto: int):
+        """Classify code points [probed, upto) as letter / number / other / space by asking the pre-tokenizer and
+        publish the split over them; returns the split function for code points below the new bound. Thread-safe:
+        the classes are built in a private copy under a lock and published with the split in one assignment."""
+        with self._probe_lock:
+            probed, split = self._state
+            if upto <= probed:  # another thread probed this far while we waited
+                return split
+            pieces = self.tokenizer.pre_tokenizer.pre_tokenize_str
+            classes = {k: list(v) for k, v in self._classes.items()}
+            for code in range(probed, upto):
+                ch = chr(code)
+                kinds = [k for k, lead in (("L", "a"), ("N", "1"), ("O", "!")) if len(pieces(lead + ch)) == 1]
+                if len(kinds) > 1:
+                    raise RuntimeError(f"pre-tokenizer puts U+{code:04X} in several classes {kinds}")
+                classes[kinds[0] if kinds else "S"].append(code)
+            body = {k: _char_class(v) for k, v in classes.items()}
+            # the GPT-2 split that the ByteLevel pre-tokenizer applies, with \p{L}, \p{N}, \s as probed
+            split = re.compile(
+                rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{body['L']}]+| ?[{body['N']}]+| ?[{body['O']}]+"
+                rf"|[{body['S']}]+(?![^{body['S']}])|[{body['S']}]+").findall
+            self._classes = classes
+            self._state = (upto, split)
+            return split
+
+    def _split_for(self, max_code: int):
+        """The split function valid for code points up to `max_code`, probing further first if needed."""
+        probed, split = self._state  # one read: a consistent pair
+        if max_code < probed:
+            return split
+        return self._probe(max(MIN_PROBED, 1 << int(max_code).bit_length()))
 
     def split(self, text: str) -> list[str]:
         """Words of `text` exactly as the pre-tokenizer splits them (code points must be below `probed`)."""
-        return self._split(text)
+        return self._state[1](text)
 
     def encode(self, strings: list[str], max_code: int) -> list[list[int]]:
         """BPE ids for strings whose largest code point is `max_code` (known to the caller from the codes)."""
         if max_code >= MAX_CODE:
             return [e.ids for e in self.tokenizer.encode_batch_fast(strings)]
-        if max_code >= self._probed:
-            self._probe(max(MIN_PROBED, 1 << int(max_code).bit_length()))
-        words = [self._split(s) for s in strings]
+        split = self._split_for(max_code)
+        words = [split(s) for s in strings]
         cache = self._words
         lookup = cache.__getitem__
         out: list = [None] * len(strings)

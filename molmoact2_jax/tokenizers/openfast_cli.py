@@ -1,7 +1,13 @@
-"""`molmoact2-openfast`: fit, encode and decode with the OpenFAST action tokenizer."""
+"""`molmoact2-openfast`: fit, encode and decode with the OpenFAST action tokenizer.
+
+`fit --chunks` takes action chunks in the space the model predicts them in. Converted shards hold raw per-frame
+states and actions, not chunks: fit on them with `molmoact2-data openfast SHARD_DIR`, which builds the chunks and
+normalises them as training does (this package imports no data pipeline, tests/test_package_graph.py).
+Errors are one line `molmoact2-openfast: error: ...`, exit 2."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -12,12 +18,27 @@ from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 
 PROG = "molmoact2-openfast"
+FROM_SHARDS = "molmoact2-data openfast SHARD_DIR (it builds the action chunks and normalises them as training does)"
+_SIDECAR = re.compile(r"shard-\d{5}\.npz")
+
+
+def _refuse_shards(path: Path) -> None:
+    """A converted shard folder or one of its .npz sidecars (raw per-frame state/action in robot units) given as
+    chunks: fitted as is, each array would count as one chunk and the raw units overflow the vocabulary."""
+    if path.is_dir() and (path / "index.json").is_file() and any(path.glob("shard-*.npz")):
+        raise ValueError(f"{path}: a converted shard folder, not action chunks; fit on it with: {FROM_SHARDS}")
+    if path.is_file() and _SIDECAR.fullmatch(path.name) and (path.parent / "index.json").is_file():
+        raise ValueError(f"{path}: a converted shard's sidecar (raw per-frame state and action, not action chunks); "
+                         f"fit on the shards with: {FROM_SHARDS}")
 
 
 def chunk_files(path: Path) -> list[Path]:
     """An .npz/.npy file, or every .npz/.npy under a folder (recursive, sorted so runs are reproducible)."""
+    _refuse_shards(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".npz", ".npy") and p.is_file())
+        for f in files:
+            _refuse_shards(f)
         if not files:
             raise ValueError(f"{path}: no .npz or .npy files inside")
         return files
@@ -114,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="train a tokenizer on action chunks and write the released folder layout")
-    p.add_argument("--chunks", required=True, help=".npz/.npy file or folder of them; arrays (T, D) or (N, T, D)")
+    p.add_argument("--chunks", required=True,
+                   help=".npz/.npy file or folder of them; arrays (T, D) or (N, T, D) in model space (for converted "
+                        "shards use molmoact2-data openfast SHARD_DIR)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default: %(default)s)")
     p.add_argument("--scale", type=float, default=10,
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except (ValueError, TypeError, OSError) as e:
-        parser.exit(2, f"{PROG} {args.command}: error: {e}\n")
+        parser.exit(2, f"{PROG}: error: {e}\n")
     if code:
         raise SystemExit(code)
     return 0

@@ -194,6 +194,13 @@ def resolve_layout(hf_config: dict | None = None, backend=None, config_source: s
     return dataclasses.replace(layout, **{**multimodal, **known})
 
 
+def no_tokenizer_message(setting: str = "config.data.tokenizer") -> str:
+    """What to say when no text tokenizer is given (kept here so the trainer and the data pipelines say the same)."""
+    return (f"{setting} is empty: no text tokenizer given; set {setting}=PATH to the base model's tokenizer.json "
+            f"(or a folder holding one), or, for a model trained from scratch, make one from the converted shards "
+            f"with: molmoact2-data tokenizer SHARD_DIR (writes SHARD_DIR/tokenizer.json)")
+
+
 class TextTokenizer:
     """Encodes text containing the layout's special strings; everything else goes to the base tokenizer."""
 
@@ -205,15 +212,21 @@ class TextTokenizer:
         self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")")
 
     @classmethod
-    def from_file(cls, path: str, hf_config: dict | None = None, eos_token: str = "<|im_end|>") -> "TextTokenizer":
+    def from_file(cls, path: str, hf_config: dict | None = None, eos_token: str = "<|im_end|>",
+                  setting: str | None = None) -> "TextTokenizer":
         """`path`: a tokenizer.json, a folder containing one, or a sentencepiece `.model` file, local or `gs://`
         (read from a temporary local copy). `hf_config`: a checkpoint's parsed config.json whose ids override the
-        computed layout."""
+        computed layout. `setting`: the config field or flag `path` came from, named when it is empty or missing
+        (an empty path names config.data.tokenizer, the one setting that is empty by default)."""
+        if path is None or not str(path).strip():
+            # an empty path would resolve to the working directory and report "<cwd>/tokenizer.json" not found
+            raise FileNotFoundError(no_tokenizer_message(setting or "config.data.tokenizer"))
         p = storage.as_path(path)
         if p.is_dir():
             p = p / "tokenizer.json"
         if not p.exists():
-            raise FileNotFoundError(f"tokenizer file not found: {p}")
+            where = f" (from {setting})" if setting else ""
+            raise FileNotFoundError(f"tokenizer file not found: {p}{where}")
         with storage.LocalCopy(p) as local:
             return cls._from_local_file(local, str(p), hf_config, eos_token)
 

@@ -179,6 +179,11 @@ def example_batch(cfg) -> dict:
     model.vit.image_size): the model's fake batch with pixels and actions abstract and token ids / masks concrete,
     laid out like a full robot row (every token valid, each camera's image tokens in one block)."""
     d = cfg.data
+    for field, value in (("data.seq_len", d.seq_len),
+                         ("model.action_expert.max_action_horizon", cfg.model.action_expert.max_action_horizon)):
+        if not int(value):   # 0: the trainer sizes it from the data (configs/common.py); there is none here
+            raise ValueError(f"config.{field}=0 means sized from the data when training, and a compile reads no "
+                             f"data: set --config.{field}=N (a training run logs the value it chose)")
     b, t, n_cam = int(d.global_batch_size), int(d.seq_len), int(d.get("max_cameras", 1))
     try:
         return MolmoAct2(cfg.model).fake_batch(b, t, n_cam, training=True, abstract_arrays=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import uuid
 
@@ -30,6 +31,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from molmoact2_jax import storage
+from molmoact2_jax.checkpoint_io import params as params_io
 from molmoact2_jax.sharding import distributed
 
 log = logging.getLogger("molmoact2_jax.checkpointing")
@@ -91,6 +93,7 @@ class Checkpointer:
                 restored = self._restore_here(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
                 error = e
+                _quiet_failed_read(self.directory / str(step))
             ok = distributed.all_agree(error is None)
             if all(ok):
                 return restored
@@ -101,6 +104,7 @@ class Checkpointer:
         """This process's part of `step`: its shards of the train state (an Orbax restore whose barriers span this
         process only) and the data iterator state and meta (JSON written by process 0)."""
         step_dir = self.directory / str(step)
+        params_io.check_item_complete(step_dir / "state")   # a partial copy: named, without entering Orbax
         here = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                                   active_processes={jax.process_index()})
         with ocp.Checkpointer(ocp.StandardCheckpointHandler(multiprocessing_options=here),
@@ -125,6 +129,48 @@ class Checkpointer:
     def close(self):
         self.wait()
         self.manager.close()
+
+
+class _FailedReadNoise(logging.Filter):
+    """What a failed Orbax restore leaves behind, dropped: Orbax stops at the first unreadable array and closes the
+    restore's asyncio loop while tensorstore's other reads of that step are still running. Each of those then calls
+    into the closed loop when it finishes (a `RuntimeError: Event loop is closed` traceback per read, through
+    sys.unraisablehook) and its future, never awaited, is logged by asyncio ("Future exception was never retrieved",
+    naming the step's files). For a corrupt step that is hundreds of tracebacks after the one warning that matters
+    (Checkpointer._quarantine's). Only those two kinds are dropped: the hook passes every other unraisable
+    exception on, and the filter only asyncio records that name a step directory whose restore failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.paths: set[str] = set()
+        self._next_hook = sys.unraisablehook
+        sys.unraisablehook = self._hook
+        logging.getLogger("asyncio").addFilter(self)
+
+    def _hook(self, unraisable):
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        self._next_hook(unraisable)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Future exception was never retrieved"):
+            return True
+        text = record.getMessage()
+        return not any(p in text for p in self.paths)
+
+
+_noise: _FailedReadNoise | None = None
+
+
+def _quiet_failed_read(step_dir) -> None:
+    """Drops the late noise of the failed restore of `step_dir` (see _FailedReadNoise), for the rest of the process:
+    the reads finish after the restore has returned."""
+    global _noise
+    if _noise is None:
+        _noise = _FailedReadNoise()
+    path = str(step_dir)
+    _noise.paths.add(path.partition("://")[2] if "://" in path else path)
 
 
 def check_shared(directory, timeout_s: int = 300) -> None:

@@ -1,8 +1,10 @@
 """Training batches from converted datasets: the data_pipelines Grain pipeline, adapted to the model's batch.
 
-config.data (when `source == "arrayrecord"`):
-  sources        list of {path: SHARD_DIR, weight: w} (a weighted mixture of tags)
-  norm_stats     path to norm_stats.json (molmoact2-data stats)
+config.data (when `source == "arrayrecord"`; configs/common.py says how each is given and found, and
+training/run_setup.py resolves them into a DataPlan before the run starts):
+  sources        {path: SHARD_DIR, weight: w, tag: norm tag} entries (a weighted mixture)
+  eval_sources   held-out shard directories for the trainer's eval (default: the training sources, in order)
+  norm_stats     path to norm_stats.json (molmoact2-data stats); default: each source's SHARD_DIR/norm_stats.json
   tokenizer      path to a tokenizer.json / folder (the checkpoint's text tokenizer)
   openfast       OpenFAST tokenizer folder (needed when model.action_mode is "discrete" or "both")
   seq_len, global_batch_size, seed, worker_count, augment, max_cameras
@@ -21,14 +23,14 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from data_pipelines.errors import DataError
+from data_pipelines.norm_stats import NormStats
 from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_robot_dataset
-from data_pipelines.pipeline.robot_transform import RobotTransformConfig
 from data_pipelines.pipeline.vlm import VLMConfig, VLMTransformConfig, build_vlm_dataset
-from data_pipelines.transforms import think_styles
 from data_pipelines.transforms.model_inputs import ModelInputs
 from molmoact2_jax.preprocessing.image import preprocess_images
-from molmoact2_jax.tokenizers.openfast import OpenFAST
 from molmoact2_jax.tokenizers.text import TextTokenizer
+from molmoact2_jax.training import run_setup
 
 def to_model_batch(b: dict) -> dict:
     """Pipeline batch (loss_mask aligned with the predicted token) -> model batch (targets shifted by one)."""
@@ -116,43 +118,57 @@ class MixedIterator:
         self.vlm.set_state(state["vlm"])
 
 
-def pipeline_config(cfg, split: str = "train", tokenizer=None) -> PipelineConfig:
+class _FitsSeqLen:
+    """ModelInputs for the pipeline, whose too-long example names config.data.seq_len (run_setup checked a sample of
+    each source before the run; a longer frame can still come)."""
+
+    def __init__(self, inputs: ModelInputs):
+        self.inputs = inputs
+
+    def __call__(self, ex: dict) -> dict:
+        try:
+            return self.inputs(ex)
+        except DataError as e:
+            if e.key != "seq_len":
+                raise
+            n = len(self.inputs.tokens(ex)[0])
+            raise DataError(f"config.data.seq_len={self.inputs.seq_len} is too short for this example of {n} tokens: "
+                            f"set config.data.seq_len={n} or more (it resumes from the last checkpoint)",
+                            episode=ex.get("episode_id"), key="seq_len") from None
+
+
+def pipeline_config(cfg, split: str = "train", tokenizer=None, plan=None) -> PipelineConfig:
     """The robot pipeline (data_pipelines) of `config.data` for `split`: train (shuffled, augmented) or eval
-    (in order, no augmentation); its examples are the model inputs (tokens, patches) of the shared transforms."""
-    d, m = cfg.data, cfg.model
-    if d.source != "arrayrecord":
-        raise ValueError(f"config.data.source={d.source!r}: expected 'synthetic' or 'arrayrecord'")
-    if not d.get("sources"):
-        raise ValueError("config.data.sources is empty: list {path: SHARD_DIR, weight: w} entries")
+    (in order, no augmentation); its examples are the model inputs (tokens, patches) of the shared transforms.
+    `plan`: the run_setup.DataPlan of a prepared config; without one, the config is prepared here."""
+    if plan is None:
+        cfg, plan = run_setup.prepare(cfg, check_lengths=False)
+    if plan.kind != "arrayrecord":
+        raise ValueError(f"config.data.source={cfg.data.source!r}: the robot pipeline reads converted shards")
+    d = cfg.data
     if int(d.global_batch_size) % jax.process_count():
         raise ValueError(f"config.data.global_batch_size={d.global_batch_size} is not divisible by "
                          f"{jax.process_count()} processes")
-    tok = tokenizer or TextTokenizer.from_file(d.tokenizer)
-    openfast = OpenFAST.load(d.openfast) if m.action_mode in ("discrete", "both") else None
+    tok = tokenizer or TextTokenizer.from_file(plan.tokenizer)
     eval_split = split != "train"
-    inputs = ModelInputs.for_model(tok, m, seq_len=int(d.seq_len), openfast=openfast, action_format=m.action_mode)
-    sources = d.get("eval_sources") if eval_split and d.get("eval_sources") else d.sources
-    for i, src in enumerate(sources):
-        if not src.get("path"):
-            raise ValueError(f"config.data.sources.{i}.path is empty (tag {src.get('tag', '?')!r}): set it to the "
-                             f"tag's converted shard directory (molmoact2-data convert)")
+    sources = plan.eval_sources if eval_split and plan.eval_sources else plan.sources
+    stats = NormStats.load(plan.norm_stats)
     return PipelineConfig(
-        sources=[Source(s["path"], float(s.get("weight", 1.0))) for s in sources],
-        norm_stats=d.norm_stats, batch_size=int(d.global_batch_size) // jax.process_count(),
+        sources=[Source(s.path, s.weight, s.tag) for s in sources],
+        norm_stats=stats, batch_size=int(d.global_batch_size) // jax.process_count(),
         seed=int(d.seed) + (1 if eval_split else 0), worker_count=int(d.get("worker_count", 0)),
         shuffle=not eval_split,  # evaluation reads episodes in order (trajectory plots, stable metrics)
-        transform=RobotTransformConfig(image_size=m.vit.image_size, max_cameras=int(d.get("max_cameras", 3)),
-                                       max_action_horizon=m.action_expert.max_action_horizon,
-                                       max_action_dim=m.action_expert.max_action_dim,
-                                       augment=bool(d.get("augment", True)) and not eval_split,
-                                       style_probabilities=think_styles.style_probabilities(d.get("style_weights"))),
-        model_inputs=inputs)
+        transform=run_setup.transform_config(cfg, eval_split),
+        model_inputs=_FitsSeqLen(run_setup.model_inputs(cfg, tok, plan.openfast)))
 
 
-def make(cfg, split: str = "train"):
+def make(cfg, split: str = "train", plan=None):
+    """The batch iterator of `split` for this process. `plan`: as for pipeline_config."""
+    if plan is None:
+        cfg, plan = run_setup.prepare(cfg, check_lengths=False)
     d, m = cfg.data, cfg.model
-    tok = TextTokenizer.from_file(d.tokenizer) if d.source == "arrayrecord" else None
-    pc = pipeline_config(cfg, split, tok)
+    tok = TextTokenizer.from_file(plan.tokenizer)
+    pc = pipeline_config(cfg, split, tok, plan)
     robot = PipelineIterator(iter(build_robot_dataset(pc)))
     if not d.get("vlm_sources") or split != "train":
         return robot

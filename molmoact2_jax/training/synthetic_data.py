@@ -23,6 +23,10 @@ from molmoact2_jax.preprocessing.image import preprocess_images
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 
 
+# Chunk length of the synthetic task when the config leaves model.action_expert.max_action_horizon to the data (0).
+SYNTHETIC_HORIZON = 8
+
+
 class SyntheticRobotData:
     def __init__(self, model_cfg, global_batch: int, seq_len: int, seed: int, process_index: int = 0,
                  process_count: int = 1, action_dim: int = 4, horizon: int | None = None, style_weights=None):
@@ -56,7 +60,17 @@ class SyntheticRobotData:
         examples = [self._example(rng) for _ in range(self.global_batch)]
         return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
-    def _example(self, rng) -> dict:
+    def longest_example(self) -> int:
+        """Tokens of the longest example this data can yield (over the styles it draws), for sizing seq_len."""
+        probs = self.style_probabilities or (1.0, 0.0, 0.0)
+        seq_len, self.seq_len = self.seq_len, int(self.cfg.max_sequence_length)
+        try:
+            return max(int(self._example(np.random.default_rng(0), style)["attention_mask"].sum())
+                       for style, p in zip(think_styles.STYLES, probs) if p > 0)
+        finally:
+            self.seq_len = seq_len
+
+    def _example(self, rng, style: str | None = None) -> dict:
         c, t = self.cfg, self.cfg.tokens
         size, ae = 64, c.action_expert
         img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
@@ -71,7 +85,7 @@ class SyntheticRobotData:
                                             pool=c.connector.pool_size)
         n_tok = int((pooled >= 0).any(-1).sum())
         task = list(rng.integers(10, 200, 6))
-        style = think_styles.sample_style(rng, self.style_probabilities)
+        style = style or think_styles.sample_style(rng, self.style_probabilities)
         trigger = {"robot_action": [t.action_output], "robot_depth": [t.depth_output],
                    "robot_depth_action": [t.depth_output, t.action_output]}[style]
         prompt = [t.eos_token_id] + task + [t.image_start] + [t.image_patch] * n_tok + [t.image_end] + [

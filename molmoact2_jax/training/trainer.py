@@ -27,14 +27,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from molmoact2_jax import storage
 from molmoact2_jax.models import flops as flops_lib
-from molmoact2_jax.models.config import set_token_layout
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.sharding import distributed
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
-from molmoact2_jax.tokenizers.text import TextTokenizer
-from molmoact2_jax.training import checkpointing, data_source, depth_noise, lora, memory
+from molmoact2_jax.training import checkpointing, data_source, depth_noise, lora, memory, run_setup
 from molmoact2_jax.training import metrics as metrics_lib
 from molmoact2_jax.training.init_from import load_init_params
 from molmoact2_jax.training.optimizer import make_optimizer
@@ -66,11 +64,13 @@ def validate_config(cfg, mesh) -> None:
         raise ValueError(f"config.total_steps={cfg.total_steps}: must be >= 1")
 
 
-def make_data(cfg, split: str = "train"):
-    """The training (or eval) batch iterator for this process."""
-    source = cfg.data.get("source", "synthetic")
-    if source != "synthetic":
-        return data_source.make(cfg, split)
+def make_data(cfg, split: str = "train", plan=None):
+    """The training (or eval) batch iterator for this process. `plan`: the run_setup.DataPlan of a prepared
+    config (`cfg, plan = run_setup.prepare(cfg)`); without one, `cfg` is prepared here."""
+    if plan is None:
+        cfg, plan = run_setup.prepare(cfg, check_lengths=False)
+    if plan.kind != "synthetic":
+        return data_source.make(cfg, split, plan)
     seed = int(cfg.data.seed) + (0 if split == "train" else 1_000_003)
     return SyntheticRobotData(cfg.model, int(cfg.data.global_batch_size), int(cfg.data.seq_len), seed,
                               jax.process_index(), jax.process_count(),
@@ -246,17 +246,21 @@ class PreemptionWatcher:
 
 # ---------------------------------------------------------------- the loop
 def train(cfg, workdir: str) -> dict:
+    """Trains `cfg` (a recipe's config, prepared here: run_setup.prepare) in `workdir`. Every config, data and
+    run-directory error is raised before the run directory is created or anything compiles."""
     goodput = metrics_lib.Goodput()
-    workdir = str(storage.check_writable(workdir))
+    cfg, plan = run_setup.prepare(cfg)
+    validate_config(cfg, mesh_lib.make_mesh(cfg.mesh))
+    workdir = str(storage.check_writable(workdir))   # a folder it cannot write, or a missing bucket: one line
+    run_setup.check_workdir(cfg, workdir)             # another run's directory: one line, nothing written
+    for note in plan.notes:
+        log.info("%s", note)
     primary = jax.process_index() == 0
     cache_dir = cfg.trainer.get("compilation_cache_dir")
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
 
-    if cfg.data.get("source", "synthetic") != "synthetic" and cfg.data.get("tokenizer"):
-        # The dataset's tokenizer defines the token ids the model must use.
-        set_token_layout(cfg.model, TextTokenizer.from_file(cfg.data.tokenizer).layout)
-    data = make_data(cfg)
+    data = make_data(cfg, plan=plan)
     start_state = data.get_state()
     example = next(data)  # shapes for Setup; the iterator is rewound so training still starts at this batch
     data.set_state(start_state)
@@ -278,7 +282,7 @@ def train(cfg, workdir: str) -> dict:
         data.set_state(checkpointing.from_jsonable(data_state))
         log.info("resumed from %s/%d", ckpt.directory, start)
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-    assets = copy_assets(cfg, workdir) if primary else {}
+    assets = copy_assets(cfg, plan, workdir) if primary else {}
     if primary:
         metrics_lib.write_run_info(workdir, setup, state, distributed.info().record())
     watcher = PreemptionWatcher()
@@ -331,7 +335,7 @@ def train(cfg, workdir: str) -> dict:
                     row["hfu"] = hardware_flops / n_dev / dt / (float(peak) * 1e12)
                 if eval_every and (step + 1) % eval_every == 0:
                     with goodput.timed("eval"):
-                        row.update(evaluate(cfg, setup, state))
+                        row.update(evaluate(cfg, setup, state, plan))
                 writer.write(step + 1, row)
                 last = row
                 if bar is not None:
@@ -364,44 +368,37 @@ def train(cfg, workdir: str) -> dict:
                      report["checkpoint_save_s"] + report["checkpoint_restore_s"])
         if bar is not None:
             bar.close()
-    return {"last_metrics": last, "preempted": preempted, "start_step": start, "state": state}
+    # `config`: the prepared config the run trained (token layout, sizes from the data), as its checkpoints save it
+    return {"last_metrics": last, "preempted": preempted, "start_step": start, "state": state, "config": cfg}
 
 
-def copy_assets(cfg, workdir: str) -> dict:
+def copy_assets(cfg, plan, workdir: str) -> dict:
     """Run assets (norm stats, text tokenizer, OpenFAST tokenizer) copied into WORKDIR/assets/; the checkpointer
     copies that folder into every step directory, so each checkpoint serves on its own, and each checkpoint's meta
-    lists them with their sha256. A run on synthetic data writes the synthetic embodiment's assets instead of the
-    ones it has no file for (training/synthetic_data.py), so its checkpoints serve too. Sources and WORKDIR may be
-    local or in a bucket."""
+    lists them with their sha256. The norm stats are the run's (run_setup: the given file, or the sources' shard
+    folders' stats under the sources' tags). A run on synthetic data writes the synthetic embodiment's assets
+    (training/synthetic_data.py), so its checkpoints serve too. Sources and WORKDIR may be local or in a bucket."""
     out = {}
     dst = storage.as_path(workdir) / "assets"
-    synthetic = cfg.data.get("source", "synthetic") == "synthetic"
-    if synthetic and not any(cfg.data.get(f) for f in ("norm_stats", "tokenizer", "openfast")):
+    if plan.kind == "synthetic":
         with tempfile.TemporaryDirectory(prefix="molmoact2-assets-") as tmp:
             write_synthetic_assets(cfg, tmp)
             storage.copy_tree(tmp, dst, skip_existing=False)
-    for field, name in (("norm_stats", "norm_stats.json"), ("tokenizer", "tokenizer.json"), ("openfast", "openfast")):
-        src = cfg.data.get(field)
-        if not src:
-            continue
-        src = storage.as_path(src)
-        if field == "tokenizer" and src.is_dir():
-            src = src / "tokenizer.json"
-        if not src.exists():
-            raise ValueError(f"config.data.{field}={cfg.data.get(field)}: no such file or folder")
-        target = dst / name
-        if src.is_dir():
-            storage.copy_tree(src, target, skip_existing=False)
-        else:
-            dst.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(src.read_bytes())
+    else:
+        run_setup.write_norm_stats(plan, dst / "norm_stats.json")
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / "tokenizer.json").write_bytes(storage.as_path(plan.tokenizer).read_bytes())
+        if plan.openfast:
+            storage.copy_tree(plan.openfast, dst / "openfast", skip_existing=False)
     for path in sorted(dst.iterdir(), key=lambda p: p.name) if dst.is_dir() else ():
         out[path.name] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 
-def evaluate(cfg, setup: Setup, state) -> dict:
-    data = make_data(cfg, "eval")
+def evaluate(cfg, setup: Setup, state, plan=None) -> dict:
+    """Mean eval metrics over trainer.eval_batches batches: of data.eval_sources (held out) when given, else of
+    the training sources read in order without augmentation; synthetic runs draw another seed's batches."""
+    data = make_data(cfg, "eval", plan)
     n = int(cfg.trainer.get("eval_batches", 1))
     sums: dict = {}
     for _ in range(n):

@@ -207,9 +207,13 @@ def test_norm_stats_name_the_cameras_the_records_hold(tmp_path):
     eps = [simulate_episode(recorded, i, image_hw=(24, 32), length=12) for i in range(2)]
     root = write_lerobot(tmp_path / "ds", recorded, eps, WriteOptions(version="v3.0", codec="h264"))
     want = [f"observation.images.{c}" for c in ("right", "wrist_cam", "top")]
-    index = convert(ConvertOptions(f"lerobot:{root}", "yam", str(tmp_path / "shards"), image_size=32,
+    # the built-in yam refuses cameras other than its top/left/right (require_camera_keys); an embodiment file that
+    # takes the dataset's own cameras, as metaworld.json does for recordings, converts them
+    any_cams = tmp_path / "yam_any_cameras.json"
+    any_cams.write_text(json.dumps(dataclasses.replace(emb, require_camera_keys=False).to_dict()))
+    index = convert(ConvertOptions(f"lerobot:{root}", str(any_cams), str(tmp_path / "shards"), image_size=32,
                                    progress=False))
     assert index["camera_keys"] == want and index["tag_metadata"]["camera_keys"] == want
     converted = compute_norm_stats([tmp_path / "shards"])["metadata_by_tag"][emb.tag]
-    raw = compute_source_norm_stats([f"lerobot:{root}"], "yam")["metadata_by_tag"][emb.tag]
+    raw = compute_source_norm_stats([f"lerobot:{root}"], str(any_cams))["metadata_by_tag"][emb.tag]
     assert converted["camera_keys"] == raw["camera_keys"] == want
