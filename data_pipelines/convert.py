@@ -15,7 +15,8 @@ OUT/convert_options.json before the first shard is written (and copied into inde
 re-run into a folder holding shards of another source or other options is refused before anything is written,
 naming the options that differ: mixing e.g. 378 px and 112 px shards in one folder is never silent.
 `overwrite=True` (`--overwrite`) first removes what this converter wrote there (shards, sidecars, index.json,
-convert_options.json, norm_stats.json) and nothing else. The one change a resume accepts is on_error raise ->
+convert_options.json, norm_stats.json, and the tokenizer.json / openfast/ that molmoact2-data tokenizer / openfast
+write there by default) and nothing else. The one change a resume accepts is on_error raise ->
 skip: a shard finished under raise holds no bad episode, so it is what skip would have written.
 Interrupted (Ctrl-C): no temporary or unfinished shard file is left behind, finished shards are kept, and
 `ConversionInterrupted` (a KeyboardInterrupt) says how to resume; the CLI prints it as one line, exit 130.
@@ -31,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -473,6 +475,13 @@ def prepare_output(out: Path, record: dict, overwrite: bool) -> None:
     if overwrite:
         for f in ours:
             f.unlink()
+        # What `molmoact2-data tokenizer / openfast SHARD_DIR` made from the old shards by default: kept, a training
+        # run would pick them up for data they were not made from.
+        for derived in (out / "tokenizer.json", out / "openfast"):
+            if derived.is_dir():
+                shutil.rmtree(derived)
+            elif derived.exists():
+                derived.unlink()
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (OPTIONS_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))

@@ -257,6 +257,7 @@ def evaluate(policy, suite: SuiteSpec, cfg: SimConfig, opts: EvalOptions, out: s
         "format": REPORT_FORMAT, "suite": str(suite), "simulator": suite.simulator, "policy": opts.policy_name,
         "episodes_per_task": opts.episodes, "max_steps": opts.max_steps or cfg.max_steps_for(suite.suite),
         "n_action_steps": opts.n_action_steps or cfg.n_action_steps, "workers": opts.workers, "seed": opts.seed,
+        "norm_tag": getattr(policy, "norm_tag", None),   # the checkpoint's stats entry the policy was asked for
         "cameras": list(cfg.camera_keys), "image_hw": list(cfg.image_hw),
         **summarize(results, [task_label(suite, t) for t in suite.tasks]),
         "wall_s": round(wall, 2),
