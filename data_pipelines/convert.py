@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -48,6 +47,7 @@ from data_pipelines.formats import images
 from data_pipelines.formats.depth_codes import DepthCodes
 from data_pipelines.record_codec import encode_record
 from data_pipelines.sources import open_source, parse_source
+from molmoact2_jax import storage
 from molmoact2_jax.progress import progress_bar
 
 INDEX_FORMAT = "molmoact2_frames.v1"
@@ -324,23 +324,14 @@ def open_conversion(opts: ConvertOptions):
 
 
 def check_writable(folder, flag: str, given=None) -> None:
-    """Refuses, before any work, a folder that cannot be written: the folder itself when it exists, else the nearest
-    existing parent it would be created in. A file is created and removed there, as permission bits tell nothing
-    for root or on a read-only mount. Nothing is created when the check fails. Messages name `flag` and `given`
-    (what the user typed: the file to be written in `folder`, or `folder` itself)."""
+    """Refuses, before any work, a folder that cannot be written (storage.local_write_problem). Messages name `flag`
+    and `given` (what the user typed: the file to be written in `folder`, or `folder` itself)."""
     shown = folder if given is None else given
-    where = Path(folder).absolute()
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    if not where.is_dir():
+    where, problem = storage.local_write_problem(folder)
+    if problem == "a file, not a folder":
         raise ValueError(f"{flag} {shown}: {where} is a file, not a folder; choose another {flag}")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".molmoact2-write-probe-", dir=where)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"{flag} {shown}: cannot write in {where} ({e.strerror or type(e).__name__}); choose a "
-                         f"writable folder") from None
+    if problem is not None:
+        raise ValueError(f"{flag} {shown}: cannot write in {where} ({problem}); choose a writable folder")
 
 
 def _digest(obj) -> str:

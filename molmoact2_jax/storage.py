@@ -70,6 +70,24 @@ def missing_bucket(path) -> bool:
         return False
 
 
+def local_write_problem(folder) -> tuple[str, str | None]:
+    """(where, problem) for a local folder a command is about to create or write: `where` is the folder, or the
+    nearest existing parent it would be created in; `problem` is None when a file can be made and removed there,
+    else why not ("a file, not a folder", or the OS's reason). A file is really made, as permission bits tell
+    nothing for root or on a read-only mount; nothing is left behind and nothing is created when it fails."""
+    where = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    while not os.path.exists(where) and where != os.path.dirname(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        return where, "a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        return where, e.strerror or type(e).__name__
+    return where, None
+
+
 def check_writable(directory) -> epath.Path:
     """Creates `directory` (and parents) and proves a file can be written and deleted there; one line otherwise.
     Run before a run writes anything, so a wrong bucket or a read-only folder fails at start, not at the first

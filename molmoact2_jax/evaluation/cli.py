@@ -90,21 +90,13 @@ def _check_local_out(args):
 
 
 def _check_writable_out(out: str) -> None:
-    """--out can be created and written: a temporary file is made and removed in the folder, or in its nearest
-    existing parent when the folder does not exist yet (nothing is left behind). A read-only folder fails here, in
-    one line, instead of after minutes of simulation."""
-    path = os.path.abspath(os.path.expanduser(out))
-    probe_dir = path
-    while not os.path.exists(probe_dir):
-        probe_dir = os.path.dirname(probe_dir)
-    if not os.path.isdir(probe_dir):
-        raise SimEvalError(f"--out {out}: {probe_dir} is a file, not a folder; choose another --out")
-    try:
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
-    except OSError as e:
-        raise SimEvalError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}); choose a folder "
-                           f"you can write to") from None
+    """--out can be created and written (storage.local_write_problem): a read-only folder fails here, in one line,
+    instead of after minutes of simulation."""
+    where, problem = storage.local_write_problem(out)
+    if problem == "a file, not a folder":
+        raise SimEvalError(f"--out {out}: {where} is a file, not a folder; choose another --out")
+    if problem is not None:
+        raise SimEvalError(f"--out {out}: cannot write there ({problem}); choose a folder you can write to")
 
 
 def _local_assets(checkpoint: str, into: str) -> str:
