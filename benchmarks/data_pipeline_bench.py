@@ -141,7 +141,7 @@ def main(argv=None):
 def full_size_samples_per_chip(chip_tflops: float, mfu: float, num_images: int) -> tuple[float, float]:
     """Samples/s one chip consumes in the full-size fine-tuning step (configs/finetune.py), from the analytic
     hardware FLOPs of one example; a figure for sizing the input pipeline, not a measurement."""
-    from configs.finetune import get_config
+    from molmoact2_configs.finetune import get_config
     from molmoact2_jax.models import flops as flops_lib
     from molmoact2_jax.models.molmoact2 import MolmoAct2
     c = get_config()
@@ -153,7 +153,7 @@ def full_size_samples_per_chip(chip_tflops: float, mfu: float, num_images: int) 
 def tiny_train_samples_per_s(steps: int = 5, batch: int = 8) -> float:
     """Samples/s the tiny model's compiled train step consumes (synthetic batches of the same shape family)."""
     import jax
-    from configs.finetune import get_config
+    from molmoact2_configs.finetune import get_config
     from molmoact2_jax.training import trainer
     c = get_config("tiny")
     c.data.global_batch_size = batch

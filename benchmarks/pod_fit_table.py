@@ -44,7 +44,7 @@ def run(recipe: str, pod_label: str, extra: list[str], out_dir: str) -> dict:
     pod, slices, chips = PODS[pod_label]
     tag = f"{recipe}@{pod_label}".replace(" ", "").replace(":", "_")
     out = os.path.join(out_dir, tag + ".json")
-    cmd = [sys.executable, "-m", "molmoact2_jax.compile", f"--config={ROOT}/configs/{RECIPES[recipe]}",
+    cmd = [sys.executable, "-m", "molmoact2_jax.cli.compile", f"--config={ROOT}/configs/{RECIPES[recipe]}",
            f"--pod={pod}", f"--num-slices={slices}", f"--out={out}",
            *mesh_flags(BATCH[recipe], chips, slices), *extra]
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")

@@ -1,4 +1,4 @@
-"""Action sampling latency, against what a plain implementation of spec 11.2 would run, in the same process.
+"""Action sampling latency, against what a plain implementation of the Euler sampler would run, in the same process.
 
 Ours (`MolmoAct2.sample_actions`): one prefill, the expert's context K/V projected once, the time conditioning of
 all Euler steps computed in one batched pass, and the steps in one compiled `fori_loop`.

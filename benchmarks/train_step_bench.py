@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.pretrain import get_config
+from molmoact2_configs.pretrain import get_config
 from molmoact2_jax.training import trainer
 
 

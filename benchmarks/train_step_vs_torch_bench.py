@@ -85,7 +85,7 @@ def ours_batch(ids: np.ndarray) -> dict:
 # ---------------------------------------------------------------- our side
 def ours_setup(ckpt: str, args, example: dict):
     """trainer.Setup for the imported model (LLM only, no expert) with plain AdamW, and its params (LLM subtree)."""
-    from configs.pretrain import get_config
+    from molmoact2_configs.pretrain import get_config
     from molmoact2_jax.checkpoint_io import params as params_io
     from molmoact2_jax.training import trainer
 

@@ -30,10 +30,10 @@ import ml_collections
 
 from molmoact2_jax.models.config import get_model_config
 
-REFERENCE_LR = dict(vit=5e-6, connector=5e-6, llm=1e-5, action_expert=5e-5)   # spec 16.1/16.2
+REFERENCE_LR = dict(vit=5e-6, connector=5e-6, llm=1e-5, action_expert=5e-5)   # docs/model_notes.md, "Training recipe"
 TINY_LR = dict(vit=1e-3, connector=1e-3, llm=1e-3, action_expert=1e-3)        # so a CPU run visibly learns
 
-# Robot mixture of pre- and post-training (spec 16.3): tag -> sampling rate before the robot/VLM split.
+# Robot mixture of pre- and post-training: tag -> sampling rate before the robot/VLM split.
 MOLMOACT2_MIXTURE = (
     ("yam_dual_molmoact2", 0.30), ("so100_so101_molmoact2", 0.30), ("franka_droid", 0.30),
     ("franka_molmoact", 0.025), ("google_robot_bc_z", 0.025), ("google_robot_fractal", 0.025),
@@ -70,9 +70,10 @@ def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
         seed=50189,                               # reference data seed
         worker_count=0 if tiny else 8,
         max_cameras=3, augment=True,
-        # MolmoThink (spec 14): training style per example; depth styles need shards with depth codes.
+        # MolmoThink: training style per example; depth styles need shards with depth codes.
         style_weights=ml_collections.ConfigDict(dict(robot_action=1.0, robot_depth=0.0, robot_depth_action=0.0)),
         depth_code_input_noise_rate=0.0,          # share of teacher-forced depth-code inputs made random
+        synthetic_action_dim=4,                   # source "synthetic": action dims of the generated task
     ))
     c.optimizer = ml_collections.ConfigDict(dict(
         b1=0.9, b2=0.95, eps=1e-6, weight_decay=0.0, clip_grad_norm=1.0,
@@ -84,6 +85,9 @@ def base(variant: str, recipe: str) -> ml_collections.ConfigDict:
     c.ema = ml_collections.ConfigDict(dict(decay=0.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10 if tiny else 1000, keep_last=3, keep_every=0,
                                                   async_save=True))
+    # Logical axis -> mesh axis rules, [[logical_name, mesh_axis | [mesh_axes] | None], ...]; None: the defaults
+    # of molmoact2_jax/sharding/rules.py.
+    c.sharding = ml_collections.ConfigDict(dict(rules=None))
     c.trainer = ml_collections.ConfigDict(dict(
         grad_accum_steps=1,
         max_consecutive_bad_steps=5,              # abort after this many non-finite steps in a row

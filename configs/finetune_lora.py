@@ -1,9 +1,9 @@
-"""LoRA fine-tuning (spec 16.1): rank 64, alpha 16, LR 5e-5 adapters on the LLM projections; the base LLM is
+"""LoRA fine-tuning: rank 64, alpha 16, LR 5e-5 adapters on the LLM projections; the base LLM is
 frozen, the action expert trains fully. Same variants as configs/finetune.py.
 
   molmoact2-train --config=configs/finetune_lora.py:libero --workdir=DIR --config.init_from=MOLMOACT2_CKPT
 """
-from configs import finetune
+from molmoact2_configs import finetune
 
 
 def get_config(arg: str | None = None):

@@ -1,13 +1,13 @@
-"""Molmo2-ER, "specialize-then-rehearse" (spec 16.1 stage 0), as two data-mixture stages run one after the other:
+"""Molmo2-ER, "specialize-then-rehearse", as two data-mixture stages run one after the other:
 
   stage 1: molmoact2-train --config=configs/molmoer.py:specialize --workdir=ER1 --config.init_from=MOLMO2_4B
   stage 2: molmoact2-train --config=configs/molmoer.py:rehearse --workdir=ER2 --config.init_from=ER1/checkpoints/20000
   CPU smoke run: --config=configs/molmoer.py:tiny
 Stage 1: 20K steps on the embodied-reasoning corpus plus 8% Tulu-3 text. Stage 2: 1.5K steps with an
 embodied/general mix of p = 0.5 at sequence length 16384. The VLM corpora are not public in the reference
-(spec gap 20.6): `data.sources` lists the mixture tags; point each at a converted VLM source.
+(docs/model_notes.md, "VLM rehearsal"): `data.sources` lists the mixture tags; point each at a converted VLM source.
 """
-from configs import common
+from molmoact2_configs import common
 
 STAGES = {
     "specialize": dict(steps=20_000, seq_len=4096, mixture=(("embodied_reasoning", 0.92), ("tulu3_text", 0.08))),

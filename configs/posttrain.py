@@ -1,12 +1,13 @@
-"""MolmoAct2 post-training: adds the flow-matching action expert to MolmoAct2-Pretrain (spec 16.1 stage 2).
+"""MolmoAct2 post-training: adds the flow-matching action expert to MolmoAct2-Pretrain.
 
   molmoact2-train --config=configs/posttrain.py --workdir=DIR --config.init_from=PRETRAIN_CKPT
   Think variant (depth reasoning): --config=configs/posttrain.py:think (data converted with --depth-codes)
   CPU smoke runs: --config=configs/posttrain.py:tiny, :think_tiny
 Reference: 100K steps, robot seq 2100, batch 128, expert LR 5e-5, K=4 flow samples, knowledge insulation on
-(the paper detaches the VLM K/V from the flow loss; spec gap 20.4), L_LM + L_flow ("both").
+(the paper detaches the VLM K/V from the flow loss; docs/model_notes.md, "Knowledge insulation"),
+L_LM + L_flow ("both").
 """
-from configs import common
+from molmoact2_configs import common
 
 
 def get_config(arg: str | None = None):

@@ -1,11 +1,11 @@
-"""MolmoAct2-Pretrain: the discrete autoregressive VLA, from Molmo2-ER (spec 16.1 stage 1). The reference recipe.
+"""MolmoAct2-Pretrain: the discrete autoregressive VLA, from Molmo2-ER. The reference recipe.
 
   molmoact2-train --config=configs/pretrain.py --workdir=DIR --config.init_from=MOLMO2_ER_CKPT \
       --config.data.sources[0].path=... (one converted shard directory per mixture tag)
   CPU smoke run: molmoact2-train --config=configs/pretrain.py:tiny --workdir=/tmp/run
 Reference: 200K steps, global batch 128, seq 4200 with packing, 64 H100; 90% robot / 10% multimodal data.
 """
-from configs import common
+from molmoact2_configs import common
 
 
 def get_config(arg: str | None = None):

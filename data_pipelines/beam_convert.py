@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.convert import (ConvertOptions, ShardEpisode, build_index, check_episode, frame_records,
-                                    interrupted, open_conversion, resumed_summary, shard_complete, sidecar_path,
-                                    tag_metadata, write_index, write_shard)
+                                    interrupted, open_conversion, resumed_summary, shard_complete, write_index,
+                                    write_shard)
 from data_pipelines import errors
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
 from data_pipelines.formats.depth_codes import DepthCodes
 from data_pipelines.norm_stats import NORM_STATS_FILE
+from data_pipelines.shards import sidecar_path, tag_metadata
 from data_pipelines.sources import open_source
 from data_pipelines.stats import tag_entries  # stats.py's statistics, from arrays instead of a directory
 

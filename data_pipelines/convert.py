@@ -4,10 +4,10 @@ One record per frame (random access + global shuffle in Grain), holding the resi
 of every camera, the state, and the action chunk t..t+H-1 (clamped at the episode end, with
 `action_is_pad`). Frames are decoded once here so training never touches video.
 
-Output: shard-XXXXX-of-YYYYY.array_record, a shard-XXXXX.json sidecar (episodes, skips), a
-shard-XXXXX.npz with raw states/actions (for fast stats), and index.json. A shard is written
-under a temporary name and renamed; its sidecar is written last, so a re-run skips exactly
-the finished shards (and rewrites a finished shard whose file no longer reads back whole).
+Output (named and read by shards.py, which readers use instead of this module): shard-XXXXX-of-YYYYY.array_record,
+a shard-XXXXX.json sidecar (episodes, skips), a shard-XXXXX.npz with raw states/actions (for fast stats), and
+index.json. A shard is written under a temporary name and renamed; its sidecar is written last, so a re-run skips
+exactly the finished shards (and rewrites a finished shard whose file no longer reads back whole).
 
 Every option that shapes the output (source, embodiment with a digest of its definition, horizon, image size,
 format and quality, episodes per shard, delta action dims, tolerance, depth codes, on_error) is recorded in
@@ -39,19 +39,18 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
 from data_pipelines.formats import images
 from data_pipelines.formats.depth_codes import DepthCodes
 from data_pipelines.record_codec import encode_record
+from data_pipelines.shards import (INDEX_FORMAT, OPTIONS_FILE, check_writable, shard_name, shard_problem,
+                                   sidecar_name, tag_metadata)
 from data_pipelines.sources import open_source, parse_source
-from molmoact2_jax import storage
 from molmoact2_jax.progress import progress_bar
 
-INDEX_FORMAT = "molmoact2_frames.v1"
-OPTIONS_FILE = "convert_options.json"
 # Every file this converter writes into OUT (beam_convert.py adds norm_stats.json): what --overwrite removes.
 _OUTPUT_FILE = re.compile(r"shard-\d{5}(-of-\d{5}\.array_record(\.tmp)?|\.json(\.tmp)?|\.npz|\.tmp\.npz)|"
                           r"(index|convert_options|norm_stats)\.json(\.tmp)?")
@@ -63,7 +62,6 @@ OPTION_FLAGS = {"source": "--source", "source_episodes": "the source's episodes"
                 "jpeg_quality": "jpeg_quality", "episodes_per_shard": "--episodes-per-shard",
                 "delta_action_dims": "--delta-action-dims", "tolerance_s": "--tolerance-s",
                 "depth_codes": "--depth-codes", "on_error": "--on-error"}
-REWRITE_HINT = "re-run the same molmoact2-data convert command to rewrite it (or add --overwrite to redo them all)"
 
 
 class ConversionConflict(ValueError):
@@ -80,7 +78,7 @@ class ConvertOptions:
     embodiment: str
     out: str
     horizon: int | None = None          # default: the embodiment's action_horizon
-    image_size: int | None = 378        # squash to SxS with the model's resize (spec 5.2); None: keep aspect
+    image_size: int | None = 378        # squash to SxS with the model's resize; None: keep aspect
     max_image_side: int = 384           # with image_size=None: downscale so the longer side <= this
     # "jpeg" (quality 95, 4:4:4 chroma) or "png" (lossless: the frames the source holds, bit for bit)
     image_format: str = "jpeg"
@@ -107,10 +105,6 @@ class ConvertOptions:
                 raise ValueError(f"delta_action_dims {list(dims)}: expected distinct action dims in [0, {dim}) of "
                                  f"embodiment {self.embodiment}")
             self.delta_action_dims = dims
-
-
-def shard_name(k: int, n: int) -> str:
-    return f"shard-{k:05d}-of-{n:05d}.array_record"
 
 
 def target_hw(h: int, w: int, max_side: int) -> tuple[int, int]:
@@ -152,7 +146,7 @@ class ShardEpisode(NamedTuple):
 def shard_complete(out: Path, k: int, n: int) -> bool:
     """The resume rule: a shard is done once its sidecar (written last) and its renamed shard file exist, and the
     file still holds the records the sidecar counts (a shard truncated since, e.g. by a full disk, is rewritten)."""
-    sidecar = out / f"shard-{k:05d}.json"
+    sidecar = out / sidecar_name(k)
     if not (sidecar.exists() and (out / shard_name(k, n)).exists()):
         return False
     try:
@@ -162,47 +156,8 @@ def shard_complete(out: Path, k: int, n: int) -> bool:
     return shard_problem(out / shard_name(k, n), expected) is None
 
 
-def shard_problem(path: Path, expected: int) -> str | None:
-    """Why the ArrayRecord file `path` is not a whole shard of `expected` records, or None when it is. Cheap: opening
-    reads the file's footer and index, not its records (a truncated file opens with 0 records and ok() False), so a
-    bit flip inside a record is only found when that record is read (pipeline/robot_dataset.py names the file)."""
-    if not path.is_file():
-        return "shard file missing"
-    try:
-        reader = ArrayRecordReader(str(path))
-    except Exception as e:  # noqa: BLE001 - array_record raises bare RuntimeErrors (Riegeli messages)
-        return f"corrupt or truncated shard ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
-    ok, found = reader.ok(), reader.num_records()
-    try:
-        reader.close()
-    except Exception:  # noqa: BLE001 - a reader that hit a damaged file reports it again on close
-        ok = False
-    if not ok or found != expected:
-        return f"corrupt or truncated shard ({found} readable records, {expected} written)"
-    return None
-
-
-def corrupt_record_message(path: Path, err: BaseException, record: int | None = None) -> str:
-    """A record of shard `path` did not read back (a Riegeli hash mismatch: the file's bytes changed after it was
-    written). Its record count is intact, so a resume would keep it: the fix removes its sidecar first."""
-    first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-    at = f" at record {record}" if record is not None else ""
-    sidecar = sidecar_path(path.parent, path.name)
-    return (f"{path}: corrupt shard{at} ({first}); delete {sidecar.name} and re-run the same molmoact2-data convert "
-            f"command to rewrite it (or add --overwrite to redo them all)")
-
-
-def check_shard(shard_dir, entry: dict) -> None:
-    """DataError naming the shard file of index.json's `entry` ({file, num_records}) when it is missing, unreadable or
-    short; what `stats`, `inspect` and training check before they read a shard directory."""
-    path = Path(shard_dir) / entry["file"]
-    problem = shard_problem(path, int(entry["num_records"]))
-    if problem is not None:
-        raise DataError(f"{problem}; {REWRITE_HINT}", path=path)
-
-
 def resumed_summary(out: Path, k: int) -> dict:
-    return json.loads((out / f"shard-{k:05d}.json").read_text()) | {"resumed": True}
+    return json.loads((out / sidecar_name(k)).read_text()) | {"resumed": True}
 
 
 def skip_entry(ep_id, err: Exception) -> dict:
@@ -235,7 +190,7 @@ def write_shard(out: Path, k: int, n: int, dim: int, parts) -> dict:
     under a temporary name then renamed, the .npz, and the .json sidecar last. Returns the sidecar's summary.
     If anything stops it (an error, Ctrl-C), the shard's temporary and unfinished files are removed: no shard is
     left half-written, and none looks finished that is not."""
-    (out / f"shard-{k:05d}.json").unlink(missing_ok=True)  # a rewrite (corrupt shard): unfinished until the end
+    (out / sidecar_name(k)).unlink(missing_ok=True)  # a rewrite (corrupt shard): unfinished until the end
     try:
         return _write_shard(out, k, n, dim, parts)
     except BaseException:
@@ -252,7 +207,7 @@ def remove_unfinished(out: Path, shards=None) -> None:
             continue
         if _TEMPORARY_FILE.fullmatch(f.name) or (
                 _OUTPUT_FILE.fullmatch(f.name) and not f.name.endswith(".json")
-                and not (Path(out) / f"shard-{m.group(1)}.json").exists()):
+                and not (Path(out) / sidecar_name(int(m.group(1)))).exists()):
             f.unlink(missing_ok=True)
 
 
@@ -277,13 +232,13 @@ def _write_shard(out: Path, k: int, n: int, dim: int, parts) -> dict:
         writer.close()
     os.replace(tmp, out / shard_name(k, n))
     state_dim, action_dim = dim if isinstance(dim, tuple) else (dim, dim)   # (state, action): LIBERO's 8 / 7
-    np.savez(out / f"shard-{k:05d}.tmp.npz",
+    np.savez(out / sidecar_name(k, ".tmp.npz"),
              state=np.concatenate(states) if states else np.zeros((0, state_dim), np.float32),
              action=np.concatenate(actions) if actions else np.zeros((0, action_dim), np.float32))
-    os.replace(out / f"shard-{k:05d}.tmp.npz", out / f"shard-{k:05d}.npz")
+    os.replace(out / sidecar_name(k, ".tmp.npz"), out / sidecar_name(k, ".npz"))
     summary = {"shard": shard_name(k, n), "num_records": n_records, "episodes": episodes, "skipped": skipped}
-    (out / f"shard-{k:05d}.json.tmp").write_text(json.dumps(summary))
-    os.replace(out / f"shard-{k:05d}.json.tmp", out / f"shard-{k:05d}.json")
+    (out / sidecar_name(k, ".json.tmp")).write_text(json.dumps(summary))
+    os.replace(out / sidecar_name(k, ".json.tmp"), out / sidecar_name(k))
     return summary
 
 
@@ -321,17 +276,6 @@ def open_conversion(opts: ConvertOptions):
     groups = src.groups(opts.episodes_per_shard)
     prepare_output(out, conversion_record(opts, emb, groups), opts.overwrite)
     return emb, out, src, groups
-
-
-def check_writable(folder, flag: str, given=None) -> None:
-    """Refuses, before any work, a folder that cannot be written (storage.local_write_problem). Messages name `flag`
-    and `given` (what the user typed: the file to be written in `folder`, or `folder` itself)."""
-    shown = folder if given is None else given
-    where, problem = storage.local_write_problem(folder)
-    if problem == "a file, not a folder":
-        raise ValueError(f"{flag} {shown}: {where} is a file, not a folder; choose another {flag}")
-    if problem is not None:
-        raise ValueError(f"{flag} {shown}: cannot write in {where} ({problem}); choose a writable folder")
 
 
 def _digest(obj) -> str:
@@ -573,45 +517,3 @@ def build_index(opts: ConvertOptions, camera_keys, state_names, fps, results: li
     }
 
 
-def tag_metadata(emb, horizon: int | None = None, delta_action_dims=None, camera_keys=None) -> dict:
-    """The embodiment's tag metadata as a conversion records it: the chunk length the records hold, the action
-    dims stored as deltas (the records keep absolute actions; training applies the delta), and, for a fixed camera
-    order, the source's cameras in the order the records hold them (training feeds them in that order, so a policy
-    must be given them in it too; the embodiment's declared names are only the usual ones)."""
-    meta = emb.tag_metadata()
-    if camera_keys and meta["camera_keys"]:
-        meta["camera_keys"] = list(camera_keys)
-    if horizon:  # the records hold chunks of this length: norm_stats.json must say so
-        meta.update(action_horizon=int(horizon), n_action_steps=int(horizon))
-    if delta_action_dims is not None:
-        meta.pop("delta_action_dims", None)
-        if delta_action_dims:
-            meta["delta_action_dims"] = [int(d) for d in delta_action_dims]
-    return meta
-
-
-def load_index(shard_dir) -> dict:
-    path = Path(shard_dir) / "index.json"
-    if not path.exists():
-        if (Path(shard_dir) / OPTIONS_FILE).exists():  # index.json is written last
-            raise DataError("conversion unfinished (index.json is written last); run the same molmoact2-data convert "
-                            "command again to finish it", path=path)
-        raise DataError("not a converted shard directory (index.json missing)", path=path)
-    index = json.loads(path.read_text())
-    if index.get("format") != INDEX_FORMAT:
-        raise DataError(f"unknown index format {index.get('format')!r}", path=path, key="format")
-    return index
-
-
-def sidecar_path(shard_dir, shard_file: str, suffix: str = ".json") -> Path:
-    """shard-00003-of-00010.array_record -> shard-00003.json (or .npz)."""
-    return Path(shard_dir) / (shard_file.split("-of-")[0] + suffix)
-
-
-def load_episodes(shard_dir) -> list[dict]:
-    """Per-episode index across shards: episode_id, shard, first_record, num_frames, task."""
-    out = []
-    for s in load_index(shard_dir)["shards"]:
-        meta = json.loads(sidecar_path(shard_dir, s["file"]).read_text())
-        out += [dict(e, shard=s["file"]) for e in meta["episodes"]]
-    return out

@@ -1,10 +1,10 @@
 """Per-embodiment facts: feature names, cameras, rates, and the MolmoAct2 tag metadata, read from embodiment files.
 
 A robot is data, not code: an embodiment file (JSON, format `molmoact2_embodiment.v1`, schema in
-data_pipelines/README.md "Embodiment files") declares it. The built-in robots (droid, so100, yam, metaworld, libero)
+docs/data.md "Embodiment files") declares it. The built-in robots (droid, so100, yam, metaworld, libero)
 are such files shipped in data_pipelines/embodiment_files/; `get_embodiment(x)` takes a built-in name or a path to a
 file, and `molmoact2-data embodiment --from lerobot:DIR --out robot.json` writes a starting file from a dataset.
-Values of the built-ins follow data_formats.md sections 2-5 and molmoact2_spec.md 16.3/17. Fixture image sizes are
+Values of the built-ins follow docs/model_notes.md, "Embodiments" and "Training recipe". Fixture image sizes are
 small on purpose (tests run on 2 cores); `real_image_hw` records the real size.
 
 `check_dataset_features` holds a dataset's meta/info.json features against an embodiment, so a dataset of another
@@ -119,7 +119,7 @@ class Embodiment:
         return [first.get(n, j % len(self.state_names)) for j, n in enumerate(self.action_names)]
 
     def tag_metadata(self) -> dict:
-        """The per-tag keys of norm_stats.json (spec 13), minus the stats themselves."""
+        """The per-tag keys of norm_stats.json, minus the stats themselves."""
         return {
             "action_key": self.action_key,
             "state_keys": [self.state_key],
@@ -157,7 +157,7 @@ class Embodiment:
 
 # --- embodiment files --------------------------------------------------------------------------------------------
 
-# field -> (required, what it holds); the order is the order `to_dict` writes and the README documents.
+# field -> (required, what it holds); the order is the order `to_dict` writes and docs/data.md documents.
 FIELDS = {
     "format": (True, f'"{EMBODIMENT_FORMAT}"'),
     "name": (True, "short name of the robot (letters, digits, _ . -)"),
@@ -294,7 +294,7 @@ def load_embodiment_dict(d, path="<dict>") -> Embodiment:
             alias = _names({field: alias}, path, field)
             if len(alias) != len(names):
                 raise _bad(path, f"{field}[{i}]", f"{len(alias)} names but {role}_names has {len(names)}")
-            # the gripper pass-through mask is taken from the dataset's own names (spec 13): an alias that moves a
+            # the gripper pass-through mask is taken from the dataset's own names: an alias that moves a
             # gripper would silently normalize it, or pass a joint through un-normalized
             if not normalize_gripper and ["gripper" in n for n in alias] != ["gripper" in n for n in names]:
                 raise _bad(path, f"{field}[{i}]", f"its gripper dims (names containing 'gripper') differ from "
@@ -305,7 +305,7 @@ def load_embodiment_dict(d, path="<dict>") -> Embodiment:
         by_name = [i for i, n in enumerate(names) if "gripper" in n]
         if field in d and sorted(_dims(d, path, field, len(names))) != by_name:
             raise _bad(path, field, f"{d[field]} but the dims whose name contains 'gripper' are {by_name}: the "
-                                    f"gripper rule (spec 13) goes by name, so name each gripper dim '...gripper...'")
+                                    f"gripper rule goes by name, so name each gripper dim '...gripper...'")
     delta = _dims(d, path, "delta_action_dims", min(len(state_names), len(action_names)))
     keys = _names(d, path, "camera_keys")
     if len(set(keys)) != len(keys):

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from array_record.python.array_record_module import ArrayRecordReader
 
-from data_pipelines.convert import check_shard, corrupt_record_message, load_index
 from data_pipelines.errors import DataError
 from data_pipelines.formats.droid_rlds import DroidRLDS
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.record_codec import decode_record
+from data_pipelines.shards import check_shard, corrupt_record_message, load_index
 
 
 def detect(path: Path) -> str:

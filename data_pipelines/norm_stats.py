@@ -1,4 +1,5 @@
-"""norm_stats.json, typed: schema, loading, validation, per-tag info and the gripper pass-through rule (spec 13).
+"""norm_stats.json, typed: schema, loading, validation, per-tag info and the gripper pass-through rule
+(docs/model_notes.md, "Normalization and state bins").
 
 The one reader of the file. Training (the Grain robot transform), serving (`Policy`), the closed-loop baselines and
 the demo all call `NormStats.load`, so a field means the same thing everywhere:
@@ -33,7 +34,7 @@ class NormStatsError(ValueError):
 
 
 def gripper_mask(names, normalize_gripper: bool) -> list[bool]:
-    """Spec 13: with normalize_gripper=False every dim whose name contains "gripper" passes through
+    """With normalize_gripper=False every dim whose name contains "gripper" passes through
     un-normalized (mask False); all other dims are normalized (mask True)."""
     return [bool(normalize_gripper) or "gripper" not in str(n).lower() for n in names]
 
@@ -161,7 +162,7 @@ class TagInfo:
     delta_action_dims: tuple = ()   # action dims trained as a[t+k] - s[t] of the same state dim (openpi DeltaActions)
 
     @property
-    def action_dim(self) -> int:   # spec 21.4: the length of the stats vector, not metadata.action_dim
+    def action_dim(self) -> int:   # the length of the stats vector, not metadata.action_dim
         return self.action_stats.dim
 
     @property

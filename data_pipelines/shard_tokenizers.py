@@ -31,17 +31,18 @@ from typing import Iterator
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data_pipelines.convert import check_writable, load_episodes, load_index, sidecar_path
 from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NORM_STATS_FILE, NormStats, TagInfo
+from data_pipelines.shards import check_writable, load_episodes, load_index, sidecar_path
 from data_pipelines.transforms.normalize import normalize
 from data_pipelines.transforms.prompt import build_robot_prompt, normalize_question_text
+from molmoact2_jax.token_layout import TokenLayout
 from molmoact2_jax.tokenizers.openfast import OpenFAST
-from molmoact2_jax.tokenizers.text import TextTokenizer, TokenLayout
+from molmoact2_jax.tokenizers.text import TextTokenizer
 
 OPENFAST_VOCAB = 512        # plenty for normalised chunks (|DCT| <= sqrt(H) * scale); small for a small model
 OPENFAST_SCALE = 10
-MAX_ACTION_TOKENS = 2048    # <action_k> tokens of the model's layout (spec 3.1): BPE ids must fit in them
+MAX_ACTION_TOKENS = 2048    # <action_k> tokens of the model's layout: BPE ids must fit in them
 TEXT_VOCAB = 1024
 # base special tokens of the text side: padding, chat turn start and end (<|im_end|> is also EOS / BOS)
 TEXT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -177,6 +178,12 @@ def train_text_tokenizer(shard_dirs, vocab_size: int = TEXT_VOCAB) -> tuple[Toke
         raise ValueError(f"--vocab-size {vocab_size}: expected at least {floor} (256 byte tokens and "
                          f"{len(TEXT_SPECIAL_TOKENS)} special tokens)")
     prompts = prompt_texts(shard_dirs)
+    return train_prompt_tokenizer(prompts, vocab_size), prompts
+
+
+def train_prompt_tokenizer(prompts, vocab_size: int) -> Tokenizer:
+    """Byte-level BPE of at most `vocab_size` entries trained on `prompts` (TEXT_SPECIAL_TOKENS at ids 0, 1, 2); the
+    synthetic tiny-recipe task's tokenizer is trained with it too (training/synthetic_data.py)."""
     special = re.compile("|".join(re.escape(s) for s in _special_strings()))
     # TextTokenizer encodes the text between special strings piece by piece: train on exactly those pieces
     pieces = [p for text in prompts for p in special.split(text) if p]
@@ -186,7 +193,7 @@ def train_text_tokenizer(shard_dirs, vocab_size: int = TEXT_VOCAB) -> tuple[Toke
     tok.train_from_iterator(pieces, trainers.BpeTrainer(
         vocab_size=int(vocab_size), special_tokens=list(TEXT_SPECIAL_TOKENS), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return tok, prompts
+    return tok
 
 
 def write_text_tokenizer(shard_dirs, out=None, vocab_size: int = TEXT_VOCAB) -> tuple[Path, TextTokenizer]:
@@ -218,46 +225,3 @@ def write_openfast(shard_dirs, out=None, norm_stats=None, vocab_size: int = OPEN
     check_writable(out, "--out")
     tok, n = fit_openfast(shard_dirs, norm_stats, vocab_size, scale)
     return tok.save(out), tok, n
-
-
-def add_parsers(sub) -> None:
-    """The `openfast` and `tokenizer` sub-commands of molmoact2-data."""
-    o = sub.add_parser("openfast", help="fit the OpenFAST action tokenizer on converted shards' action chunks, "
-                                        "normalised as training does")
-    o.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR", help="shard folders written by convert")
-    o.add_argument("--norm-stats", default=None, metavar="FILE",
-                   help="norm_stats.json to normalise with, as training will (default: SHARD_DIR/norm_stats.json "
-                        "of the first folder, written by molmoact2-data stats SHARD_DIR)")
-    o.add_argument("--out", default=None, metavar="DIR",
-                   help="tokenizer folder to write (default: SHARD_DIR/openfast of the first folder); point "
-                        "config.data.openfast at it")
-    o.add_argument("--vocab-size", type=int, default=OPENFAST_VOCAB,
-                   help=f"BPE vocabulary size, at most {MAX_ACTION_TOKENS} (default: %(default)s: ample for normalised "
-                        f"chunks, small enough for a small model)")
-    o.add_argument("--scale", type=float, default=OPENFAST_SCALE,
-                   help="DCT coefficients are multiplied by this before rounding: larger keeps more detail and "
-                        "gives more tokens per chunk (default: %(default)s)")
-
-    t = sub.add_parser("tokenizer", help="train a small byte-level BPE text tokenizer on converted shards' task "
-                                         "strings and the prompt template, for models trained from scratch")
-    t.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR", help="shard folders written by convert")
-    t.add_argument("--out", default=None, metavar="FILE",
-                   help="tokenizer.json to write (default: SHARD_DIR/tokenizer.json of the first folder); point "
-                        "config.data.tokenizer at it")
-    t.add_argument("--vocab-size", type=int, default=TEXT_VOCAB,
-                   help="BPE vocabulary size before the model's robot tokens (default: %(default)s; training "
-                        "stops early when the text has no more pairs to merge)")
-
-
-def run(args) -> None:
-    """Runs the `openfast` or `tokenizer` sub-command of molmoact2-data."""
-    if args.command == "openfast":
-        scale = int(args.scale) if float(args.scale).is_integer() else args.scale  # processor_config: 10, not 10.0
-        out, tok, n = write_openfast(args.shard_dirs, args.out, args.norm_stats, args.vocab_size, scale)
-        print(f"wrote {out}: fitted on {n} chunks of {tok.time_horizon or 'mixed'} steps x {tok.action_dim or 'mixed'} "
-              f"dims; BPE vocab {tok.bpe_vocab_size}, min_token {tok.min_token}; set config.data.openfast="
-              f"{out.resolve()}")
-    else:
-        out, text = write_text_tokenizer(args.shard_dirs, args.out, args.vocab_size)
-        print(f"wrote {out}: {text.layout.base_vocab} base tokens (model vocab {text.layout.vocab_size} with the "
-              f"robot tokens); set config.data.tokenizer={out.resolve()}")

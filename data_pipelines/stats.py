@@ -1,4 +1,4 @@
-"""norm_stats.json (format molmoact2_norm_stats.v1, molmoact2_spec.md section 13) from converted shards, or
+"""norm_stats.json (format molmoact2_norm_stats.v1) from converted shards, or
 straight from raw LeRobot / RLDS datasets without decoding video (`compute_source_norm_stats`).
 
 Per shard directory ("repo") the stats are exact: numpy linear quantiles over every frame's
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.convert import check_shard, check_writable, load_index, sidecar_path, tag_metadata
 from data_pipelines.embodiments import canonical_state_names, get_embodiment
 from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NORM_MODES, NORM_STATS_FILE, NORM_STATS_FORMAT, gripper_mask
+from data_pipelines.shards import check_shard, check_writable, load_index, sidecar_path, tag_metadata
 from data_pipelines.sources import open_source
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q90": 0.90, "q99": 0.99}
 QUANTILE_METHOD = ("exact numpy 'linear' quantiles per shard directory; count-weighted mean of per-directory "

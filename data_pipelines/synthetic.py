@@ -7,29 +7,15 @@ model that reads the images (and the task text naming the colour) can predict th
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from data_pipelines.embodiments import Embodiment
+from data_pipelines.episode import Episode
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), "yellow": (230, 210, 40)}
 # Instruction phrasings as they appear in the wild, so prompt normalization gets exercised.
 _TASK_STYLES = ("pick up the {c} block", "Pick up the {c} block.", "Task: pick up the {c} block!",
                 '"Pick up the {c} block"')
-
-
-@dataclasses.dataclass
-class Episode:
-    states: np.ndarray             # [T, D] float32, physical units
-    actions: np.ndarray            # [T, A] float32, absolute joint targets (A: the action dim)
-    images: dict[str, np.ndarray]  # camera -> [T, H, W, 3] uint8
-    task: str
-    annotated_task: str
-
-    @property
-    def length(self) -> int:
-        return len(self.states)
 
 
 def episode_length(index: int, base: int = 20) -> int:

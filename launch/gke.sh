@@ -2,7 +2,7 @@
 # Training on a GKE TPU slice as a JobSet (launch/gke_jobset.yaml): one pod per TPU host, each running
 # molmoact2-train from a container image that holds the project (.[gcs]) and jax[tpu].
 #   export IMAGE=us-docker.pkg.dev/PROJECT/REPO/molmoact2:TAG TPU_ACCELERATOR=tpu-v5p-slice TPU_TOPOLOGY=4x4x4
-#   launch/gke.sh run -- --config=configs/posttrain.py --workdir=gs://bucket/run ...   render + kubectl apply
+#   launch/gke.sh run -- --config=posttrain --workdir=gs://bucket/run ...   render + kubectl apply
 #   launch/gke.sh render -- ...   print the manifest only
 #   launch/gke.sh status          the JobSet and its pods
 #   launch/gke.sh logs [--worker=N|all] [--lines=N] [--follow]    a host's trainer output (default host 0)

@@ -21,6 +21,7 @@ fi
 shift
 # below the OS's ephemeral range, so no outgoing connection takes it before process 0 binds it (molmoact2_jax/ports.py)
 port=${MOLMOACT2_PORT:-$(python3 -c 'from molmoact2_jax.ports import coordinator_port; print(coordinator_port())')}
+# molmoact2-train reads these as its --coordinator-address, --num-processes and (below) --process-id
 export MOLMOACT2_COORDINATOR="127.0.0.1:${port}" MOLMOACT2_NUM_PROCESSES="$num"
 # processes sharing one host's cores can starve the coordination heartbeats past jax's 100 s default
 export MOLMOACT2_HEARTBEAT_TIMEOUT_S="${MOLMOACT2_HEARTBEAT_TIMEOUT_S:-600}"

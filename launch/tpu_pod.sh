@@ -3,7 +3,7 @@
 #   export TPU_NAME=my-v5p-128 ZONE=us-east5-a [PROJECT=my-project]
 #   launch/tpu_pod.sh setup     copy the code (git archive of HEAD, or REV) to every worker, make a Python >= 3.11
 #                               venv there, install .[gcs] and jax[tpu] (the project's jax version) into it
-#   launch/tpu_pod.sh run [--env=NAME=VALUE ...] -- --config=configs/posttrain.py --workdir=gs://bucket/run ...
+#   launch/tpu_pod.sh run [--env=NAME=VALUE ...] -- --config=posttrain --workdir=gs://bucket/run ...
 #                               start the trainer on every worker, detached (it outlives this shell and the laptop)
 #   launch/tpu_pod.sh status    per worker: the newest run running, or its exit status
 #   launch/tpu_pod.sh logs [--worker=N|all] [--lines=N] [--follow]    tail a worker's log (default worker 0)

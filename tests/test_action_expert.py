@@ -1,4 +1,4 @@
-"""Action expert (spec 9-11, 18.2, 21): torch-reference parity through the HF key converter, context reuse,
+"""Action expert: torch-reference parity through the HF key converter, context reuse,
 encoder-mask rules, depth gate, flow-matching loss, Euler sampler, full-size parameter count, partition specs."""
 import math
 
@@ -250,7 +250,7 @@ def test_flow_loss_matches_numpy_and_ignores_padding(ref_setup):
     loss, metrics = loss_fn(actions, rng)
     assert set(metrics) >= {"flow_loss", "flow_t_mean"} and np.isfinite(float(loss))
 
-    # hand-written spec 11.1 in numpy from the same draws
+    # the flow-matching loss hand-written in numpy from the same draws
     t, eps = (np.asarray(a) for a in flow.draw_flow_samples(rng, n_samples, actions.shape, cfg.flow))
     assert t.shape == (n_samples, B) and eps.shape == (n_samples, B, H, 32)
     assert np.all((t >= 0.001) & (t <= 1.0))
@@ -322,7 +322,7 @@ def test_sample_actions(ref_setup):
     np.testing.assert_array_equal(a1, a2)
     assert np.all(a1[:, :, 7:] == 0) and np.abs(a1[:, :, :7] - noise[:, :, :7]).max() > 1e-2
 
-    # Python-loop Euler reference of spec 11.2
+    # Python-loop Euler reference
     x = noise * dim_valid[:, None, :]
     apply = jax.jit(expert.apply)
     for i in range(10):
@@ -330,7 +330,7 @@ def test_sample_actions(ref_setup):
         x = (x + 0.1 * vel * dim_valid[:, None, :]) * dim_valid[:, None, :]
     np.testing.assert_allclose(a1, x, atol=1e-5)
 
-    # a freshly initialised expert (zero gates, zero final linear) returns the noise (spec 21.9)
+    # a freshly initialised expert (zero gates, zero final linear) returns the noise
     fresh = expert.init(jax.random.PRNGKey(2), noise, jnp.zeros((B,)), k, v, enc)
     out = np.asarray(sample(fresh, noise))
     np.testing.assert_array_equal(out, noise * dim_valid[:, None, :])
@@ -341,7 +341,7 @@ def test_sample_actions(ref_setup):
 
 # ----------------------------------------------------------------------------------------------- (f, g) full size
 def _expected_full_param_count(ae):
-    """From the shapes of spec 18.2."""
+    """From the release's HF tensor shapes."""
     d, tdim, c, a, n = ae.hidden_size, ae.timestep_embed_dim, ae.context_dim, ae.max_action_dim, ae.num_layers
     inner = math.ceil(int(d * ae.mlp_ratio) / ae.ffn_multiple_of) * ae.ffn_multiple_of
     lin = lambda o, i, bias=True: o * i + (o if bias else 0)
@@ -364,7 +364,7 @@ def test_full_size_param_count_and_partition_specs():
     leaves = jax.tree_util.tree_leaves(nn.meta.unbox(shapes))
     count = sum(math.prod(l.shape) for l in leaves)
     expected = _expected_full_param_count(ae)
-    print(f"full action expert params: {count:,} (expected from spec 18.2: {expected:,})")
+    print(f"full action expert params: {count:,} (expected from the HF shapes: {expected:,})")
     assert count == expected
     assert abs(count / 1e6 - 577.6) < 0.1
     assert all(l.dtype == jnp.float32 for l in leaves)

@@ -49,7 +49,7 @@ def test_import_matches_transformers_logits(hf_folder, tmp_path):
 
 def test_export_roundtrip_loads_in_transformers(hf_folder, tmp_path):
     from transformers import Molmo2ForConditionalGeneration
-    from molmoact2_jax.convert.cli import main
+    from molmoact2_jax.cli.convert import main
 
     folder, hf_model = hf_folder
     ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "export")
@@ -69,7 +69,7 @@ def test_export_roundtrip_loads_in_transformers(hf_folder, tmp_path):
 
 
 def test_cli_reports_missing_folder(tmp_path, capsys):
-    from molmoact2_jax.convert.cli import main
+    from molmoact2_jax.cli.convert import main
     assert main(["import-molmo2", str(tmp_path / "nope"), str(tmp_path / "ck")]) == 2
     assert "nope" in capsys.readouterr().err
 

@@ -55,7 +55,7 @@ def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
     wd = str(tmp_path)
     t0 = None
     log = tempfile.TemporaryFile(mode="w+")   # a file, not a pipe: nobody drains a pipe while we poll
-    proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.train", f"--workdir={wd}", *BASE,
+    proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.cli.train", f"--workdir={wd}", *BASE,
                              "--config.total_steps=500", "--config.checkpoint.every_steps=0"],
                             env=env_for(1), stdout=log, stderr=subprocess.STDOUT, text=True)
     path = os.path.join(wd, "metrics.jsonl")

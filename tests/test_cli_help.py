@@ -1,166 +1,194 @@
-"""Every command line documents itself: `--help` lists the key flags, every flag / argument has a help text, and
-molmoact2-train tells config mistakes (one line, exit 2) from internal errors (traceback)."""
+"""Every command line documents itself and fails the same way: each console script of pyproject.toml answers
+`--help` with exit 0 (without importing jax) and a help that ends with examples; an unknown flag is one line on
+stderr naming it, exit 2; every flag is spelt with dashes and has a help text; `molmoact2-sim record` and
+`molmoact2-eval` each document only their own options; molmoact2-train tells config mistakes (one line, exit 2) from
+internal errors (traceback)."""
 import argparse
+import importlib
 import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
+from molmoact2_jax.cli.common import CommandParser, UsageError, load_config, parse_with_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with open(os.path.join(ROOT, "pyproject.toml"), "rb") as _f:
+    SCRIPTS = tomllib.load(_f)["project"]["scripts"]   # {"molmoact2-train": "molmoact2_jax.cli.train:main", ...}
+DASHED = re.compile(r"--[a-z0-9]+(-[a-z0-9]+)*")
 
 
-# ------------------------------------------------------------------ argparse CLIs, introspected in process
-class _Captured(Exception):
-    pass
-
-
-def _parser_of(main) -> argparse.ArgumentParser:
-    """The parser `main` builds, caught at its parse_args call (nothing runs, nothing heavy is imported)."""
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(self, *args, **kwargs):
-        raise _Captured(self)
-
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        main([])
-    except _Captured as c:
-        return c.args[0]
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    raise AssertionError(f"{main.__module__}.{main.__name__} did not parse arguments")
-
-
-def _undocumented(parser: argparse.ArgumentParser, where: str) -> list[str]:
-    missing = []
-    for action in parser._actions:
-        if isinstance(action, argparse._HelpAction):
-            continue
-        name = "/".join(action.option_strings) or action.dest
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help for a in action._choices_actions}
-            for cmd, sub in action.choices.items():
-                if not (helps.get(cmd) or "").strip():
-                    missing.append(f"{where} {cmd} (subcommand)")
-                missing += _undocumented(sub, f"{where} {cmd}")
-            continue
-        if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
-            missing.append(f"{where} {name}")
-        else:
-            try:
-                parser._get_formatter()._expand_help(action)  # a bad %(...)s would only fail at --help time
-            except (KeyError, ValueError, TypeError) as e:
-                missing.append(f"{where} {name}: help does not format ({e!r})")
-    return missing
-
-
-def _argparse_mains():
-    from data_pipelines.cli import main as data_main
-    from molmoact2_jax.convert.cli import main as convert_main
-    from molmoact2_jax.demo import main as demo_main
-    from molmoact2_jax.depth.codes import main as depth_codes_main
-    from molmoact2_jax.evaluation.cli import eval_main, sim_main
-    from molmoact2_jax.inference.server import main as serve_main
-    from molmoact2_jax.tokenizers.openfast_cli import main as openfast_main
-    return {"molmoact2-convert": convert_main, "molmoact2-data": data_main, "molmoact2-openfast": openfast_main,
-            "molmoact2-sim": sim_main, "molmoact2-eval": eval_main, "molmoact2-serve": serve_main,
-            "molmoact2-demo": demo_main, "molmoact2-depth-codes": depth_codes_main}
-
-
-@pytest.mark.parametrize("prog", ["molmoact2-convert", "molmoact2-data", "molmoact2-openfast", "molmoact2-sim",
-                                  "molmoact2-eval", "molmoact2-serve", "molmoact2-demo", "molmoact2-depth-codes"])
-def test_every_argparse_argument_has_help(prog):
-    parser = _parser_of(_argparse_mains()[prog])
-    assert parser.prog == prog
-    assert _undocumented(parser, prog) == []
-    parser.format_help()
-
-
-# ------------------------------------------------------------------ absl CLIs, as console scripts
-ABSL = {
-    "molmoact2-train": ("molmoact2_jax.train", {"config", "workdir", "coordinator_address", "num_processes",
-                                                "process_id"}),
-    "molmoact2-compile": ("molmoact2_jax.compile", {"config", "pod", "topology", "num_slices", "devices", "out"}),
-    "molmoact2-forward": ("molmoact2_jax.demo_forward", {"config", "batch"}),
-}
-
-
-def _console_script(prog: str, *args: str, **kw) -> subprocess.CompletedProcess:
-    """Runs `prog` the way its console script does: __main__ is a wrapper without flags or docstring."""
-    module = ABSL[prog][0]
-    code = f"import sys; sys.argv[0] = {prog!r}; from {module} import main; sys.exit(main())"
+def _run_script(prog: str, *args: str, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """Runs `prog` as its console script does (`sys.exit(main())` with argv[0] the command name), then reports on
+    stderr's last line whether jax was imported."""
+    module, func = SCRIPTS[prog].split(":")
+    code = (f"import sys; sys.argv[0] = {prog!r}\nfrom {module} import {func}\n"
+            f"try:\n    code = {func}()\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('JAX_IMPORTED' if 'jax' in sys.modules else 'NO_JAX', file=sys.stderr)\nsys.exit(code)")
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-                          timeout=120, **kw)
+                          timeout=timeout, cwd=cwd)
 
 
-def _help_flags(text: str) -> dict[str, str]:
-    """{flag: help} of the flags `--help` lists (absl: '  --name: help' with indented continuation lines)."""
-    out, name = {}, None
-    for line in text.splitlines():
-        m = re.match(r"^  --(?:\[no\])?([\w.]+): ?(.*)$", line)
-        if m:
-            name = m.group(1)
-            out[name] = m.group(2).strip()
-        elif name and line.startswith("    ") and not line.strip().startswith("("):
-            out[name] = (out[name] + " " + line.strip()).strip()
-        elif not line.startswith("    "):
-            name = None
-    return out
+def _parser(prog: str) -> CommandParser:
+    """The parser of a console script: every module of molmoact2_jax/cli exposes `build_parser()`."""
+    module, _ = SCRIPTS[prog].split(":")
+    return importlib.import_module(module).build_parser()
 
 
-@pytest.mark.parametrize("prog", sorted(ABSL))
-def test_absl_help_lists_every_flag_with_help(prog):
-    r = _console_script(prog, "--help")
-    text = r.stdout + r.stderr
-    assert "Try --helpfull" in text
-    listed = _help_flags(text)
-    assert set(listed) == ABSL[prog][1], text
-    assert all(listed.values()), listed
-    assert text.startswith(f"`{prog}")  # the module docstring (usage) is shown, not just "USAGE: ... [flags]"
+def _all_parsers(parser: CommandParser, where: str):
+    yield where, parser
+    for name, sub in parser.subcommands().items():
+        yield from _all_parsers(sub, f"{where} {name}")
+
+
+def test_every_console_script_lives_in_the_cli_package():
+    assert len(SCRIPTS) >= 11
+    for prog, target in SCRIPTS.items():
+        assert target == f"molmoact2_jax.cli.{prog.removeprefix('molmoact2-').replace('-', '_')}:main", prog
+
+
+@pytest.mark.parametrize("prog", sorted(SCRIPTS))
+def test_help_exits_0_ends_with_examples_and_imports_no_jax(prog):
+    r = _run_script(prog, "--help")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith(f"usage: {prog} "), r.stdout[:200]
+    last_block = r.stdout.rstrip().split("\n\n")[-1]
+    assert last_block.startswith("Examples:\n  ") and f"  {prog}" in last_block, r.stdout[-1500:]
+    assert r.stderr.strip().splitlines()[-1] == "NO_JAX"
+
+
+@pytest.mark.parametrize("prog", sorted(SCRIPTS))
+def test_unknown_flag_is_one_line_exit_2(prog):
+    r = _run_script(prog, "--no-such-flag")
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1] == "NO_JAX"
+    assert r.returncode == 2 and len(lines) == 2, r.stderr[-3000:]
+    assert lines[0].startswith(f"{prog}: error: ") and "--no-such-flag" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("prog", sorted(SCRIPTS))
+def test_every_flag_is_dashed_documented_and_every_help_has_examples(prog):
+    parser = _parser(prog)
+    assert parser.prog == prog
+    for where, p in _all_parsers(parser, prog):
+        assert p.epilog and p.epilog.startswith("Examples:\n"), f"{where}: no examples in its help"
+        p.format_help()   # a bad %(...)s would only fail at --help time
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                if isinstance(action, argparse._SubParsersAction):
+                    helps = {a.dest: a.help for a in action._choices_actions}
+                    assert all((helps.get(c) or "").strip() for c in action.choices), f"{where}: subcommand help"
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert (action.help or "").strip() and action.help != argparse.SUPPRESS, f"{where} {name}: no help"
+            for option in action.option_strings:
+                assert DASHED.fullmatch(option), f"{where} {option}: flags are spelt with dashes"
+
+
+def test_unknown_flag_is_named_before_missing_required_arguments(capsys):
+    for prog, argv, flag in [("molmoact2-data", ["convert", "--source", "x", "--no-such-flag"], "--no-such-flag"),
+                             ("molmoact2-eval", ["--no-such-flag=3"], "--no-such-flag"),
+                             ("molmoact2-train", ["--num_processes=2"], "--num_processes")]:
+        with pytest.raises(SystemExit) as e:
+            _parser(prog).parse_args(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and f"unrecognized arguments: {flag}" in err[0], err
+    r = _run_script("molmoact2-train", "--num_processes=2")   # the old absl spelling
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == ("molmoact2-train: error: unrecognized arguments: --num_processes "
+                                        "(see molmoact2-train --help)")
+
+
+def test_sim_record_and_eval_each_document_only_their_own_options():
+    record = _parser("molmoact2-sim").subcommands()["record"].format_help()
+    evaluate = _parser("molmoact2-eval").format_help()
+    for text in ("--checkpoint", "sim_settings.json", "report.json", "LIBERO", "--norm-tag", "policy order"):
+        assert text not in record, text
+    for text in ("--codec", "--only-success", "--depth", "LeRobot v3.0", "dataset order", "expert steps"):
+        assert text not in evaluate, text
+    assert "--codec" in record and "--checkpoint" in evaluate
+
+
+# ------------------------------------------------------------------ --config and --config.<field>
+def test_config_takes_a_recipe_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parser = _parser("molmoact2-train")
+    args, cfg = parse_with_config(parser, ["--config=finetune:robot_tiny", "--workdir=run", "--config.total_steps=3",
+                                           "--config.seed", "7", "--num-processes=1"], "pretrain:tiny")
+    assert (cfg.total_steps, cfg.seed, args.num_processes, args.workdir) == (3, 7, 1, "run")
+    assert load_config("pretrain:tiny").total_steps == load_config(f"{ROOT}/configs/pretrain.py:tiny").total_steps
+
+
+@pytest.mark.parametrize("spec,overrides,expect", [
+    ("finetun:tiny", [], "--config=finetun:tiny: no recipe named 'finetun'"),
+    ("configs/nope.py:tiny", [], "--config=configs/nope.py:tiny: no such recipe file"),
+    ("pretrain:nope", [], "--config=pretrain:nope: "),
+    ("pretrain:tiny", ["--config.data.seq_lenn=3"], "config.data.seq_lenn: no such config field; did you mean "
+                                                     "config.data.seq_len?"),
+    ("pretrain:tiny", ["--config.total_steps=many"], "--config.total_steps=many"),
+])
+def test_config_mistakes_are_one_line(spec, overrides, expect):
+    with pytest.raises(UsageError) as e:
+        load_config(spec, overrides)
+    assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 # ------------------------------------------------------------------ molmoact2-train: user errors vs bugs
 def test_train_user_error_rule():
     from data_pipelines.errors import DataError
     from data_pipelines.norm_stats import NormStatsError
-    from molmoact2_jax.train import is_user_error
+    from molmoact2_jax.cli.common import is_user_error, option_names
     from molmoact2_jax.training.trainer import TrainingAborted
+    flags = option_names(_parser("molmoact2-train"))
+    assert {"--workdir", "--coordinator-address", "--num-processes", "--process-id"} <= set(flags)
     user = [ValueError("config.total_steps=0: must be >= 1"),
             ValueError("config.mesh: 8 devices are not divisible by the fixed axes"),
-            ValueError("a coordinator address needs --num_processes and --process_id"),
+            ValueError("a coordinator address needs --num-processes and --process-id"),
             TrainingAborted("5 consecutive steps with non-finite loss"), DataError("bad parquet", path="x"),
-            NormStatsError("norm_stats.json: no tag 'yam'"), FileNotFoundError("ckpt: no params/ directory")]
+            NormStatsError("norm_stats.json: no tag 'yam'"), FileNotFoundError("ckpt: no params/ directory"),
+            UsageError("--config=x: no such recipe file")]
     internal = [ValueError("operands could not be broadcast together with shapes (2,3) (4,)"),
                 ValueError("Incompatible shapes for broadcasting"), KeyError("params"), RuntimeError("boom"),
-                TypeError("unsupported operand"), ValueError("reconfig.x")]
-    assert [is_user_error(e) for e in user] == [True] * len(user)
-    assert [is_user_error(e) for e in internal] == [False] * len(internal)
+                TypeError("unsupported operand"), ValueError("reconfig.x"), ValueError("--num-processes-x"),
+                ValueError("set --xla_force_host_platform_device_count")]
+    assert [is_user_error(e, flags) for e in user] == [True] * len(user)
+    assert [is_user_error(e, flags) for e in internal] == [False] * len(internal)
 
 
 def test_train_run_prints_one_line_for_user_errors_and_reraises_bugs(monkeypatch, capsys):
-    from molmoact2_jax import train
+    from molmoact2_jax.cli import train
 
     def fails_with(e):
-        def _train(_):
+        def _train(args, cfg):
             raise e
         return _train
 
     monkeypatch.setattr(train, "_train", fails_with(ValueError("config.data.seq_len=8 is too short")))
-    assert train.run({}) == 2
+    assert train.run(None, None) == 2
     assert capsys.readouterr().err == "molmoact2-train: error: config.data.seq_len=8 is too short\n"
     monkeypatch.setattr(train, "_train", fails_with(ValueError("shapes (2,) and (3,) do not match")))
     with pytest.raises(ValueError, match="do not match"):
-        train.run({})
+        train.run(None, None)
 
 
 def test_train_config_error_exits_2_with_one_line(tmp_path):
-    r = _console_script("molmoact2-train", f"--workdir={tmp_path}", "--config.total_steps=0")
+    r = _run_script("molmoact2-train", f"--workdir={tmp_path}", "--config.total_steps=0", timeout=300)
     assert r.returncode == 2, r.stderr[-3000:]
-    assert r.stderr.strip().splitlines() == ["molmoact2-train: error: config.total_steps=0: expected an integer >= 1"]
+    assert r.stderr.strip().splitlines()[:-1] == [
+        "molmoact2-train: error: config.total_steps=0: expected an integer >= 1"]
+
+
+def test_entry_modules_run_with_python_m(tmp_path):
+    """`python -m molmoact2_jax.cli.<command>` is the same command (the tests start the trainer and server so)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.cli.compile", "--help"], env=env, capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and "--num-slices" in r.stdout, r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ progress bars in logs

@@ -18,7 +18,7 @@ def compile_cli(tmp_path, *args):
     out = tmp_path / "report.json"
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.compile", *args, f"--out={out}"], env=env,
+    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.cli.compile", *args, f"--out={out}"], env=env,
                        capture_output=True, text=True, timeout=600)
     report = json.load(open(out)) if out.exists() else None
     return r, report

@@ -1,4 +1,4 @@
-"""Issue 9: MolmoAct2 HF folder <-> params checkpoint (bit-exact round trip, config, assets), transformers parity of
+"""MolmoAct2 HF folder <-> params checkpoint (bit-exact round trip, config, assets), transformers parity of
 the Molmo2 backbone export, full PyTorch forward (logits + flow-sampled actions) on the export, bad folders and
 bounded import memory."""
 import json
@@ -15,7 +15,7 @@ from flax.core import meta
 
 from molmoact2_jax.models.config import get_model_config
 from molmoact2_jax.convert import molmo2, molmoact2_hf
-from molmoact2_jax.convert.cli import main
+from molmoact2_jax.cli.convert import main
 from molmoact2_jax.convert.safetensors_io import SafetensorsReader
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.preprocessing.image import preprocess_images
@@ -64,7 +64,7 @@ def random_params(cfg, seed=0):
 
 def make_batch(cfg, seed=0, n_images=(2, 1)):
     """Left-padded prompts with BOS (= EOS id), images, an <|im_end|> and an <action_start>..<action_end> span, so
-    the encoder mask of spec 10.1 has something to hide. Returns our batch and the transformers inputs."""
+    the encoder mask has something to hide. Returns our batch and the transformers inputs."""
     t = cfg.tokens
     rng = np.random.default_rng(seed)
     rows, pix, pool, grids, images, pooled = [], [], [], [], [], []

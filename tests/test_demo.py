@@ -2,6 +2,8 @@
 error well below the mean action's), and the exit code is the closed-loop comparison it reports."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -13,33 +15,81 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
 FIT_RATIO = 0.5
 
 
-def test_demo_bad_camera_is_a_usage_error(tmp_path, capsys):
-    from molmoact2_jax.demo import main
-    with pytest.raises(SystemExit) as e:
-        main(["--workdir", str(tmp_path / "d"), "--cameras", "corner2,wristcam"])
-    assert e.value.code == 2 and "unknown MetaWorld camera(s) ['wristcam']" in capsys.readouterr().err
+def _exit_code(argv) -> int:
+    """molmoact2-demo's exit code for `argv`: what main returns, or the code of the SystemExit it raises."""
+    from molmoact2_jax.cli.demo import main
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_demo_bad_settings_are_usage_errors(tmp_path, capsys):
+    wd = str(tmp_path / "d")
+    for override, says in (
+            ("--config.demo.cameras=corner2,wristcam", "unknown MetaWorld camera(s) ['wristcam']"),
+            ("--config.demo.train_episodes=40,80,10", "config.demo.train_episodes=40,80,10: 3 counts for 2 tasks "
+                                                      "(reach-v3,push-v3)"),
+            ("--config.demo.train_episodes=40,-1", "positive episode counts"),
+            ("--config.model.flow.num_samples=0", "config.model.flow.num_samples must be >= 1"),
+            ("--config.ema.decay=1", "config.ema.decay must be"),
+            ("--config.demo.mode=discrete", "add --config.model.action_mode=both"),
+            ("--config.demo.object_color=red", "config.demo.object_color 'red'"),
+            ("--config.demo.think=True", "use --config=finetune:demo_think"),
+            ("--config.demo.episodes=3", "config.demo.episodes: no such config field"),
+            ("--config=finetune:robot_tiny", "has no config.demo settings"),
+            ("--steps=300", "unrecognized arguments: --steps")):
+        assert _exit_code(["--workdir", wd, override]) == 2, override
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, (override, err)
     assert not (tmp_path / "d").exists()
-    for flag, bad, says in (("--train-episodes", "40,80,10", "3 counts for 2 tasks (reach-v3,push-v3)"),
-                            ("--train-episodes", "40,-1", "positive episode counts"),
-                            ("--flow-samples", "0", "--flow-samples must be >= 1"), ("--ema", "1", "--ema must be")):
-        with pytest.raises(SystemExit) as e:
-            main(["--workdir", str(tmp_path / "d"), flag, bad])
-        assert e.value.code == 2 and says in capsys.readouterr().err
-    assert not (tmp_path / "d").exists()
+
+
+def test_demo_help_exits_0_without_importing_jax():
+    code = ("import sys\nfrom molmoact2_jax.cli.demo import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'libtpu')]\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Examples:" in r.stdout and "--config=finetune:demo_think" in r.stdout
+
+
+def test_demo_variant_ties_width_learning_rate_and_cadence():
+    """One override moves what the demo's old flags moved together: --config.model.vit.hidden_size the ViT and
+    connector, --config.optimizer.lr.llm every parameter group, --config.total_steps the checkpoint and eval
+    cadence; the derived fields follow the demo's cameras and action mode."""
+    from molmoact2_jax.cli.common import load_config
+    from molmoact2_jax.demo.settings import resolve
+
+    s = resolve(load_config("finetune:demo", ["--config.model.vit.hidden_size=64", "--config.optimizer.lr.llm=3e-4",
+                                              "--config.total_steps=300", "--config.demo.cameras=corner2",
+                                              "--config.demo.tasks=reach-v3", "--config.demo.train_episodes=30"]))
+    m = s.cfg.model
+    assert (m.vit.hidden_size, m.connector.hidden_size, m.vit.head_dim, m.connector.head_dim, m.vit.mlp_dim) == \
+        (64, 64, 16, 16, 128)
+    assert dict(s.cfg.optimizer.lr) == {g: 3e-4 for g in s.cfg.optimizer.lr}
+    assert (s.cfg.checkpoint.every_steps, s.cfg.trainer.eval_every_steps) == (150, 75)
+    assert s.cfg.data.max_cameras == 1 and m.loss.ce_weight == 0.0 and s.tasks == ("reach-v3",)
+    assert s.train_episodes == 30
+    think = resolve(load_config("finetune:demo_think", ["--config.optimizer.lr.vit=1e-4"]))
+    assert think.cfg.model.action_mode == "both" and think.cfg.model.loss.ce_weight > 0
+    assert think.cfg.optimizer.lr.vit == 1e-4 and think.cfg.optimizer.lr.llm == 1e-3   # a group alone
+    assert think.train_episodes == 15 and think.cfg.data.max_cameras == 2
 
 
 def test_train_episodes_per_task():
-    from molmoact2_jax.demo import episodes_per_task
+    from molmoact2_jax.demo.settings import episodes_per_task
     assert episodes_per_task("40", ("reach-v3", "push-v3")) == 40
     assert episodes_per_task(40, ("reach-v3",)) == 40
     assert episodes_per_task("40, 80", ("reach-v3", "push-v3")) == {"reach-v3": 40, "push-v3": 80}
 
 
 def test_demo_end_to_end_small(tmp_path):
-    from molmoact2_jax.demo import POLICIES, main
+    from molmoact2_jax.demo.score import POLICIES
     wd = tmp_path / "demo"
-    code = main(["--workdir", str(wd), "--train-episodes", "3", "--heldout-episodes", "1", "--steps", "300",
-                 "--eval-episodes", "1", "--max-steps", "16", "--workers", "0", "--batch", "8"])
+    code = _exit_code(["--workdir", str(wd), "--config.demo.train_episodes=3", "--config.demo.heldout_episodes=1",
+                       "--config.total_steps=300", "--config.demo.eval_episodes=1", "--config.demo.max_steps=16",
+                       "--config.demo.workers=0", "--config.data.global_batch_size=8"])
     summary = json.loads((wd / "demo_summary.json").read_text())
     # Exit 1 exactly when the model does not beat the mean action in closed loop.
     assert code == (0 if summary["model_beats_mean_action"] else 1)
@@ -76,17 +126,17 @@ def test_demo_end_to_end_small(tmp_path):
 
 
 def test_demo_think_small(tmp_path):
-    """`molmoact2-demo --think` at a small size: depth recorded in MuJoCo, codes fitted, the three Think styles
+    """`molmoact2-demo --config=finetune:demo_think` at a small size: depth recorded in MuJoCo, codes fitted, the three Think styles
     trained (depth CE falls, the depth gates learn), the export re-imported predicts the same depth codes."""
     import numpy as np
     from data_pipelines.formats.lerobot_reader import LeRobotDataset
     from molmoact2_jax.convert.molmoact2_hf import import_hf
-    from molmoact2_jax.demo import main
     from molmoact2_jax.inference.policy import Policy
 
     wd = tmp_path / "think"
-    code = main(["--think", "--workdir", str(wd), "--train-episodes", "2", "--heldout-episodes", "1", "--steps", "60",
-                 "--vqvae-steps", "30", "--think-eval-frames", "6", "--workers", "0"])
+    code = _exit_code(["--config=finetune:demo_think", "--workdir", str(wd), "--config.demo.train_episodes=2",
+                       "--config.demo.heldout_episodes=1", "--config.total_steps=60", "--config.demo.vqvae_steps=30",
+                       "--config.demo.think_eval_frames=6", "--config.demo.workers=0"])
     summary = json.loads((wd / "demo_summary.json").read_text())
     assert code == (0 if summary["model_beats_most_frequent_code"] else 1)
     t = summary["think"]

@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from data_pipelines.pipeline import robot_dataset
 from molmoact2_jax.recipes import load_recipe, recipe_path
+from molmoact2_jax.tokenizers.openfast import OpenFAST
 from molmoact2_jax.tokenizers.text import TextTokenizer
 from molmoact2_jax.training import data_source, run_setup, trainer
 from molmoact2_jax.training.synthetic_data import SyntheticRobotData
@@ -120,7 +121,7 @@ def test_the_norm_tag_is_the_shards_unless_a_source_names_one(shards, tmp_path):
 def test_horizon_and_sequence_length_come_from_the_data_or_are_checked_against_it(shards):
     cfg, plan = run_setup.prepare(finetune(shards))
     assert cfg.model.action_expert.max_action_horizon == 30   # the converter's so100 default
-    inputs = run_setup.model_inputs(cfg, TextTokenizer.from_file(plan.tokenizer), plan.openfast)
+    inputs = run_setup.model_inputs(cfg, plan)
     longest, _ = run_setup.longest_example(cfg, plan, plan.sources[0], inputs, run_setup.LENGTH_SAMPLES)
     assert longest <= cfg.data.seq_len and cfg.data.seq_len % run_setup.SEQ_LEN_MULTIPLE == 0
 
@@ -164,15 +165,42 @@ def test_several_sources_and_held_out_eval_sources_from_the_command_line(shards,
     assert run_setup.prepare(cfg, check_lengths=False)[1].sources[0].path == str(shards)
 
 
-def test_tiny_finetune_trains_on_converted_shards_with_only_the_data_path(shards, heldout, tmp_path):
+def _counting(monkeypatch, owner, name: str) -> list:
+    """Replaces owner.name (a function or classmethod) with one that records each call; returns the record."""
+    calls, real = [], getattr(owner, name)
+    if isinstance(owner, type):
+        monkeypatch.setattr(owner, name, classmethod(lambda cls, *a, **k: calls.append(a) or real(*a, **k)))
+    else:
+        monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+def test_tiny_finetune_trains_on_converted_shards_with_only_the_data_path(shards, heldout, tmp_path, monkeypatch):
     """`molmoact2-train --config=configs/finetune.py:robot_tiny --config.data.sources[0].path=SHARDS` (plus a held-out
     source and a short run): it trains on the shards, evaluates on the held-out episodes and saves a checkpoint with
-    the shard folder's assets that serves."""
-    cfg = finetune(shards, total_steps=2, **{"data.eval_sources": (str(heldout),), "trainer.eval_every_steps": 2,
-                                             "checkpoint.every_steps": 2, "trainer.compilation_cache_dir": CACHE})
+    the shard folder's assets that serves. The tokenizers are loaded once and the eval pipeline built once (two evals
+    here); the fields resolved at start-up are recorded in run_info.json, and the config is not changed after."""
+    text_loads = _counting(monkeypatch, TextTokenizer, "from_file")
+    openfast_loads = _counting(monkeypatch, OpenFAST, "load")
+    pipelines = _counting(monkeypatch, data_source, "build_robot_dataset")
+    cfg = finetune(shards, total_steps=2, **{"data.eval_sources": (str(heldout),), "trainer.eval_every_steps": 1,
+                                             "checkpoint.every_steps": 1, "trainer.compilation_cache_dir": CACHE})
     out = trainer.train(cfg, str(tmp_path / "run"))
+    assert len(text_loads) == 1 and len(openfast_loads) == 1
+    assert [pc.shuffle for (pc,) in pipelines] == [True, False]   # train, then eval (built at the first eval only)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [1, 2] and np.isfinite(rows[-1]["eval_total_loss"])
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["eval_total_loss"]) for r in rows)
+    resolved = json.loads((tmp_path / "run" / "run_info.json").read_text())["resolved"]
+    assert resolved["fields"]["data.seq_len"] == {"given": 0, "resolved": out["config"].data.seq_len}
+    assert resolved["fields"]["model.action_expert.max_action_horizon"] == {"given": 0, "resolved": 30}
+    assert resolved["fields"]["data.tokenizer"] == {"given": "", "resolved": str(shards / "tokenizer.json")}
+    assert resolved["origins"]["tokenizer"] == "the first source's shard folder"
+    assert "total_steps" not in resolved["fields"]   # given, not resolved
+    first, last = (json.loads((tmp_path / "run" / "checkpoints" / s / "meta" / "metadata").read_text())["config"]
+                   for s in ("1", "2"))
+    assert first == last == json.loads(out["config"].to_json())   # one config from start-up to the end
+    with pytest.raises(AttributeError, match="locked"):
+        out["config"].data.seq_lenght = 1   # the prepared config takes no new field (a misspelt one)
     step = tmp_path / "run" / "checkpoints" / "2"
     saved = json.loads((step / "meta" / "metadata").read_text())
     assert set(saved["assets"]) == {"norm_stats.json", "tokenizer.json", "openfast"}

@@ -7,7 +7,7 @@ the optimizer update and norms, which the analytic count leaves out).
 import numpy as np
 import pytest
 
-from configs.pretrain import get_config
+from molmoact2_configs.pretrain import get_config
 from molmoact2_jax.models import flops
 from molmoact2_jax.training import trainer
 

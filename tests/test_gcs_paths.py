@@ -22,8 +22,8 @@ from molmoact2_jax import storage
 from molmoact2_jax.checkpoint_io import params as params_io
 from molmoact2_jax.checkpoint_io.assets import find_asset, find_norm_stats
 from molmoact2_jax.convert import molmoact2_hf
-from molmoact2_jax.convert.cli import main as convert_main
-from molmoact2_jax.inference import server as server_cli
+from molmoact2_jax.cli import serve as server_cli
+from molmoact2_jax.cli.convert import main as convert_main
 from molmoact2_jax.inference import testing as T
 from molmoact2_jax.inference.client import dumps, loads
 from molmoact2_jax.inference.policy import Policy
@@ -42,7 +42,7 @@ MISSING = "gs://no-such-bucket-molmoact2-test"
 def eval_main(argv) -> int:
     """molmoact2-eval in this process; MUJOCO_GL is set before the evaluator imports mujoco (as test_sim_eval)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from molmoact2_jax.evaluation.cli import eval_main as main
+    from molmoact2_jax.cli.eval import main
     return main(argv)
 
 
@@ -150,7 +150,7 @@ def test_export_hf_bucket_to_bucket(gcs, remote_ckpt, local_ckpt, local_policy, 
     bucket, ckpt = remote_ckpt
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.convert.cli", "export-hf", ckpt, f"{bucket}/hf",
+    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.cli.convert", "export-hf", ckpt, f"{bucket}/hf",
                         "--no-progress"], env=_env(gcs), cwd=str(cwd), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"-> {bucket}/hf" in r.stdout
@@ -284,9 +284,9 @@ def test_missing_gcs_extra_is_one_line(gcs, tmp_path, monkeypatch, capsys):
     probe = subprocess.run([sys.executable, "-c", "import gcsfs"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'gcsfs'" in probe.stderr   # the block works
     for cmd, prefix in (
-            (["-m", "molmoact2_jax.convert.cli", "export-hf", ckpt, str(tmp_path / "out")],
+            (["-m", "molmoact2_jax.cli.convert", "export-hf", ckpt, str(tmp_path / "out")],
              "molmoact2-convert: error: "),
-            (["-m", "molmoact2_jax.inference.server", "--checkpoint", ckpt, "--port", "0"],
+            (["-m", "molmoact2_jax.cli.serve", "--checkpoint", ckpt, "--port", "0"],
              "molmoact2-serve: error: ")):
         r = subprocess.run([sys.executable, *cmd], env=env, cwd=str(tmp_path), capture_output=True, text=True,
                            timeout=300)
@@ -326,7 +326,7 @@ def test_train_refuses_unusable_run_directories_in_one_line(gcs, tmp_path):
              ("/proc/molmoact2-run", _env(gcs), "cannot write there"),
              ("gs://some-bucket/run", _env(gcs, str(site)), "pip install 'molmoact2-jax[gcs]'")]
     for workdir, env, expect in cases:
-        r = subprocess.run([sys.executable, "-m", "molmoact2_jax.train", f"--workdir={workdir}", *recipe], env=env,
+        r = subprocess.run([sys.executable, "-m", "molmoact2_jax.cli.train", f"--workdir={workdir}", *recipe], env=env,
                            cwd=str(cwd), capture_output=True, text=True, timeout=300)
         line = _one_line(r.stderr)
         assert r.returncode == 2 and line.startswith(f"molmoact2-train: error: {workdir}: ") and expect in line, \

@@ -1,4 +1,4 @@
-"""Host image preprocessing (spec 5): resize vs PyTorch's bilinear (no antialias), patch order, pooling index."""
+"""Host image preprocessing: resize vs PyTorch's bilinear (no antialias), patch order, pooling index."""
 import numpy as np
 import pytest
 

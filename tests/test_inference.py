@@ -210,7 +210,7 @@ def test_load_hf_folder_matches_and_leaves_no_temp_files(parts, policy, tmp_path
 
 def _official_tokenizer(base_path, out_path, layout):
     """The official layout: a small base vocabulary, then the robot tokens as added tokens in rule-3.1 order,
-    `<extra_i>` padding up to the embedding size, then the 14 multimodal strings (found by name, spec 21.7)."""
+    `<extra_i>` padding up to the embedding size, then the 14 multimodal strings (found by name)."""
     from tokenizers import AddedToken, Tokenizer
     tok = Tokenizer.from_file(base_path)
     strings = sorted(layout.special_strings().items(), key=lambda kv: kv[1])

@@ -111,8 +111,8 @@ def test_tpu_pod_setup_copies_code_and_makes_a_py311_venv(tmp_path):
         src = home(tmp_path, i) / "molmoact2" / "src"
         # the code arrived (git archive of HEAD) and was unpacked into the worker's own $HOME
         assert (src / "REVISION").read_text().strip() == head
-        assert {"pyproject.toml", "molmoact2_jax/train.py", "configs/pretrain.py"} <= committed
-        for f in ("pyproject.toml", "molmoact2_jax/train.py", "configs/pretrain.py"):
+        assert {"pyproject.toml", "molmoact2_jax/__init__.py", "configs/pretrain.py"} <= committed
+        for f in ("pyproject.toml", "molmoact2_jax/__init__.py", "configs/pretrain.py"):
             assert (src / f).is_file(), f
         assert not (home(tmp_path, i) / "molmoact2-src.tar.gz").exists()
         # the venv is Python >= 3.11 although the image's python3 is 3.10

@@ -1,4 +1,5 @@
-"""The tiny model learns actions that depend on where things are in its camera image (issue 22).
+"""The tiny model learns actions that depend on where things are in its camera image (the demo's runs,
+docs/experiments/demo_runs.md).
 
 SyntheticRobotData draws a bright square at a random place; the action chunk starts at the square's position. The
 prompt is continuous-mode (prompt-only, as real robot examples are), so the flow head has nothing to read the
@@ -13,13 +14,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from configs.pretrain import get_config
+from molmoact2_configs.pretrain import get_config
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.training.optimizer import make_optimizer
 from molmoact2_jax.training.synthetic_data import SyntheticRobotData
 from molmoact2_jax.training.train_step import init_state, make_train_step
 
-STEPS, BATCH, SEQ = 600, 16, 48
+STEPS, BATCH = 600, 16
 
 
 def train_flow_only(**overrides):
@@ -28,21 +29,22 @@ def train_flow_only(**overrides):
     for k, v in overrides.items():
         cfg.model.vit[k] = v
     model = MolmoAct2(cfg.model)
-    data = SyntheticRobotData(cfg.model, BATCH, SEQ, seed=0)
+    seq = SyntheticRobotData(cfg.model, 1, None, seed=0).longest_example()   # every prompt has this length
+    data = SyntheticRobotData(cfg.model, BATCH, seq, seed=0)
     params = nn.meta.unbox(model.init(jax.random.key(0), data.make_global_batch(0)))
     tx, labels, _ = make_optimizer(params, cfg.optimizer, STEPS)
     step = jax.jit(make_train_step(model.compute_loss, tx, labels))
     state = init_state(params, tx, jax.random.key(1))
     for _ in range(STEPS):
         state, _ = step(state, next(data))
-    return model, state.params
+    return model, state.params, seq
 
 
-def first_step_scores(model, params):
+def first_step_scores(model, params, seq):
     """On 64 held-out examples (a batch index never trained on) with fixed noise: mean |error| of the sampled
     chunk against the mean action's, and the first step's correlation with the truth in dims 0-1 (the square's
     place)."""
-    batch = SyntheticRobotData(model.cfg, 64, SEQ, seed=0).make_global_batch(10_000)
+    batch = SyntheticRobotData(model.cfg, 64, seq, seed=0).make_global_batch(10_000)
     assert not (batch["input_ids"] == model.cfg.tokens.action_start).any()       # nothing to copy the answer from
     noise = jax.random.normal(jax.random.key(2), (64, model.cfg.action_expert.max_action_horizon, 32))
     pred = np.asarray(jax.jit(lambda p, b, n: model.sample_actions(p, b, noise=n))(params, batch, noise))[..., :4]
@@ -53,8 +55,8 @@ def first_step_scores(model, params):
 
 
 def test_tiny_model_acts_on_where_the_square_is():
-    model, params = train_flow_only()
-    err, mean_err, corr = first_step_scores(model, params)
+    model, params, seq = train_flow_only()
+    err, mean_err, corr = first_step_scores(model, params, seq)
     print(f"flow-only {STEPS} steps x {BATCH}: |err| {err:.3f} vs mean action {mean_err:.3f}; "
           f"first-step corr {corr[0]:.2f} / {corr[1]:.2f}")
     assert min(corr) > 0.8

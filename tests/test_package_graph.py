@@ -4,14 +4,15 @@ import collections
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("molmoact2_jax", "data_pipelines", "configs")
+# folder -> the package name it installs as (setup.py: configs/ is `molmoact2_configs`)
+PACKAGES = {"molmoact2_jax": "molmoact2_jax", "data_pipelines": "data_pipelines", "configs": "molmoact2_configs"}
 
 
 def _modules() -> dict:
     out = {}
-    for pkg in PACKAGES:
-        for f in (ROOT / pkg).rglob("*.py"):
-            parts = list(f.relative_to(ROOT).with_suffix("").parts)
+    for folder, pkg in PACKAGES.items():
+        for f in (ROOT / folder).rglob("*.py"):
+            parts = [pkg] + list(f.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             out[".".join(parts)] = f
@@ -92,9 +93,9 @@ def _subpackage(m: str) -> str:
 
 def test_graph_is_read_from_the_sources():
     assert len(MODULES) > 100
-    assert "molmoact2_jax.models.config" in GRAPH["molmoact2_jax.tokenizers.text"]
+    assert "molmoact2_jax.token_layout" in GRAPH["molmoact2_jax.tokenizers.text"]
     assert "molmoact2_jax.training.trainer" in GRAPH["molmoact2_jax.training.aot"]
-    assert {"configs.common"} <= GRAPH["configs.pretrain"]
+    assert {"molmoact2_configs.common"} <= GRAPH["molmoact2_configs.pretrain"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -126,27 +127,66 @@ def _violations(source_prefix: str, allowed=None, forbidden=()) -> list:
 
 def test_library_never_imports_recipes():
     for pkg in ("molmoact2_jax", "data_pipelines"):
-        assert _violations(pkg, forbidden=("configs",)) == []
+        assert _violations(pkg, forbidden=("molmoact2_configs",)) == []
 
 
 def test_layers():
     # models and tokenizers at the bottom
-    assert _violations("molmoact2_jax.models", allowed=("molmoact2_jax.preprocessing",)) == []
+    assert _violations("molmoact2_jax.models", allowed=("molmoact2_jax.preprocessing",
+                                                          "molmoact2_jax.token_layout")) == []
     # molmoact2_jax.storage (the path layer: local folders and gs://, etils only) may be used from any layer
-    assert _violations("molmoact2_jax.tokenizers", allowed=("molmoact2_jax.models.config",
+    assert _violations("molmoact2_jax.tokenizers", allowed=("molmoact2_jax.token_layout",
                                                               "molmoact2_jax.progress", "molmoact2_jax.storage")) == []
     # data pipelines know no model, trainer or simulator
     assert _violations("data_pipelines", allowed=("molmoact2_jax.preprocessing", "molmoact2_jax.tokenizers",
-                                                  "molmoact2_jax.progress", "molmoact2_jax.storage")) == []
+                                                  "molmoact2_jax.token_layout", "molmoact2_jax.progress",
+                                                  "molmoact2_jax.storage")) == []
     # inference and conversion need no trainer; inference knows no simulator
     assert _violations("molmoact2_jax.inference", forbidden=("molmoact2_jax.training", "molmoact2_jax.evaluation",
                                                              "molmoact2_jax.demo")) == []
     assert _violations("molmoact2_jax.convert", forbidden=("molmoact2_jax.training", "molmoact2_jax.inference",
                                                            "molmoact2_jax.evaluation")) == []
-    assert _violations("molmoact2_jax.checkpoint_io", allowed=("data_pipelines.norm_stats",
-                                                                 "molmoact2_jax.storage")) == []
+    # models.config: a saved model config is completed from the model schema (model_config_from_saved)
+    assert _violations("molmoact2_jax.checkpoint_io", allowed=("molmoact2_jax.storage",
+                                                                 "molmoact2_jax.models.config")) == []
     # the path layer itself imports nothing of ours
     assert GRAPH["molmoact2_jax.storage"] == set()
+
+
+def test_library_sits_below_the_entry_points():
+    """molmoact2_jax.cli holds the command lines (argument parsing, exit codes); nothing of the library imports it."""
+    cli = "molmoact2_jax.cli"
+    assert {m for m in MODULES if m.startswith(cli + ".")} >= {f"{cli}.{c}" for c in (
+        "common", "train", "compile", "serve", "convert", "openfast", "data", "sim", "eval", "depth_codes")}
+    up = sorted((m, t) for m, targets in GRAPH.items() if not (m == cli or m.startswith(cli + "."))
+                for t in targets if t == cli or t.startswith(cli + "."))
+    assert up == [], up
+
+
+def test_checkpoint_io_knows_no_data_schema():
+    """Checkpoint folders (params, steps, assets by name) are read and written without the data pipelines: what an
+    asset holds is read by whoever uses it."""
+    assert _violations("molmoact2_jax.checkpoint_io", forbidden=("data_pipelines",)) == []
+    assert GRAPH["molmoact2_jax.checkpoint_io.assets"] == {"molmoact2_jax.storage"}
+
+
+def test_shard_readers_share_the_shard_module_not_the_writer():
+    """Shard names, index.json and loading live in data_pipelines.shards; only the converters import convert.py."""
+    importers = {m for m, targets in GRAPH.items() if "data_pipelines.convert" in targets}
+    assert importers <= {"data_pipelines.beam_convert", "molmoact2_jax.cli.data",
+                         "molmoact2_jax.demo.pipeline"}, importers
+    for reader in ("data_pipelines.pipeline.robot_dataset", "data_pipelines.stats", "data_pipelines.inspect_data",
+                   "data_pipelines.shard_tokenizers", "molmoact2_jax.training.run_setup"):
+        assert "data_pipelines.shards" in GRAPH[reader], reader
+
+
+def test_tokenizers_and_models_share_only_the_token_layout():
+    """The text tokenizer builds the token layout and the model config carries its ids; neither imports the other,
+    and what both need lives in one leaf module that imports nothing of ours."""
+    assert _violations("molmoact2_jax.tokenizers", forbidden=("molmoact2_jax.models",)) == []
+    assert _violations("molmoact2_jax.models", forbidden=("molmoact2_jax.tokenizers",)) == []
+    assert GRAPH["molmoact2_jax.token_layout"] == set()
+    assert "molmoact2_jax.token_layout" in GRAPH["molmoact2_jax.models.config"]
 
 
 # ---------------------------------------------------------------- imports at the top of files
@@ -156,10 +196,7 @@ def test_layers():
 # __init__ files that expose names lazily on purpose, or (3) an import marked with a trailing `# lazy: <why>`.
 OPTIONAL_MODULES = {"metaworld", "mujoco", "gymnasium", "libero", "robosuite", "torch", "transformers", "libtpu"}
 LAZY_IMPORT_MODULES = {
-    "molmoact2_jax.train", "molmoact2_jax.compile", "molmoact2_jax.demo", "molmoact2_jax.demo_forward",
-    "molmoact2_jax.evaluation.cli", "molmoact2_jax.evaluation.envs", "molmoact2_jax.evaluation.workers",
-    "molmoact2_jax.convert.cli", "molmoact2_jax.tokenizers.openfast_cli", "molmoact2_jax.inference.server",
-    "data_pipelines.cli",
+    "molmoact2_jax.evaluation.envs", "molmoact2_jax.evaluation.workers",
     "molmoact2_jax.inference", "molmoact2_jax.tokenizers", "data_pipelines",   # lazy __init__ on purpose
 }
 LAZY_MARKER = "# lazy:"

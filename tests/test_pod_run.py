@@ -18,7 +18,7 @@ from train_harness import CACHE, failure_report, read_metrics, run_multiprocess,
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 RECIPE = """
-from configs import pretrain
+from molmoact2_configs import pretrain
 
 
 def get_config():
@@ -139,7 +139,7 @@ cols = ds.episode_columns(0)
 images = [ds.frames(0, k, [0])[0] for k in ds.camera_keys]
 res = policy.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)
 print("ACTIONS", res.actions.shape, "finite" if np.isfinite(res.actions).all() else "NOT FINITE")
-from molmoact2_jax.convert.cli import main as convert
+from molmoact2_jax.cli.convert import main as convert
 assert convert(["export-hf", {ckpt!r}, {hf!r}, "--no-progress"]) == 0
 exported = Policy.load({hf!r})
 again = exported.predict_action(images, ds.task(0), cols["observation.state"][0], "so100_so101_molmoact2", seed=0)

@@ -20,7 +20,7 @@ TINY = {"pretrain": "tiny", "posttrain": "think_tiny", "finetune": "tiny", "fine
 def get(recipe, variant, synthetic=True):
     """The recipe's config; `synthetic` asks for synthetic data by name (full-size and fine-tune recipes read shards
     and would refuse to start without a data path)."""
-    cfg = importlib.import_module(f"configs.{recipe}").get_config(None if variant == "full" else variant)
+    cfg = importlib.import_module(f"molmoact2_configs.{recipe}").get_config(None if variant == "full" else variant)
     if synthetic:
         cfg.data.source = "synthetic"
     return cfg

@@ -66,7 +66,7 @@ def test_checkpoint_of_a_synthetic_run_serves(tmp_path, recipe):
     """A run on synthetic data writes its assets (norm stats, tokenizer, OpenFAST) into every step directory."""
     wd = str(tmp_path / "run")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.train", f"--config={REPO}/configs/{recipe}",
+    r = subprocess.run([sys.executable, "-m", "molmoact2_jax.cli.train", f"--config={REPO}/configs/{recipe}",
                         f"--workdir={wd}", "--config.total_steps=2", "--config.trainer.eval_every_steps=0"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -147,7 +147,7 @@ def test_cameras_must_match_the_checkpoint(nan_policy, nan_server):
 # ----------------------------------------------------------------------------------------------- the port
 def _serve(*args, timeout=120):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "molmoact2_jax.inference.server", *args], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "molmoact2_jax.cli.serve", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -182,7 +182,7 @@ def run_dir(tmp_path_factory, nan_ckpt):
     for name in ("norm_stats.json", "tokenizer.json"):
         shutil.copy(os.path.join(nan_ckpt, "assets", name), wd / "assets" / name)
     config = ml_collections.ConfigDict({"model": cfg.to_dict(), "data": {"max_cameras": 2}})
-    ck = Checkpointer(str(wd), ml_collections.ConfigDict({"keep_last": 5}), async_save=False)
+    ck = Checkpointer(str(wd), ml_collections.ConfigDict(dict(keep_last=5, keep_every=0, async_save=False)))
     for step in (10, 20, 30):
         ck.save(step, {"params": params, "step": step}, {"position": step}, config)
     ck.close()
@@ -212,7 +212,7 @@ def test_eval_takes_a_run_directory(run_dir, tmp_path, capsys):
     """molmoact2-eval --checkpoint WORKDIR: the step is resolved first (named on stderr), then the checkpoint is
     checked against the simulator (this tiny 7-D arm does not fit MetaWorld's 4-D actions: exit 2)."""
     os.environ.setdefault("MUJOCO_GL", "egl")   # before anything imports mujoco
-    from molmoact2_jax.evaluation.cli import eval_main
+    from molmoact2_jax.cli.eval import main as eval_main
     assert eval_main(["--checkpoint", run_dir, "--suite", "metaworld:reach-v3", "--episodes", "1",
                       "--out", str(tmp_path / "ev")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()

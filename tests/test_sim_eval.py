@@ -223,7 +223,8 @@ def test_action_noise_moves_the_robot_off_the_expert_path_and_stores_the_expert_
 @pytest.mark.sim
 @needs_mw
 def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path):
-    from data_pipelines.convert import ConvertOptions, convert, load_episodes
+    from data_pipelines.convert import ConvertOptions, convert
+    from data_pipelines.shards import load_episodes
     from data_pipelines.formats.lerobot_reader import LeRobotDataset
     out, summary = recorded
     # experts: >= 90% success on each recorded task
@@ -251,7 +252,7 @@ def test_recorder_dataset_reader_converter_and_expert_success(recorded, tmp_path
     assert index["total_episodes"] == 6 and index["total_frames"] == summary["frames"]
     assert index["tag"] == "metaworld_sawyer" and index["tag_metadata"]["action_dim"] == 4
     assert len(load_episodes(tmp_path / "shards")) == 6
-    from data_pipelines.cli import main as data_main
+    from molmoact2_jax.cli.data import main as data_main
     assert data_main(["convert", "--source", f"lerobot:{out}", "--embodiment", "metaworld",
                       "--out", str(tmp_path / "shards_cli"), "--image-size", "32"]) == 0
     assert data_main(["inspect", str(out)]) == 0
@@ -368,7 +369,7 @@ def _fake_checkpoint(path: Path, **kw) -> Path:
 @needs_mw
 def test_model_policy_adapter_and_checkpoint_cli(tmp_path, monkeypatch, capsys):
     import molmoact2_jax.inference as inference
-    from molmoact2_jax.evaluation.cli import eval_main
+    from molmoact2_jax.cli.eval import main as eval_main
     from molmoact2_jax.evaluation.evaluator import EvalOptions, evaluate
     from molmoact2_jax.evaluation.policies import ModelPolicy, SimPolicy
     cfg = get_config("metaworld", **SMALL)
@@ -398,15 +399,16 @@ def test_model_policy_adapter_and_checkpoint_cli(tmp_path, monkeypatch, capsys):
 
 def _cli(*args, env=None):
     e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    code = "import sys; from molmoact2_jax.evaluation.cli import sim_main, eval_main; " \
-           "sys.exit({}(sys.argv[1:]))".format("sim_main" if args[0] == "record" else "eval_main")
+    code = "import sys; from molmoact2_jax.cli.{} import main; sys.exit(main(sys.argv[1:]))".format(
+        "sim" if args[0] == "record" else "eval")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=e, timeout=120)
 
 
 @pytest.mark.sim
 @needs_mw
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
-    from molmoact2_jax.evaluation.cli import eval_main, sim_main
+    from molmoact2_jax.cli.eval import main as eval_main
+    from molmoact2_jax.cli.sim import main as sim_main
     out = str(tmp_path / "o")
     cases = [
         (sim_main, ["record", "--suite", "metaworld:reach-v2", "--episodes", "1", "--out", out],
@@ -471,7 +473,7 @@ def test_parallel_workers_match_in_process(tmp_path):
 @pytest.mark.sim
 @needs_libero
 def test_libero_smoke_random_policy(tmp_path):
-    from molmoact2_jax.evaluation.cli import eval_main
+    from molmoact2_jax.cli.eval import main as eval_main
     t0 = time.perf_counter()
     rc = eval_main(["--policy", "random", "--suite", "libero:libero_spatial:0", "--episodes", "1",
                     "--max-steps", "8", "--image-size", "128", "128", "--out", str(tmp_path), "--quiet"])
@@ -522,7 +524,7 @@ def test_evaluator_renders_only_the_frames_it_uses(tmp_path, monkeypatch):
 def test_checkpoint_sim_settings_are_the_eval_defaults(tmp_path, monkeypatch):
     """molmoact2-eval --checkpoint evaluates with the checkpoint's sim_settings.json; flags still win."""
     import molmoact2_jax.inference as inference
-    from molmoact2_jax.evaluation.cli import eval_main
+    from molmoact2_jax.cli.eval import main as eval_main
     from molmoact2_jax.evaluation.config import SIM_SETTINGS_FILE, config_from_settings, parse_cameras, sim_settings
     monkeypatch.setattr(inference, "Policy", FakeInferencePolicy, raising=False)
     cfg = get_config("metaworld", image_hw=(48, 48), cameras=parse_cameras("metaworld", "behindGripper"),

@@ -1,9 +1,10 @@
-"""Text tokenizer: robot/multimodal token layout (spec 3.1/3.2), prompt encoding, both backends."""
+"""Text tokenizer: robot/multimodal token layout, prompt encoding, both backends."""
 
 import pytest
 
-from molmoact2_jax.models.config import get_model_config, robot_token_ids
-from molmoact2_jax.tokenizers.text import TextTokenizer, layout_from_model_config
+from molmoact2_jax.models.config import get_model_config
+from molmoact2_jax.token_layout import TokenLayout, robot_token_ids
+from molmoact2_jax.tokenizers.text import TextTokenizer
 
 CORPUS = ["The task is to pick up the red block and place it in the bowl.",
           "The setup is single franka robotic arm in droid.", "What action should the robot take?",
@@ -25,14 +26,14 @@ def hf_tokenizer_file(tmp_path_factory):
 
 
 def test_full_size_layout_matches_released_ids():
-    ids = robot_token_ids(151669)  # len(Qwen3-4B tokenizer), spec 3.1
+    ids = robot_token_ids(151669)  # len(Qwen3-4B tokenizer)
     assert (ids["setup_start"], ids["state_start"], ids["state_token_start"]) == (151669, 151673, 151675)
     assert (ids["action_output"], ids["action_start"], ids["action_end"]) == (151931, 151932, 151933)
     assert ids["action_token_start"] == 151934 and ids["depth_output"] == 153982
     assert ids["depth_token_start"] == 153985 and ids["vocab_size"] == 154624
     assert (ids["image_start"], ids["image_end"], ids["image_patch"], ids["image_placeholder"]) == (
         154624, 154625, 154626, 154629)
-    layout = layout_from_model_config(get_model_config("full").tokens)
+    layout = TokenLayout.from_model_tokens(get_model_config("full").tokens)
     s = layout.special_strings()
     assert s["<extra_0>"] == 154113 and s["<extra_510>"] == 154623 and "<extra_511>" not in s
 

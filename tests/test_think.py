@@ -209,7 +209,7 @@ def test_vqvae_train_encode_decode_save(vq_trained, tmp_path):
 def test_depth_codes_tool_npy_and_lerobot(vq_trained, tmp_path, capsys):
     import pyarrow.parquet as pq
     from data_pipelines.fixtures import make_fixture
-    from molmoact2_jax.depth import codes as dc
+    from molmoact2_jax.cli import depth_codes as dc
     from molmoact2_jax.depth import vqvae as vq
     params, _, cfg = vq_trained
     vq.save_vqvae(str(tmp_path / "vq"), params, cfg)

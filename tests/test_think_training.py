@@ -1,4 +1,4 @@
-"""MolmoThink training data and loss (spec 14): depth codes converted into the shards, the three training styles
+"""MolmoThink training data and loss: depth codes converted into the shards, the three training styles
 sampled by weight, their token layout, a clear error for depth styles on data without codes, depth-code input
 noise, and a tiny Think run whose depth CE falls and whose depth gates learn."""
 import json

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from molmoact2_jax.models.config import apply_overrides
-from configs.pretrain import get_config
+from molmoact2_configs.pretrain import get_config
 from molmoact2_jax.sharding import mesh as mesh_lib
 from molmoact2_jax.sharding import rules as rules_lib
 from molmoact2_jax.training import trainer

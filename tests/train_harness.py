@@ -32,7 +32,7 @@ def env_for(devices: int = 1) -> dict:
 
 
 def command(workdir: str, overrides=(), extra=()) -> list:
-    return [sys.executable, "-m", "molmoact2_jax.train", f"--workdir={workdir}", *BASE, *overrides, *extra]
+    return [sys.executable, "-m", "molmoact2_jax.cli.train", f"--workdir={workdir}", *BASE, *overrides, *extra]
 
 
 def run(workdir: str, overrides=(), devices: int = 1, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -84,10 +84,10 @@ def start_multiprocess(workdir: str, overrides, num_processes: int, devices_per_
     port = coordinator_port()
     procs, logs = [], []
     for pid in range(num_processes):
-        extra = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
-                 f"--process_id={pid}"]
+        extra = [f"--coordinator-address=127.0.0.1:{port}", f"--num-processes={num_processes}",
+                 f"--process-id={pid}"]
         logs.append(tempfile.TemporaryFile(mode="w+"))
-        cmd = [sys.executable, "-m", "molmoact2_jax.train", f"--workdir={workdir}", *base, *overrides, *extra]
+        cmd = [sys.executable, "-m", "molmoact2_jax.cli.train", f"--workdir={workdir}", *base, *overrides, *extra]
         procs.append(subprocess.Popen(cmd, env={**env_for(devices_per_process), **(env or {})},
                                       cwd=cwd[pid] if isinstance(cwd, (list, tuple)) else cwd,
                                       stdout=logs[-1], stderr=subprocess.STDOUT, text=True))

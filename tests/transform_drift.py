@@ -5,11 +5,11 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from data_pipelines.convert import load_index
 from data_pipelines.formats.images import decode_image
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.pipeline.robot_dataset import build_map_dataset
 from data_pipelines.record_codec import decode_record
+from data_pipelines.shards import load_index
 from molmoact2_jax.inference import testing as T
 from molmoact2_jax.inference.policy import Policy
 from molmoact2_jax.recipes import load_recipe, recipe_path
@@ -29,7 +29,7 @@ def training_and_policy(tmp_path, lerobot_root, shards, stats_path, frames=(0, 1
     cfg.data.source, cfg.data.sources = "arrayrecord", [{"path": str(shards), "weight": 1.0}]
     cfg.data.norm_stats, cfg.data.tokenizer = str(stats_path), str(tmp_path / "tokenizer.json")
     cfg.data.seq_len, cfg.data.global_batch_size, cfg.data.max_cameras = 512, 1, 3
-    examples = build_map_dataset(pipeline_config(cfg, "eval", tok))
+    examples = build_map_dataset(pipeline_config(cfg, "eval"))   # prepared there: the same tokenizer file
     index = load_index(shards)
     records = grain.sources.ArrayRecordDataSource([str(Path(shards) / s["file"]) for s in index["shards"]
                                                    if s["num_records"] > 0])

@@ -1,4 +1,4 @@
-"""MolmoThink depth-code companion data (spec 14): per frame `depth_buffer_codes` (100 VQ-VAE codes of the first
+"""MolmoThink depth-code companion data: per frame `depth_buffer_codes` (100 VQ-VAE codes of the first
 camera's depth map, row-major 10x10) and `depth_updated_mask` (100 bools, cells changed since the previous frame).
 
 Layout read here: parquet files anywhere under `ROOT/data/` (the released `<repo>_depth` LeRobot datasets, one

@@ -1,6 +1,6 @@
 """DROID 1.0.1 in RLDS/TFDS form: writer and reader, no TensorFlow.
 
-On disk (data_formats.md 3.3-3.5): <root>/droid/1.0.1/{dataset_info.json, features.json,
+On disk (docs/data.md, "DROID RLDS"): <root>/droid/1.0.1/{dataset_info.json, features.json,
 droid-train.tfrecord-XXXXX-of-YYYYY}. One tf.train.Example per episode; per-step features are
 flattened with '/' and concatenated over steps; floats (float64 too) are float32 on disk, bools
 are int64, images are JPEG bytes, text is one UTF-8 entry per step. TFDS hashes episode order
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.episode import Episode
 from data_pipelines.errors import IncompleteDatasetError, ShapeMismatchError
 from data_pipelines.formats import images, tf_example, tfrecord
-from data_pipelines.synthetic import Episode
 
 VERSION = "1.0.1"
 CAMERAS = ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")

@@ -1,6 +1,6 @@
 """Read LeRobot v2.0/v2.1/v3.0 datasets without lerobot, torch or pandas.
 
-Accepts the heterogeneity listed in data_formats.md 1.10/6: `names` as dict, CHW image shapes,
+Accepts the variants of docs/data.md, "Variants the reader accepts": `names` as dict, CHW image shapes,
 float fps, list vs fixed_size_list columns, `video_info` vs `info`, missing quantiles, a
 tasks.parquet whose task column is `task`, `__index_level_0__` or a pandas index.
 """

@@ -1,7 +1,7 @@
 """Write LeRobot v2.1 / v3.0 datasets exactly as LeRobot 0.3.3 / 0.4.4 lay them out.
 
-Layout, column types and metadata follow data_formats.md sections 1 and 9. `dirty` switches on
-variants seen in the wild (section 1.10) so readers are tested against them:
+Layout, column types and metadata follow docs/data.md, "LeRobot datasets". `dirty` switches on
+variants seen in the wild so readers are tested against them:
   names_dict        feature `names` as {"motors": [...]} ({"axes": [...]} for Franka, as the DROID port writes)
   chw_shape         video shape [3,H,W] with names [channels,height,width]
   float_fps         info.json fps written as a float
@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_pipelines.embodiments import Embodiment
+from data_pipelines.episode import Episode
 from data_pipelines.formats import lerobot_stats, video
 from data_pipelines.formats.images import encode_image
-from data_pipelines.synthetic import Episode
 
 DIRTY_VARIANTS = ("names_dict", "chw_shape", "float_fps", "list_columns", "video_info", "no_quantiles",
                   "named_task_column")

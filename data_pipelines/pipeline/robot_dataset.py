@@ -22,11 +22,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from data_pipelines.convert import check_shard, corrupt_record_message, load_episodes, load_index
 from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NormStats
 from data_pipelines.pipeline.packing import PackIterDataset
 from data_pipelines.pipeline.robot_transform import RobotTransform, RobotTransformConfig
+from data_pipelines.shards import check_shard, corrupt_record_message, load_episodes, load_index
 from data_pipelines.transforms import think_styles
 from molmoact2_jax import storage
 

@@ -3,7 +3,7 @@
 Steps: decode record; pick cameras (fixed order, or a per-episode permutation for SO100-style
 tags); decode JPEGs, augment (train only), resize to a square; then the shared robot transform
 stack (transforms/robot_inputs.py, the same one `Policy` runs on a live observation): normalize
-state and action chunk with the tag's stats (spec 13), discrete state bins, the prompt (spec 4.1);
+state and action chunk with the tag's stats, discrete state bins, the prompt;
 finally pad the chunk to max_action_horizon x max_action_dim with masks.
 With `style_probabilities` (MolmoThink training) each example also draws its training style from the example's
 rng (so it is a function of seed and index, like the augmentation, and resumes exactly) and carries the
@@ -70,8 +70,13 @@ class RobotTransform:
         return [self.camera_keys[i] for i in perm]
 
     def __call__(self, data: bytes, rng: np.random.Generator) -> dict:
+        return self.from_record(decode_record(data), rng)
+
+    def from_record(self, rec: dict, rng: np.random.Generator) -> dict:
+        """A decoded record (record_codec.decode_record) -> the example. A camera's image may also be given decoded,
+        as a uint8 [H, W, 3] array: the synthetic tiny-recipe data (training/synthetic_data.py) makes its frames so
+        and takes this path from here on, as converted shards do."""
         cfg = self.cfg
-        rec = decode_record(data)
         style = think_styles.sample_style(rng, cfg.style_probabilities)
         if style in think_styles.DEPTH_STYLES and "depth_codes" not in rec:
             raise DataError(f"training style {style} needs depth codes, and this record has none (convert with "
@@ -81,7 +86,9 @@ class RobotTransform:
         S = cfg.image_size
         images = np.zeros((cfg.max_cameras, S, S, 3), np.uint8)
         for j, key in enumerate(cams):
-            img = decode_image(rec[f"image/{key}"], episode=rec["episode_id"], key=key)
+            img = rec[f"image/{key}"]
+            if not isinstance(img, np.ndarray):
+                img = decode_image(img, episode=rec["episode_id"], key=key)
             if cfg.augment:
                 img = augment_image(img, rng)
             images[j] = resize_square(img, S)

@@ -3,7 +3,7 @@
 Row schema (both formats): `images`: list of encoded images (parquet: binary; JSONL: file paths
 relative to the JSONL file), `messages`: list of {"role": "user"|"assistant", "content": str}.
 The conversation is rendered in the Qwen3 chat format the robot prompt uses; image placeholders
-go in front of the first user turn (same `<|image|>` prefix rule as spec 4.1). With a tokenizer,
+go in front of the first user turn (same `<|image|>` prefix rule as robot prompts). With a tokenizer,
 `loss_mask` is 1 on assistant tokens (content + closing <|im_end|>), 0 elsewhere.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from data_pipelines.pipeline.robot_dataset import _shard_options
 from data_pipelines.synthetic import COLORS
 from data_pipelines.transforms.prompt import image_prefix
 from molmoact2_jax.preprocessing.image import pooled_grid
-from molmoact2_jax.tokenizers.text import expand_image_tokens
+from molmoact2_jax.token_layout import expand_image_tokens
 
 
 class VLMSource:
@@ -111,7 +111,7 @@ class VLMTransform:
                 piece = self.tok.encode(text)
                 ids += piece
                 loss += [int(is_answer)] * len(piece)
-            ids, loss = [self.tok.layout.eos] + ids, [0] + loss  # BOS = EOS id (spec 4.2)
+            ids, loss = [self.tok.layout.eos] + ids, [0] + loss  # BOS = EOS id
             grid = pooled_grid(cfg.image_size, cfg.patch_size, cfg.pool_size)
             expanded, exp_loss = [], []
             for i, l in zip(ids, loss):  # expand image placeholders, keeping loss alignment

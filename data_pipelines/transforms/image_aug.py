@@ -1,4 +1,5 @@
-"""Training image augmentation (molmoact2_spec.md 5.6, img_aug="full"), applied before the model resize.
+"""Training image augmentation (img_aug="full"; docs/model_notes.md, "Image preprocessing"), applied before the
+model resize.
 
 95% random crop resized back, rotation +-5 deg, colour jitter (brightness 0.2, contrast/saturation
 0.8-1.2, hue 0.05; fixed order b-c-s-h), Gaussian blur sigma 0.1-1.0 with p=0.2 (Pillow's radius is

@@ -3,7 +3,7 @@ image patches. The same object serves a training example (`__call__`, right-padd
 observation (`prompt_ids` / `image_inputs`, which `Policy` left-pads to its bucket), so the two cannot drift.
 
 Token features are aligned with input_ids: `loss_mask[i] = 1` when token i is an answer token the LM must predict
-(the trainer shifts). Robot examples in "continuous" action_format are prompt-only (no LM loss, spec 4.3);
+(the trainer shifts). Robot examples in "continuous" action_format are prompt-only (no LM loss);
 "both"/"discrete" append <action_start> OpenFAST tokens <action_end> EOS. Think styles (an example's `style`,
 transforms/think_styles.py) put the depth span `<depth_start>` codes `<depth_end>` first: robot_depth ends it with
 EOS; robot_depth_action follows it with the action answer (none in "continuous": the expert reads the depth K/V).
@@ -42,7 +42,7 @@ class ModelInputs:
                    pool=int(model_cfg.connector.pool_size), **kwargs)
 
     def prompt_ids(self, prompt: str, num_images: int) -> list[int]:
-        """BOS + the prompt with each image placeholder expanded to its token block (spec 4.2)."""
+        """BOS + the prompt with each image placeholder expanded to its token block."""
         return self.tok.encode_prompt(str(prompt), image_grids=[self.grid] * int(num_images),
                                       use_col_tokens=self.use_col_tokens)
 

@@ -1,4 +1,4 @@
-"""State/action normalization and discrete state bins (molmoact2_spec.md section 13). Pure numpy.
+"""State/action normalization and discrete state bins (docs/model_notes.md, "Normalization and state bins"). Pure numpy.
 
 Shared by training (Grain transforms) and serving, so the two cannot drift apart; the stats themselves are
 `data_pipelines.norm_stats.FeatureStats`.

@@ -1,4 +1,4 @@
-"""The robot prompt string exactly as MolmoAct2 builds it (molmoact2_spec.md 4.1). Pure Python."""
+"""The robot prompt string exactly as MolmoAct2 builds it (docs/model_notes.md, "Prompt"). Pure Python."""
 from __future__ import annotations
 
 import re
@@ -61,7 +61,7 @@ def build_robot_prompt(task: str, num_images: int, state_bins, setup_type: str, 
                  "take to complete the task?")
         trigger = "<depth_output><action_output>"
     elif style == "robot_depth":
-        # The released code's depth-only training template was not found (spec 20.9); this question is ours.
+        # The released code's depth-only training template was not found; this question is ours.
         body += "predict the depth map of the main image?"
         trigger = "<depth_output>"
     else:

@@ -4,7 +4,7 @@ example and for a live observation, and the output side un-normalizes the model'
 
     group = robot_transforms(stats.tag("franka_droid"), num_state_tokens=256)
     x = group.apply_inputs({"state": raw_state, "task": "pick up the cup", "num_images": 2})
-    x["state"], x["state_bins"], x["prompt"]                  # normalized state, discrete bins, prompt text (4.1)
+    x["state"], x["state_bins"], x["prompt"]                  # normalized state, discrete bins, prompt text
     group.apply_outputs({"actions": model_actions})["actions"]  # robot units
 
 Training adds the raw chunk under "actions" (normalized on the input side); `RobotTransform` (Grain) wraps the
@@ -86,7 +86,7 @@ def actions_to_model_space(tag: TagInfo, actions, state) -> np.ndarray:
 
 
 class RobotPrompt:
-    """task + number of images + state bins + the tag's setup / control mode -> prompt text (spec 4.1).
+    """task + number of images + state bins + the tag's setup / control mode -> prompt text.
     The style is the example's `style` when it has one (Think training, transforms/think_styles.py), else
     robot_depth_action with `think` (MolmoThink serving) or robot_action."""
 
@@ -108,7 +108,7 @@ class RobotPrompt:
 
 
 class UnnormalizeActions:
-    """Model-space actions [..., action_dim] -> robot units (gripper dims pass through, spec 13)."""
+    """Model-space actions [..., action_dim] -> robot units (gripper dims pass through)."""
 
     def __init__(self, tag: TagInfo):
         self.tag = tag

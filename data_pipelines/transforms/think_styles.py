@@ -1,4 +1,4 @@
-"""MolmoThink training styles (spec 14, "Training"): which answer a robot example is trained on.
+"""MolmoThink training styles: which answer a robot example is trained on.
 
   robot_action        the plain prompt (`<action_output>`), answer = the actions (discrete tokens and/or flow)
   robot_depth         prompt trigger `<depth_output>`, answer `<depth_start>` + 100 codes + `<depth_end>` EOS;

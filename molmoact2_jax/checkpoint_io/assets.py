@@ -1,10 +1,11 @@
 """Where a checkpoint keeps its assets (norm_stats.json, tokenizer files, the OpenFAST folder). No JAX, so
-simulators and launchers can look without importing it. A checkpoint may be a local folder or a `gs://` URI."""
+simulators and launchers can look without importing it. A checkpoint may be a local folder or a `gs://` URI.
+Only the assets' names are known here, not what they hold (data_pipelines/norm_stats.py reads the norm stats)."""
 from __future__ import annotations
 
-from data_pipelines.norm_stats import NORM_STATS_FILE
 from molmoact2_jax import storage
 
+NORM_STATS_ASSET = "norm_stats.json"   # the name the trainer gives the run's norm stats in assets/
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 ACTION_TOKENIZER_DIRS = ("action_tokenizer", "openfast", "fast_tokenizer", "MolmoAct2-FAST-Tokenizer")
 
@@ -46,7 +47,11 @@ def missing_asset_message(ckpt_dir: str, what: str, names, asset: str) -> str:
 
 
 def find_norm_stats(ckpt_dir: str) -> str:
-    path = find_asset(ckpt_dir, [NORM_STATS_FILE])
+    """The checkpoint's norm_stats.json (see find_asset); FileNotFoundError in one line when the folder or the file
+    is missing."""
+    if not storage.as_path(ckpt_dir).is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")
+    path = find_asset(ckpt_dir, [NORM_STATS_ASSET])
     if path is None:
-        raise FileNotFoundError(missing_asset_message(ckpt_dir, "norm stats", [NORM_STATS_FILE], "norm_stats"))
+        raise FileNotFoundError(missing_asset_message(ckpt_dir, "norm stats", [NORM_STATS_ASSET], "norm_stats"))
     return path

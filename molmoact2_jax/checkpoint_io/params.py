@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from molmoact2_jax import storage
+from molmoact2_jax.models.config import model_config_from_saved
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config.json"
@@ -54,8 +55,7 @@ def load_model_config(ckpt_dir: str) -> ml_collections.ConfigDict:
         if not path.exists():
             raise FileNotFoundError(f"{ckpt_dir}: no {MODEL_CONFIG} (not a molmoact2-jax params checkpoint)")
         d = json.loads(path.read_text())
-    d["vit"]["feature_layers"] = tuple(d["vit"]["feature_layers"])
-    return ml_collections.ConfigDict(d)
+    return model_config_from_saved(d)
 
 
 class IncompleteCheckpointError(FileNotFoundError):

@@ -1,5 +1,5 @@
-"""Action-expert parameters: our Flax tree (blocks stacked on a leading `layers` axis) <-> the HF flat state dict
-(spec 18.2). Both directions are exact (pure transposes/reshapes, dtype kept), so a round trip is bit-for-bit.
+"""Action-expert parameters: our Flax tree (blocks stacked on a leading `layers` axis) <-> the HF flat state dict.
+Both directions are exact (pure transposes/reshapes, dtype kept), so a round trip is bit-for-bit.
 
 HF layout: PyTorch `Linear.weight` is [out, in]; `blocks.{e}.self_attn.qkv` rows are q | k | v, each head-major
 ([heads x head_dim]); per-head Flax kernels ([D, heads, hd] / [heads, hd, D]) flatten head-major too.
@@ -18,7 +18,7 @@ from molmoact2_jax.convert.molmo2_keys import get_path, set_path
 from molmoact2_jax.models.action_expert import expert_head_dim, expert_mlp_dim
 
 DEFAULT_PREFIX = "model.action_expert."
-# native training-only modules the HF export drops (spec 9.2 / 18.1); ignored when importing
+# native training-only modules the HF export drops; ignored when importing
 TRAINING_ONLY_MARKERS = (".cross_attn.kv_proj.", "state_encoder.", "state_norm.")
 
 
@@ -73,7 +73,7 @@ def _kernel_to_torch(k, n_in):
 def expert_params_to_hf(params, config, prefix: str = DEFAULT_PREFIX, depth_gate_prefix: str | None = None):
     """Flax expert params (bare tree, `{"params": tree}`, boxed or not) -> {HF key: numpy array [out, in]}.
 
-    `config`: the model config (or its `.action_expert`). Keys are `prefix + name` (spec 18.2)."""
+    `config`: the model config (or its `.action_expert`). Keys are `prefix + name`."""
     ae = _ae(config)
     p = _plain(params)
     out = {}

@@ -2,7 +2,7 @@
 
 Reads both spellings: transformers' Molmo2 (`vision_config`, `adapter_config.vision_feature_layer`,
 `text_config.rope_parameters`) and the released checkpoints' (`vit_config` with `image_default_input_size`,
-`vit_layers`, `rope_theta`). Token ids always come from the file (spec 3.2: they differ between releases).
+`vit_layers`, `rope_theta`). Token ids always come from the file (they differ between releases).
 Writes the transformers spelling, so `Molmo2ForConditionalGeneration.from_pretrained` loads the export.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ import os
 import ml_collections
 from tokenizers import Tokenizer
 
-from molmoact2_jax.models.config import MULTIMODAL_FIELDS, get_model_config, set_token_layout
+from molmoact2_jax.models.config import get_model_config, set_token_layout
 from molmoact2_jax.models.vit import num_built_layers
+from molmoact2_jax.token_layout import MULTIMODAL_FIELDS
 from molmoact2_jax.tokenizers.text import HF_ID_KEYS, hf_token_ids, resolve_layout
 
 # config.json key -> our config.tokens field (the text tokenizer's map, with EOS under its config name).
@@ -33,7 +34,8 @@ def model_config_from_hf(hf: dict, source: str = "config.json", tokenizer_file: 
                          ) -> ml_collections.ConfigDict:
     """Builds our model config from a parsed HF config.json (`source` names the file in errors). With the folder's
     `tokenizer_file`, the token layout is the folder's own (tokenizers.text.resolve_layout): config ids win, the
-    rest come from the tokenizer's tokens by name, rule 3.1 fills the gaps."""
+    rest come from the tokenizer's tokens by name, the layout rule fills the gaps
+    (docs/model_notes.md, "Token layout")."""
     try:
         text = hf["text_config"]
         vis = hf.get("vision_config") or hf["vit_config"]

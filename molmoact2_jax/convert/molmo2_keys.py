@@ -1,4 +1,4 @@
-"""Backbone weights <-> the Molmo2 / MolmoAct2 Hugging Face layout (spec 18.2 key names, PyTorch [out, in]).
+"""Backbone weights <-> the Molmo2 / MolmoAct2 Hugging Face layout (HF key names, PyTorch [out, in]).
 
 Our Flax params keep per-head kernels ([in, heads, head_dim]) and stack layers on a leading axis for nn.scan;
 the HF files keep fused q|k|v (`att_proj`) and up|gate (`ff_proj`) matrices, one key per layer. Everything here is

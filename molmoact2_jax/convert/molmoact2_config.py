@@ -1,6 +1,6 @@
 """Model config <-> the `config.json` of a MolmoAct2 Hugging Face release folder.
 
-The release spelling (spec 18.3, 21.2): `text_config` / `vit_config` / `adapter_config` / `action_expert_config`
+The release spelling: `text_config` / `vit_config` / `adapter_config` / `action_expert_config`
 sections, every token id at the top level, and the expert's `max_action_horizon` / `max_action_dim` as top-level
 keys (they are removed from `action_expert_config` on save). The backbone sections are read by
 `molmo2_config.model_config_from_hf` (which also accepts the transformers spelling); this module adds the expert,
@@ -21,7 +21,7 @@ from molmoact2_jax.models.vit import num_built_layers
 
 TOKEN_ID_KEYS = {  # config.json key -> our config.tokens field
     **molmo2_config.TOKEN_KEYS,
-    "image_high_res_id": "image_patch",  # spec 21.2: equals image_patch_id
+    "image_high_res_id": "image_patch",  # equals image_patch_id in the releases
 }
 COUNT_KEYS = ("num_state_tokens", "num_action_tokens", "num_depth_tokens")
 
@@ -154,5 +154,5 @@ def hf_molmoact2_config(cfg, original: dict | None = None, dtype: str = "float32
 
 
 def vit_blocks_in_checkpoint(cfg) -> int:
-    """Spec 21.3: a checkpoint holds max(vit_layers) + 1 ViT blocks, not num_hidden_layers."""
+    """A checkpoint holds max(vit_layers) + 1 ViT blocks, not num_hidden_layers."""
     return num_built_layers(cfg.vit)

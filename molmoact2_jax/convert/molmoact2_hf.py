@@ -1,4 +1,5 @@
-"""Full MolmoAct2 checkpoints: Hugging Face release folder <-> Orbax params checkpoint (spec 3, 13, 18, 21).
+"""Full MolmoAct2 checkpoints: Hugging Face release folder <-> Orbax params checkpoint (docs/model_notes.md,
+"Checkpoint keys").
 
 HF folder: `config.json` (text_config / vit_config / adapter_config / action_expert_config, every token id,
 top-level max_action_horizon / max_action_dim), fp32 (or bf16) safetensors, sharded with
@@ -44,7 +45,7 @@ from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.checkpoint_io import params as params_io
 from molmoact2_jax.checkpoint_io import streaming
 from molmoact2_jax.checkpoint_io.assets import (ACTION_TOKENIZER_DIRS, TOKENIZER_FILES, find_asset,
-                                                missing_asset_message)
+                                                find_norm_stats, missing_asset_message)
 from molmoact2_jax.checkpoint_io.steps import resolve_checkpoint
 from molmoact2_jax.checkpoint_io.streaming import LazyLeaf, LeafGroup
 from molmoact2_jax.convert import molmo2_keys as mk
@@ -70,7 +71,7 @@ class ConversionError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- key table
 def hf_key_shapes(cfg) -> dict:
-    """Every tensor of a MolmoAct2 HF folder for `cfg` -> its shape (spec 18.2), in export order."""
+    """Every tensor of a MolmoAct2 HF folder for `cfg` -> its shape, in export order."""
     v, cn, m, ae = cfg.vit, cfg.connector, cfg.llm, cfg.action_expert
     s = {}
     d, vh = v.hidden_size, v.num_heads * v.head_dim
@@ -173,7 +174,7 @@ def validate_folder(src: str, reader: SafetensorsReader, cfg) -> dict:
         if k in expected:
             continue
         if k.startswith(EXPERT) and any(mark in k for mark in TRAINING_ONLY_MARKERS):
-            skipped.append(k)  # native training-only modules (spec 9.2); the HF export drops them
+            skipped.append(k)  # native training-only modules; the HF export drops them
         else:
             unknown.append(k)
     if unknown:
@@ -263,7 +264,7 @@ def _lazy_groups(cfg, need, expected):
     add(g, bb + ("llm", "blocks"), llm_names)
     if not cfg.use_action_expert:
         return out
-    # action expert (spec 18.2 / action_expert_keys)
+    # action expert (action_expert_keys)
     ae = cfg.action_expert
     ex = ("action_expert",)
 
@@ -452,7 +453,7 @@ def hf_tensors(params, cfg, inv_freq=None):
 def needs_openfast(cfg) -> bool:
     """A model that can only act through OpenFAST tokens (no flow head, or trained discrete-only): without its
     action tokenizer an export of it cannot produce a single action."""
-    return not bool(cfg.get("use_action_expert", True)) or str(cfg.get("action_mode", "both")) == "discrete"
+    return not bool(cfg.use_action_expert) or str(cfg.action_mode) == "discrete"
 
 
 def export_assets(ckpt_dir: str, cfg, norm_stats=None, tokenizer=None, openfast=None,
@@ -463,9 +464,13 @@ def export_assets(ckpt_dir: str, cfg, norm_stats=None, tokenizer=None, openfast=
     OpenFAST, for a model that needs it, see needs_openfast) is refused in one line naming the flag: an export
     without them cannot be served. The norm stats are parsed (NaN / flipped ranges are refused, as at serving)."""
     out = {}
-    norm = str(norm_stats) if norm_stats else find_asset(ckpt_dir, [NORM_STATS_FILE])
-    if norm is None and require:
-        raise ConversionError(missing_asset_message(ckpt_dir, "norm stats", [NORM_STATS_FILE], "norm_stats"))
+    norm = str(norm_stats) if norm_stats else None
+    if norm is None:
+        try:
+            norm = find_norm_stats(ckpt_dir)
+        except FileNotFoundError as e:
+            if require:
+                raise ConversionError(str(e)) from None
     if norm is not None:
         NormStats.load(norm)   # a bad file fails here, before anything is written
     out["norm_stats"] = (norm, NORM_STATS_FILE)
@@ -540,7 +545,6 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str = "float32", max_shard_byt
         raise ConversionError(f"{out_dir}: already holds safetensors files; export into an empty folder")
     check_out_folder(out_dir)   # a wrong bucket or a read-only folder fails now, not after the conversion
     params, cfg = params_io.load_params(ckpt, weights=weights)
-    cfg.use_action_expert = bool(cfg.get("use_action_expert", True))
     assets = ckpt / ASSETS
     original = None
     if (assets / "config.json").exists():

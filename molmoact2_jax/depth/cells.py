@@ -1,4 +1,4 @@
-"""Which of the 10x10 depth cells changed between two camera images (spec 14): both images are resized to 320x320
+"""Which of the 10x10 depth cells changed between two camera images: both images are resized to 320x320
 (bilinear), cut into 10x10 cells of 32x32x3, and a cell changed when the cosine similarity of its pixels is below
 0.996. MolmoThink re-predicts only the changed cells; the depth-code tool writes the same masks for training."""
 from __future__ import annotations

@@ -1,37 +1,26 @@
-"""Depth-code companion data for MolmoAct2-Think training (spec 14): per frame, `depth_buffer_codes` (the 100
-VQ-VAE codes of the first camera's depth map, row-major 10x10) and `depth_updated_mask` (100 bools: the cells
-that changed since the previous frame of the episode, by the Think change detector; all True on an episode's
-first frame).
+"""Depth-code companion data for MolmoAct2-Think training: per frame, `depth_buffer_codes` (the 100 VQ-VAE codes
+of the first camera's depth map, row-major 10x10) and `depth_updated_mask` (100 bools: the cells that changed
+since the previous frame of the episode, by the Think change detector; all True on an episode's first frame).
+`molmoact2-depth-codes` (molmoact2_jax/cli/depth_codes.py) is its command line.
 
-Inputs:
-  --npy-dir DIR      a directory of depth maps (*.npy, HxW or HxWx1), read in sorted order as one episode; the
-                     change mask is computed on the depth maps themselves (scaled to 0-255, 3 channels).
-  --lerobot ROOT     a LeRobot dataset (data_pipelines.formats.lerobot_reader.LeRobotDataset); frames of
-                     --camera (default: the first camera) go through a depth estimator and the change mask is
-                     computed on the RGB frames, as at inference.
-  --sim-depth ROOT   a simulation recording made with `molmoact2-sim record --depth`: the stored metric depth of
-                     the first camera (MuJoCo, exact) is encoded, and the change mask is computed on that camera's
-                     RGB frames, as at inference. `--train-steps N` fits the VQ-VAE on those depth maps.
-Depth estimator (`--estimator module:function`, called as fn(rgb HxWx3 uint8) -> depth HxW float): the real one
-is Depth Anything V2, which cannot be downloaded here. The default `placeholder` estimator is NOT a depth model:
-it returns inverted, smoothed luminance so the tooling can be exercised end to end; do not train on its output.
-VQ-VAE: `--vqvae DIR` (saved by depth_vqvae.save_vqvae) or `--train-steps N` to fit one on the input first
-(saved to OUT/vqvae).
+Sources: a folder of depth maps (`codes_for_npy_dir`; the change mask is computed on the depth maps themselves,
+scaled to 0-255), a LeRobot dataset whose camera frames go through a depth estimator (`codes_for_lerobot`; the
+mask on the RGB frames, as at inference), or a `molmoact2-sim record --depth` recording (`codes_for_sim`: MuJoCo's
+exact metric depth of the first camera, the mask on that camera's RGB frames).
+
+A depth estimator is a function rgb HxWx3 uint8 -> depth HxW float. The real one is Depth Anything V2, which cannot
+be downloaded here; `placeholder_depth_estimator` is NOT a depth model: it returns inverted, smoothed luminance so
+the tooling can be exercised end to end; do not train on its output.
 
 Output (OUT/): data/episode_XXXXXX.parquet with columns episode_index, frame_index, depth_buffer_codes
-(list<int32>[100]), depth_updated_mask (list<bool>[100]) (+ `file` for --npy-dir), and meta/info.json.
-
-    python -m molmoact2_jax.depth.codes --lerobot /data/libero --vqvae vqvae/ --out /data/libero_depth
-    molmoact2-depth-codes --sim-depth /data/sim --train-steps 400 --out /data/sim_depth   (same tool)
+(list<int32>[100]), depth_updated_mask (list<bool>[100]) (+ `file` for a folder of depth maps), and meta/info.json.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import importlib
 import json
 import os
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -185,49 +174,14 @@ def codes_for_sim(root: str, out_dir: str, params, cfg: vq.VQVAEConfig) -> dict:
     return {"episodes": len(ds.episodes), "frames": total, "camera": key}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="molmoact2-depth-codes",
-                                 description="Write depth_buffer_codes / depth_updated_mask companion data.")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--npy-dir", help="a folder of depth maps (*.npy), read in sorted order as one episode")
-    src.add_argument("--lerobot", help="a LeRobot dataset; its --camera frames go through --estimator")
-    src.add_argument("--sim-depth", help="a molmoact2-sim record --depth recording (exact depth)")
-    ap.add_argument("--out", required=True, help="companion dataset folder to write (data/*.parquet, meta/)")
-    ap.add_argument("--camera", default=None, help="--lerobot: the camera key (default: the first camera)")
-    ap.add_argument("--estimator", default="placeholder", help="'placeholder' or module:function")
-    ap.add_argument("--vqvae", default=None, help="directory saved by depth_vqvae.save_vqvae")
-    ap.add_argument("--train-steps", type=int, default=0, help="fit a VQ-VAE on the input first (no --vqvae)")
-    args = ap.parse_args(argv)
-    try:
-        if args.vqvae:
-            params, cfg = vq.load_vqvae(args.vqvae)
-        elif args.train_steps > 0:
-            cfg = vq.VQVAEConfig()
-            if args.npy_dir:
-                maps = [np.load(f, allow_pickle=False) for f in sorted(glob.glob(os.path.join(args.npy_dir, "*.npy")))]
-            elif args.sim_depth:
-                maps = sim_training_maps(args.sim_depth)
-            else:
-                ds = LeRobotDataset(args.lerobot)
-                est = load_estimator(args.estimator)
-                maps = [est(f) for f in ds.episode_video(0, args.camera or ds.camera_keys[0])]
-            params, _ = vq.train_vqvae(maps, cfg, steps=args.train_steps, log_every=max(1, args.train_steps // 10))
-            vq.save_vqvae(os.path.join(args.out, "vqvae"), params, cfg)
-        else:
-            raise ValueError("pass --vqvae DIR or --train-steps N")
-        if args.npy_dir:
-            summary = codes_for_npy_dir(args.npy_dir, args.out, params, cfg)
-        elif args.sim_depth:
-            summary = codes_for_sim(args.sim_depth, args.out, params, cfg)
-        else:
-            summary = codes_for_lerobot(args.lerobot, args.out, params, cfg, args.camera,
-                                        load_estimator(args.estimator), args.estimator)
-    except (OSError, ValueError) as e:
-        print(f"molmoact2-depth-codes: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def vqvae_training_maps(*, npy_dir: str | None = None, lerobot: str | None = None, sim_depth: str | None = None,
+                        camera: str | None = None, estimator: str | None = None) -> list[np.ndarray]:
+    """Depth maps to fit the VQ-VAE on, from the one source given: every map of a folder, the first episode of a
+    LeRobot dataset through `estimator` (`module:function` or 'placeholder'), or maps spread over a sim recording."""
+    if npy_dir:
+        return [np.load(f, allow_pickle=False) for f in sorted(glob.glob(os.path.join(npy_dir, "*.npy")))]
+    if sim_depth:
+        return sim_training_maps(sim_depth)
+    ds = LeRobotDataset(lerobot)
+    est = load_estimator(estimator)
+    return [est(f) for f in ds.episode_video(0, camera or ds.camera_keys[0])]

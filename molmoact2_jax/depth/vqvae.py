@@ -1,6 +1,6 @@
 """Depth tokenizer: a VQ-VAE over 320x320 depth maps -> a 10x10 grid of codes from a 128-entry codebook
-(downsample 32), the interface MolmoAct2-Think's depth tokens assume (spec 14; the original AiT-style VQ-VAE and
-its checkpoint are not available here, spec gap 20.8, so this is an independent Flax model with that interface).
+(downsample 32), the interface MolmoAct2-Think's depth tokens assume (docs/model_notes.md, "Depth VQ-VAE": the original
+AiT-style VQ-VAE and its checkpoint are not available, so this is an independent Flax model with that interface).
 
 Depth maps are prepared per map: bilinear resize to 320x320, min-max scaled to [-1, 1] (constant maps -> 0).
 Training: reconstruction MSE + codebook loss ||sg(z) - e||^2 + beta * commitment ||z - sg(e)||^2, gradients

@@ -177,7 +177,7 @@ class MetaWorldEnv:
 
     def depth(self) -> np.ndarray:
         """Metric depth (meters, float32 HxW) of the first camera, oriented like its image: MuJoCo's depth buffer,
-        no estimator. MolmoThink's depth codes describe the first camera (spec 14)."""
+        no estimator. MolmoThink's depth codes describe the first camera."""
         if self.renderer is None:
             raise SimEvalError("depth rendering needs an env built with render=True")
         cam = self.cfg.cameras[0]

@@ -77,7 +77,7 @@ class MeanActionPolicy:
             mean = stats["action"]["mean"]
         else:
             if p.is_dir():
-                p = find_norm_stats(p)
+                p = _norm_stats_path(p)
             stats = load_norm_stats(p)
             use_tag = tag or (cfg.norm_tag if cfg.norm_tag in stats.tags else None)
             mean = select_tag(stats, use_tag, where=str(p)).action_stats.mean
@@ -128,15 +128,12 @@ class ExpertPolicy:
         return np.clip(np.asarray(a, np.float32), -1.0, 1.0)[None]
 
 
-def find_norm_stats(checkpoint):
-    ckpt = storage.as_path(checkpoint)
-    if not ckpt.is_dir():
-        raise SimEvalError(f"checkpoint directory not found: {ckpt}")
+def _norm_stats_path(checkpoint):
+    """assets.find_norm_stats, its one-line FileNotFoundError as the SimEvalError molmoact2-eval reports."""
     try:
-        return storage.as_path(assets.find_norm_stats(str(ckpt)))
-    except FileNotFoundError:
-        raise SimEvalError(f"checkpoint {ckpt} has no norm_stats.json (looked in assets/ and the top level)") \
-            from None
+        return storage.as_path(assets.find_norm_stats(str(checkpoint)))
+    except FileNotFoundError as e:
+        raise SimEvalError(str(e)) from None
 
 
 def check_checkpoint_fits(checkpoint, cfg: SimConfig, norm_tag: str | None = None) -> dict:
@@ -144,7 +141,7 @@ def check_checkpoint_fits(checkpoint, cfg: SimConfig, norm_tag: str | None = Non
 
     Returns {"tag", "action_dim", "camera_order" (env camera index per checkpoint camera), "n_action_steps"}.
     """
-    path = find_norm_stats(checkpoint)
+    path = _norm_stats_path(checkpoint)
     stats = load_norm_stats(path)
     info = select_tag(stats, norm_tag or (cfg.norm_tag if cfg.norm_tag in stats.tags else None),
                       where=f"checkpoint {checkpoint}")

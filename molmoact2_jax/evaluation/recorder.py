@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.embodiments import EMBODIMENTS, Embodiment
+from data_pipelines.episode import Episode
 from data_pipelines.formats.lerobot_writer import WriteOptions, write_lerobot
-from data_pipelines.synthetic import Episode
 
 from molmoact2_jax.progress import progress_bar
 from molmoact2_jax.evaluation.config import DRAWING_FIELDS, SimConfig, SuiteSpec, sim_settings

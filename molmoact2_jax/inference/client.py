@@ -1,6 +1,6 @@
 """Client for the MolmoAct2 HTTP policy server, and the json_numpy wire codec both sides use.
 
-Wire format (what the reference clients send, spec 19): the body is JSON in which every numpy array is
+Wire format (what the reference clients send; docs/serving.md): the body is JSON in which every numpy array is
 `{"__numpy__": <base64 of the raw C-order bytes>, "dtype": "<f4" | "|u1" | ..., "shape": [...]}`. No pickle.
 
     client = PolicyClient("http://127.0.0.1:8000")

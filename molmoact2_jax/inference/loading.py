@@ -89,6 +89,6 @@ def load_checkpoint(ckpt_dir: str, norm_stats=None, tokenizer=None, action_token
     fast = load_action_tokenizer(ckpt_dir, action_tokenizer)
     if not hf:
         params, cfg = load_params(ckpt_dir, weights=weights)
-    run_cfg = training_config(ckpt_dir) or {}
-    cams = (run_cfg.get("data") or {}).get("max_cameras")
-    return CheckpointParts(cfg, params, stats, tok, fast, int(cams) if cams else None, ckpt_dir)
+    run_cfg = training_config(ckpt_dir)   # a trainer step's whole run config (every field saved); else None
+    cams = int(run_cfg["data"]["max_cameras"]) if run_cfg is not None else None
+    return CheckpointParts(cfg, params, stats, tok, fast, cams, ckpt_dir)

@@ -1,13 +1,13 @@
-"""Inference policy: raw robot observation -> robot-unit action chunk (spec 19, 11.2, 12, 13, 14).
+"""Inference policy: raw robot observation -> robot-unit action chunk (docs/model_notes.md, "Inference steps").
 
     policy = Policy.load(CKPT_DIR)                      # params + assets (norm_stats.json, tokenizer files)
     out = policy.predict_action(images, task, state, norm_tag, mode="continuous")
     out.actions                                         # float32 [n_action_steps, action_dim], robot units
 
-Steps (spec 19): language normalization -> state normalization and bins -> prompt (4.1) -> image patches and
-token expansion with BOS -> prefill (bidirectional image attention) -> encoder mask (10.1) -> [Think depth prefix
-and gate (14, 10.2)] -> 10-step Euler flow over H = tag horizon, or greedy OpenFAST decoding (12) -> slice to the
-tag's action dim and n_action_steps -> un-normalize (gripper dims pass through, spec 13).
+Steps: language normalization -> state normalization and bins -> prompt -> image patches and token expansion
+with BOS -> prefill (bidirectional image attention) -> encoder mask -> [Think depth prefix and gate] -> 10-step
+Euler flow over H = tag horizon, or greedy OpenFAST decoding -> slice to the tag's action dim and n_action_steps
+-> un-normalize (gripper dims pass through).
 
 Real-time chunking (models/rtc.py): with `prev_chunk` (the previous chunk's actions not yet executed when this
 observation was taken, robot units, as returned), the flow is guided to continue it: the first `inference_delay`
@@ -235,7 +235,7 @@ class Policy:
         x = self.transforms(tag, think).apply_inputs(x)
         ids = self.model_inputs.prompt_ids(x["prompt"], len(images))
         if think:
-            ids = ids + [int(self.cfg.tokens.depth_start)]   # forced <depth_start> (spec 14)
+            ids = ids + [int(self.cfg.tokens.depth_start)]   # forced <depth_start>
         n = len(ids)
         bucket = -(-n // self.prompt_bucket) * self.prompt_bucket
         if bucket > self.cfg.max_sequence_length:
@@ -378,7 +378,7 @@ class Policy:
         if delay:   # executed from the previous chunk while this call ran: returned as they were
             norm[:delay] = target[:delay]
         result.normalized_actions = norm
-        # n_obs_steps = 1 in released configs: the executed steps are [0 : n_action_steps] (spec 11.2)
+        # n_obs_steps = 1 in released configs: the executed steps are [0 : n_action_steps]
         out = self.transforms(tag, think).apply_outputs({"actions": norm[:n_steps], "state": s})
         result.actions = np.array(out["actions"], np.float32)
         if delay:
@@ -402,7 +402,7 @@ class Policy:
         t = self.cfg.tokens
         bpe = from_llm_ids(gen.tolist(), t.action_start, t.action_end, t.action_token_start, t.num_action_tokens)
         actions, valid = self.action_tokenizer.decode([bpe], horizon=h, action_dim=d)
-        result.valid = bool(valid[0])   # invalid -> zero chunk (spec 21.5/22.3), flagged instead of raising
+        result.valid = bool(valid[0])   # invalid -> zero chunk, flagged instead of raising
         return actions[0]
 
     def _predict_think(self, args, inp, first_image, depth_cache, mode, h, d, x0, dim_valid, steps, result,

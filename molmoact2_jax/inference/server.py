@@ -1,4 +1,4 @@
-"""HTTP policy server speaking the reference `/act` wire protocol (spec 19), standard library only.
+"""HTTP policy server speaking the reference `/act` wire protocol (docs/serving.md), standard library only.
 
     molmoact2-serve --checkpoint CKPT_DIR|WORKDIR [--host 127.0.0.1] [--port 8000] [--norm-tag TAG]
                     [--mode continuous] [--think] [--max-request-mb 32] [--warmup]
@@ -16,7 +16,7 @@ Request keys:
              their last part, reordered to the tag's order) | `image` (one) | DROID `external_cam`, `wrist_cam` |
              YAM `top_cam`, `left_cam`, `right_cam` (fixed order). DROID: when the tag's metadata lists 3 cameras
              the exterior view is duplicated ([external, external, wrist]), as the DROID fork does with 2 physical
-             views (spec 17). The cameras must be those the checkpoint was trained with (else 400, naming both).
+             views. The cameras must be those the checkpoint was trained with (else 400, naming both).
   task       `instruction` | `task`
   state      `state` (raw units)
   tag        `tag` | `norm_tag` | `normalization_tag` (default: --norm-tag, or the only tag of the checkpoint)
@@ -34,7 +34,6 @@ service checks again). It binds 127.0.0.1 unless told otherwise. No pickle anywh
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import queue
@@ -358,7 +357,7 @@ class ServerProcess:
     lines), so a talkative server never blocks on a full pipe."""
 
     def __init__(self, checkpoint, *args, timeout: float = 300.0, env=None, cwd=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.inference.server", "--checkpoint",
+        self.proc = subprocess.Popen([sys.executable, "-m", "molmoact2_jax.cli.serve", "--checkpoint",
                                       str(checkpoint), "--port", "0", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
         self.output: list = []
@@ -405,72 +404,3 @@ def warmup(service: PolicyService):
     imgs = [np.zeros((224, 224, 3), np.uint8)] * n
     service.policy.predict_action(imgs, "warm up", np.zeros(info.state_dim), tag, mode=service.mode,
                                   think=service.think, seed=0)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="molmoact2-serve", description="MolmoAct2 HTTP policy server (POST /act).")
-    ap.add_argument("--checkpoint", required=True,
-                    help="params checkpoint / trainer step / HF folder, or a run directory (its newest complete "
-                         "step)")
-    ap.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
-    ap.add_argument("--port", type=int, default=8000,
-                    help="TCP port (default: %(default)s); 0 picks a free one (printed at start-up)")
-    ap.add_argument("--norm-tag", default=None, help="tag used when a request names none")
-    ap.add_argument("--mode", choices=("continuous", "discrete"), default=None,
-                    help="default: continuous when the checkpoint has an action expert, else discrete")
-    ap.add_argument("--think", action="store_true", help="MolmoThink depth reasoning with the adaptive cache")
-    ap.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: config flow.num_steps)")
-    ap.add_argument("--max-request-mb", type=float, default=32.0,
-                    help="largest accepted request body in MiB; larger ones are refused (default: %(default)s)")
-    ap.add_argument("--no-strict-cameras", action="store_true",
-                    help="accept any camera count (1..5) instead of the tag's camera_keys count")
-    ap.add_argument("--warmup", action="store_true", help="compile with a dummy request before serving")
-    ap.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
-                    help="for a trainer step directory: its EMA weights (auto: when the run kept them) or the raw "
-                         "trained params")
-    ap.add_argument("--norm-stats", default=None,
-                    help="norm_stats.json to use instead of the checkpoint's (for a checkpoint without assets)")
-    ap.add_argument("--tokenizer", default=None,
-                    help="tokenizer.json (or tokenizer.model) to use instead of the checkpoint's")
-    ap.add_argument("--openfast", default=None,
-                    help="OpenFAST action tokenizer folder to use instead of the checkpoint's (discrete mode)")
-    args = ap.parse_args(argv)
-    try:   # the port first: a port in use fails now, not after the (slow) model load
-        server = bind(args.host, args.port)
-    except PortError as e:
-        print(f"molmoact2-serve: error: {e}", file=sys.stderr)
-        return 2
-    serving = False
-    try:
-        from molmoact2_jax.inference.policy import Policy  # lazy: imports jax; --help must not
-        try:
-            policy = Policy.load(args.checkpoint, norm_stats=args.norm_stats, tokenizer=args.tokenizer,
-                                 action_tokenizer=args.openfast, strict_camera_count=not args.no_strict_cameras,
-                                 weights=args.weights)
-            mode = args.mode or ("continuous" if policy.model.expert is not None else "discrete")
-            service = PolicyService(policy, args.norm_tag, mode, args.think, args.num_steps)
-            if args.warmup:   # a checkpoint producing NaN fails here, before it is served
-                warmup(service)
-        except (OSError, ValueError, NonFiniteActionError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"molmoact2-serve: error: {msg}", file=sys.stderr)
-            return 2
-        attach(server, service, int(args.max_request_mb * (1 << 20)))
-        serving = True
-    finally:
-        if not serving:
-            server.server_close()
-    host, port = server.server_address[:2]
-    print(f"{LISTENING}http://{host}:{port} (tags {sorted(policy.tags)})", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

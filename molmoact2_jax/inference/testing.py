@@ -1,5 +1,5 @@
 """Small, self-contained policy ingredients for tests and benchmarks (no downloads): a BPE text tokenizer trained
-on the fly, a random tiny/small MolmoAct2, a norm_stats.json dict in the spec-13 schema and a fitted OpenFAST.
+on the fly, a random tiny/small MolmoAct2, a norm_stats.json dict and a fitted OpenFAST.
 
 Not used by the serving code itself.
 """
@@ -16,8 +16,9 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from molmoact2_jax.checkpoint_io.params import save_params
-from molmoact2_jax.models.config import apply_overrides, get_model_config, robot_token_ids
+from molmoact2_jax.models.config import apply_overrides, get_model_config
 from molmoact2_jax.models.molmoact2 import MolmoAct2
+from molmoact2_jax.token_layout import robot_token_ids
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 from molmoact2_jax.tokenizers.text import TextTokenizer
 
@@ -128,7 +129,7 @@ def _feature_stats(rng, dim, names, gripper_dims=()):
 
 def norm_stats(tag: str = TAG, horizon: int = 8, n_action_steps: int = 5, action_dim: int = ACTION_DIM,
                state_dim: int = STATE_DIM, num_cameras: int = 2, seed: int = 0) -> dict:
-    """A norm_stats.json dict in the spec-13 schema (gripper = last dim, not normalized)."""
+    """A norm_stats.json dict (gripper = last dim, not normalized)."""
     rng = np.random.default_rng(seed)
     anames = [f"joint_{i}" for i in range(action_dim - 1)] + ["gripper"]
     snames = [f"joint_{i}" for i in range(state_dim - 1)] + ["gripper"]

@@ -1,4 +1,4 @@
-"""MolmoThink: adaptive depth reasoning at inference (spec 14, 10.2).
+"""MolmoThink: adaptive depth reasoning at inference (docs/model_notes.md, "MolmoThink").
 
 Sequence after the prompt (whose trigger is `<depth_output><action_output>`): `<depth_start>` (forced) + 100 depth
 codes (a row-major 10x10 grid, `<depth_k>`, k < 128) + `<depth_end>`; then the action expert reads the KV cache
@@ -65,7 +65,7 @@ def as_depth_cache(cache):
         return None, None
     bins = np.asarray(bins).reshape(-1)
     if bins.size != NUM_CELLS or not np.issubdtype(bins.dtype, np.integer):
-        return None, None  # not a usable buffer: decode all 100 codes (spec 14)
+        return None, None  # not a usable buffer: decode all 100 codes
     return np.asarray(image), bins.astype(np.int32)
 
 

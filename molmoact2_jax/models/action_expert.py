@@ -1,4 +1,4 @@
-"""MolmoAct2 flow-matching action expert (spec sections 9, 10.2, 21), pure Flax linen.
+"""MolmoAct2 flow-matching action expert (docs/model_notes.md, "Action expert"), pure Flax linen.
 
 A DiT-style transformer over the action chunk: each of the `num_layers` blocks (one per LLM layer) runs
 adaptive-norm-modulated bidirectional self-attention over the H action steps (RoPE over positions 0..H-1),
@@ -40,7 +40,7 @@ def make_action_expert(config) -> "ActionExpert":
 
 
 def expert_mlp_dim(ae) -> int:
-    """SwiGLU inner width: ceil(int(hidden * mlp_ratio) / ffn_multiple_of) * ffn_multiple_of (spec 9.1)."""
+    """SwiGLU inner width: ceil(int(hidden * mlp_ratio) / ffn_multiple_of) * ffn_multiple_of."""
     raw = int(ae.hidden_size * ae.mlp_ratio)
     return -(-raw // ae.ffn_multiple_of) * ae.ffn_multiple_of
 
@@ -63,7 +63,7 @@ def timestep_embedding(t, dim: int):
 
 
 def _rms(x, dtype):
-    """Weightless RMSNorm over the last axis, fp32 math (all expert norms are weightless, spec 9.1). A plain
+    """Weightless RMSNorm over the last axis, fp32 math (all expert norms are weightless). A plain
     function (same math as `layers.RMSNorm(use_scale=False)`) so it can run in the setup-style methods."""
     x32 = x.astype(jnp.float32)
     return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + RMS_EPS)).astype(dtype)
@@ -221,7 +221,7 @@ class ActionExpert(nn.Module):
         )(cfg)
         self.final_layer = FinalLayer(cfg)
         if ae.depth_gate:
-            # spec 10.2: Linear(context_dim -> 1), weight 0, bias -4; one per layer or a single gate.
+            # depth gate: Linear(context_dim -> 1), weight 0, bias -4; one per layer or a single gate.
             lead = (ae.num_layers,) if ae.depth_gate_per_layer else ()
             lead_axes = ("layers",) if ae.depth_gate_per_layer else ()
             self.depth_gate_kernel = L.param_with_axes(
@@ -254,7 +254,7 @@ class ActionExpert(nn.Module):
         """Project the backbone's per-layer K/V once (reused by every flow step).
 
         context_k/context_v: [L, B, T, context_dim] (keys after k-norm + RoPE, raw values, heads flattened
-        head-major); encoder_mask: bool [B, T] (spec 10.1); depth_positions: bool [B, T] (Think gate, 10.2).
+        head-major); encoder_mask: bool [B, T]; depth_positions: bool [B, T] (Think gate).
         Returns {"k", "v": [L, B, T, heads, head_dim] in the compute dtype, "bias": fp32 [B, 1, 1, T]}.
         """
         ae = self.config.action_expert

@@ -24,7 +24,7 @@ from molmoact2_jax.models.vit import ViT
 
 
 def image_token_mask(cfg, ids):
-    """token_type_ids == 1: the image-family tokens (spec 4.2)."""
+    """token_type_ids == 1: the image-family tokens."""
     t = cfg.tokens
     family = jnp.array([t.image_start, t.image_end, t.image_patch, t.image_col, t.low_res_image_start,
                         t.frame_start, t.frame_end, t.image_low], jnp.int32)
@@ -117,7 +117,7 @@ class Backbone(nn.Module):
         valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], jnp.ones((b, t), bool), index, axis=1)
         q_slots = jnp.broadcast_to(index + jnp.arange(t), (b, t))
         k_slots = jnp.broadcast_to(jnp.arange(size), (b, size))
-        no_img = jnp.zeros((b, t), bool)  # decode steps are causal only (spec 8)
+        no_img = jnp.zeros((b, t), bool)  # decode steps are causal only
         allowed = attention_allowed(q_slots, k_slots, no_img, no_img[:, :1], valid, bidirectional_image=False)
         x = self.llm.embed(input_ids)
         logits, (k, v) = self.llm(x, mask_to_bias(allowed), positions, (cache["keys"], cache["values"]), index)

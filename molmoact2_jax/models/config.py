@@ -1,45 +1,19 @@
 """MolmoAct2 model configs: the released full-size model and a tiny CPU variant with the same structure, and the
-token-id layout (spec 3.1) they carry.
+token ids they carry.
 
-Every recipe in `configs/` includes one of these as `config.model`; the library reads model configs, never recipes. Token ids follow spec section 3 (rule 3.1); for the full
-model they are the `allenai/MolmoAct2` values of table 3.2 and must be read from a checkpoint's config.json when
-importing (ids differ between releases).
+Every recipe in `configs/` includes one of these as `config.model`; the library reads model configs, never recipes.
+Token ids are counted from the base vocabulary as molmoact2_jax/token_layout.py lays them out; for the full model they
+are the `allenai/MolmoAct2` release's, and a checkpoint's config.json is read for them when importing (ids differ
+between releases). A run's text tokenizer sets them (set_token_layout).
 """
 import dataclasses
 
 import ml_collections
 
-# The 14 multimodal tokens of spec 3.1 rule 4, in table order (ids vocab_size + i).
-MULTIMODAL_FIELDS = ("image_start", "image_end", "image_patch", "image_col", "low_res_image_start",
-                     "image_placeholder", "image_low", "frame_start", "frame_end", "video_placeholder", "points",
-                     "token_index", "vit_index", "vit_loc")
+from molmoact2_jax.token_layout import (NUM_ACTION_TOKENS, NUM_DEPTH_TOKENS, NUM_STATE_TOKENS,
+                                        robot_token_ids)
+
 NUM_ADDED_EMBEDDINGS = 128  # rows of wte.new_embedding (the 14 multimodal tokens + spare)
-PAD_MULTIPLE = 1024          # embedding_size = vocab + robot tokens rounded up to this
-
-
-def robot_token_ids(base_vocab: int, pad_multiple: int = PAD_MULTIPLE) -> dict:
-    """Ids of the robot token families appended after the base tokenizer, spec 3.1 (in this order)."""
-    ids = {}
-    nxt = base_vocab
-    for name in ("setup_start", "setup_end", "control_start", "control_end", "state_start", "state_end"):
-        ids[name] = nxt
-        nxt += 1
-    ids["state_token_start"], nxt = nxt, nxt + 256
-    for name in ("action_output", "action_start", "action_end"):
-        ids[name] = nxt
-        nxt += 1
-    ids["action_token_start"], nxt = nxt, nxt + 2048
-    for name in ("depth_output", "depth_start", "depth_end"):
-        ids[name] = nxt
-        nxt += 1
-    ids["depth_token_start"], nxt = nxt, nxt + 128
-    embedding_size = -(-nxt // pad_multiple) * pad_multiple
-    ids["num_added_robot_tokens"] = nxt - base_vocab
-    ids["vocab_size"] = embedding_size
-    # The 14 multimodal tokens live in the extra table, at embedding_size + i (spec 3.1 rule 4).
-    for i, name in enumerate(MULTIMODAL_FIELDS):
-        ids[name] = embedding_size + i
-    return ids
 
 
 def _tokens(base_vocab: int, eos: int, pad: int) -> ml_collections.ConfigDict:
@@ -47,9 +21,9 @@ def _tokens(base_vocab: int, eos: int, pad: int) -> ml_collections.ConfigDict:
     t.base_vocab = base_vocab
     t.eos_token_id = eos     # <|im_end|>, also BOS
     t.pad_token_id = pad     # <|endoftext|>
-    t.num_state_tokens = 256
-    t.num_action_tokens = 2048
-    t.num_depth_tokens = 128
+    t.num_state_tokens = NUM_STATE_TOKENS
+    t.num_action_tokens = NUM_ACTION_TOKENS
+    t.num_depth_tokens = NUM_DEPTH_TOKENS
     return t
 
 
@@ -63,7 +37,7 @@ def get_model_config(variant: str = "full") -> ml_collections.ConfigDict:
     c.remat_policy = "dots_no_batch" if full else "none"  # see molmoact2_jax.models.layers.REMAT_POLICIES
     c.scan_unroll = False                                # True unrolls the scanned layers (same param layout)
     c.max_sequence_length = 16384 if full else 1024
-    c.action_mode = "both"   # "continuous" | "discrete" | "both": encoder-mask rules of spec 10.1
+    c.action_mode = "both"   # "continuous" | "discrete" | "both" (docs/model_notes.md, "Encoder mask")
     c.use_action_expert = True  # False: the discrete-only MolmoAct2-Pretrain model (no flow head)
     c.loss = ml_collections.ConfigDict(dict(ce_weight=1.0, flow_weight=1.0, z_loss_weight=1e-4))
 
@@ -96,7 +70,8 @@ def get_model_config(variant: str = "full") -> ml_collections.ConfigDict:
     if full:
         tokens = _tokens(base_vocab=151669, eos=151645, pad=151643)
     else:
-        tokens = _tokens(base_vocab=300, eos=1, pad=0)
+        # 512: room for the synthetic task's text tokenizer (training/synthetic_data.py) to hold its prompt's words
+        tokens = _tokens(base_vocab=512, eos=1, pad=0)
     c.tokens = tokens
     c.llm = ml_collections.ConfigDict(dict(
         hidden_size=2560 if full else 64,
@@ -107,16 +82,16 @@ def get_model_config(variant: str = "full") -> ml_collections.ConfigDict:
         mlp_dim=9728 if full else 96,
         vocab_size=tokens.vocab_size,               # rows of wte.embedding and lm_head
         additional_vocab_size=NUM_ADDED_EMBEDDINGS,  # rows of wte.new_embedding
-        rope_theta=5_000_000.0,                     # spec gap 20.2: read from the checkpoint when importing
+        rope_theta=5_000_000.0,                     # docs/model_notes.md, "RoPE theta"
         rms_norm_eps=1e-6,
         qk_norm=True,
-        bidirectional_image_attention=True,         # spec gap 20.3: HF inference path; False = causal only
+        bidirectional_image_attention=True,         # docs/model_notes.md, "Image attention"
     ))
     c.action_expert = ml_collections.ConfigDict(dict(
         hidden_size=768 if full else 32,
         num_heads=8 if full else 4,
         num_layers=c.llm.get_ref("num_layers"),     # block l reads LLM layer l: depths must match
-        mlp_ratio=4.0,                              # spec gap 20.1: 4.0 (released) vs 8/3 (code default)
+        mlp_ratio=4.0,                              # docs/model_notes.md, "Expert MLP ratio"
         ffn_multiple_of=256 if full else 16,
         timestep_embed_dim=256 if full else 32,
         max_action_dim=32,
@@ -144,6 +119,22 @@ def set_token_layout(model_cfg, layout) -> None:
         elif f.name in model_cfg.tokens:
             model_cfg.tokens[f.name] = getattr(layout, f.name)
     model_cfg.llm.vocab_size = layout.vocab_size
+
+
+def model_config_from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A model config as saved with a checkpoint (model_config.json, a trainer step's meta) over the current schema:
+    a field added since it was saved takes get_model_config("full")'s value (the released model's), every saved
+    field keeps its value. The one place an older saved config meets newer code, so the model reads fields directly."""
+    def merged(schema: dict, over: dict) -> dict:
+        out = dict(schema)
+        for key, value in over.items():
+            out[key] = merged(schema[key], value) if isinstance(value, dict) and isinstance(schema.get(key),
+                                                                                           dict) else value
+        return out
+    # resolved first: the schema's references (the expert's depth is the LLM's) must not tie the saved values
+    cfg = merged(get_model_config("full").copy_and_resolve_references().to_dict(), saved)
+    cfg["vit"]["feature_layers"] = tuple(cfg["vit"]["feature_layers"])   # JSON gives a list
+    return ml_collections.ConfigDict(cfg)
 
 
 def apply_overrides(cfg, overrides: dict):

@@ -1,4 +1,4 @@
-"""Vision-language connector (spec section 7): 2x2 attention pooling with a masked-mean query, then a SwiGLU
+"""Vision-language connector: 2x2 attention pooling with a masked-mean query, then a SwiGLU
 projector into the LLM width."""
 from __future__ import annotations
 

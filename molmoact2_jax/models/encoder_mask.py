@@ -1,5 +1,5 @@
-"""Which prompt positions the action expert's cross-attention may read (spec 10.1) and the Think depth positions
-(spec 10.2). Pure jnp, jit-friendly: no Python loops over tokens."""
+"""Which prompt positions the action expert's cross-attention may read and the Think depth positions
+(docs/model_notes.md, "Encoder mask" and "Depth gate"). Pure jnp, jit-friendly: no Python loops over tokens."""
 from __future__ import annotations
 
 import jax
@@ -28,7 +28,7 @@ def action_span_mask(input_ids, action_start: int, action_end: int):
 
 def encoder_attention_mask(input_ids, attention_mask, tokens_cfg, action_mode: str, segment_ids=None,
                            example_segment=None):
-    """Cross-attention key mask of the action expert (spec 10.1). Returns bool [B, T] (True = may attend).
+    """Cross-attention key mask of the action expert. Returns bool [B, T] (True = may attend).
 
     input_ids: int [B, T]; attention_mask: bool [B, T] or None (then `input_ids != -1`); tokens_cfg: the model
     config's `tokens` (eos_token_id, action_start, action_end); action_mode: "continuous" | "discrete" | "both".
@@ -62,5 +62,5 @@ def depth_token_mask(input_ids, tokens_cfg):
 
 
 def depth_positions(input_ids, encoder_mask, tokens_cfg):
-    """Depth positions M of spec 10.2: depth tokens that are also encoder-valid. bool [B, T]."""
+    """Depth positions: depth tokens that are also encoder-valid. bool [B, T]."""
     return depth_token_mask(input_ids, tokens_cfg) & jnp.asarray(encoder_mask).astype(bool)

@@ -26,7 +26,7 @@ from molmoact2_jax.models.action_expert import expert_mlp_dim
 from molmoact2_jax.models.vit import num_built_layers
 
 GROUP_ORDER = ("vit", "connector", "llm", "action_expert")
-# token_type_ids == 1 in the backbone (spec 4.2): tokens that attend bidirectionally among themselves.
+# token_type_ids == 1 in the backbone: tokens that attend bidirectionally among themselves.
 IMAGE_FAMILY = ("image_start", "image_end", "image_patch", "image_col", "low_res_image_start", "frame_start",
                 "frame_end", "image_low")
 

@@ -1,11 +1,11 @@
-"""Flow matching for the action expert (spec 11): the training loss and the Euler sampler.
+"""Flow matching for the action expert (docs/model_notes.md, "Flow matching"): the training loss and the Euler sampler.
 
 Convention: t = 0 is noise, t = 1 is data; x_t = (1 - t) * eps + t * a; the expert predicts u = a - eps.
 
 Every function here is pure (params in, arrays out). `expert` is an `ActionExpert` module (it carries the model
 config, whose `.flow` holds the defaults); `params` is the expert's parameter tree (the contents of
 `variables["params"]`, or the whole `{"params": ...}` dict). The composed model passes the backbone's per-layer
-K/V ([L, B, T, context_dim]) and the encoder mask of spec 10.1 (`encoder_mask.encoder_attention_mask`).
+K/V ([L, B, T, context_dim]) and the encoder mask (`encoder_mask.encoder_attention_mask`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _variables(params) -> dict:
 
 
 def sample_flow_time(rng, shape, flow_cfg):
-    """t = time_offset + time_scale * Beta(beta_alpha, beta_beta), fp32 of `shape` (spec 11.1)."""
+    """t = time_offset + time_scale * Beta(beta_alpha, beta_beta), fp32 of `shape`."""
     beta = jax.random.beta(rng, flow_cfg.beta_alpha, flow_cfg.beta_beta, shape, dtype=jnp.float32)
     return (flow_cfg.time_offset + flow_cfg.time_scale * beta).astype(jnp.float32)
 
@@ -54,7 +54,7 @@ def project_context(expert: ActionExpert, params, context_k, context_v, encoder_
 def flow_matching_loss(expert: ActionExpert, params, actions, action_dim_valid, horizon_valid, context_k, context_v,
                        encoder_mask, rng, num_samples: int | None = None, *, depth_positions=None,
                        example_weight=None, flow_cfg=None):
-    """Flow-matching loss of spec 11.1. Returns (scalar fp32 loss, metrics dict of fp32 scalars).
+    """The flow-matching loss. Returns (scalar fp32 loss, metrics dict of fp32 scalars).
 
     actions: [B, H, D] normalized, padded chunk (D = max_action_dim); action_dim_valid: bool [B, D];
     horizon_valid: bool [B, H]; context_k/context_v: [L, B, T, context_dim]; encoder_mask: bool [B, T];
@@ -110,7 +110,7 @@ def flow_matching_loss(expert: ActionExpert, params, actions, action_dim_valid, 
 
 def sample_actions_from_context(expert: ActionExpert, params, ctx, noise, action_dim_valid=None,
                                 num_steps: int | None = None, horizon_valid=None, guidance: rtc.Guidance | None = None):
-    """Euler integration of spec 11.2 from a projected context: x0 = noise (pad dims zeroed), then for k in
+    """Euler integration from a projected context: x0 = noise (pad dims zeroed), then for k in
     0..N-1 with t = k/N: v = expert(x, t); v[pad] = 0; x = x + v / N; x[pad] = 0. Returns fp32 [B, H, D].
     guidance: real-time chunking towards a previous chunk (models/rtc.py): v is replaced by the guided velocity."""
     flow_cfg = expert.config.flow
@@ -146,7 +146,7 @@ def sample_actions_from_context(expert: ActionExpert, params, ctx, noise, action
 def sample_actions(expert: ActionExpert, params, context_k, context_v, encoder_mask, *, action_dim_valid=None,
                    noise=None, rng=None, num_steps: int | None = None, horizon: int | None = None,
                    depth_positions=None, guidance: rtc.Guidance | None = None):
-    """Sample an action chunk by Euler flow integration (spec 11.2). Returns fp32 [B, H, max_action_dim].
+    """Sample an action chunk by Euler flow integration. Returns fp32 [B, H, max_action_dim].
 
     context_k/context_v: [L, B, T, context_dim]; encoder_mask: bool [B, T]; action_dim_valid: bool [B, D] or [D]
     (None = all dims valid); noise: the starting noise, shape (horizon, D) per example, i.e. [B, H, D] (takes

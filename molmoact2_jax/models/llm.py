@@ -1,4 +1,4 @@
-"""Qwen3-style decoder in the Molmo2 form (spec section 8).
+"""Qwen3-style decoder in the Molmo2 form (docs/model_notes.md, "LLM attention").
 
 Embedding = base table (`vocab_size` rows) + extra table (128 rows) looked up as one; per-head q/k RMSNorm before
 RoPE; GQA; SwiGLU; final RMSNorm; untied LM head over `vocab_size` rows. Every layer hands back its (post-k-norm,
@@ -90,12 +90,12 @@ class LLM(nn.Module):
 
 
 def flatten_heads(kv):
-    """[L, B, T, Hkv, hd] -> [L, B, T, Hkv*hd], head-major (spec 8: kv[..., h*hd:(h+1)*hd] is head h)."""
+    """[L, B, T, Hkv, hd] -> [L, B, T, Hkv*hd], head-major (kv[..., h*hd:(h+1)*hd] is head h)."""
     return kv.reshape(*kv.shape[:3], -1)
 
 
 def attention_allowed(q_slot, k_slot, q_image, k_image, k_valid, q_seg=None, k_seg=None, bidirectional_image=True):
-    """Spec 8 mask: (k <= q) OR (both image-typed), AND key valid, AND same segment (packed sequences).
+    """The LLM mask: (k <= q) OR (both image-typed), AND key valid, AND same segment (packed sequences).
 
     Shapes: q_* [B, Tq], k_* [B, S]. Returns bool [B, 1, Tq, S]."""
     allowed = k_slot[:, None, :] <= q_slot[:, :, None]

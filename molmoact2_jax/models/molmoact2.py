@@ -1,4 +1,4 @@
-"""MolmoAct2 = backbone + flow-matching action expert reading the backbone's per-layer K/V (spec 1, 9-11, 15).
+"""MolmoAct2 = backbone + flow-matching action expert reading the backbone's per-layer K/V (docs/model_notes.md).
 
 Params tree: {"backbone": {"vit", "connector", "llm"}, "action_expert": {...}} (the expert is absent when
 `model.use_action_expert` is False, i.e. the discrete-only Pretrain model).
@@ -28,6 +28,7 @@ from molmoact2_jax.models.action_expert import make_action_expert
 from molmoact2_jax.models.backbone import Backbone
 from molmoact2_jax.models.llm import flatten_heads
 from molmoact2_jax.preprocessing.image import pooled_grid, pooling_index
+from molmoact2_jax.token_layout import TokenLayout, expand_image_tokens
 
 
 def _image_args(batch):
@@ -77,16 +78,16 @@ class MolmoAct2:
         spec = self.inputs_spec(batch_size, seq_len, num_images, training)
         b, t = spec["input_ids"].shape
         tok, rng = self.cfg.tokens, np.random.default_rng(seed)
-        row = [tok.eos_token_id]
-        for _ in range(num_images):
-            row += [tok.image_start] + [tok.image_patch] * self.image_tokens() + [tok.image_end]
+        layout, v = TokenLayout.from_model_tokens(tok), self.cfg.vit
+        grid = pooled_grid(v.image_size, v.patch_size, self.cfg.connector.pool_size)
+        row = expand_image_tokens([layout.eos] + [layout.image_placeholder] * num_images, layout,
+                                  [grid] * num_images)
         if len(row) > t:
             raise ValueError(f"seq_len={t} is shorter than the {len(row)} tokens of {num_images} image(s)")
         ids = np.asarray(rng.integers(2, min(200, tok.base_vocab), (b, t)), np.int32)
         ids[:, :len(row)] = row
         out = dict(input_ids=ids, attention_mask=np.ones((b, t), bool))
         if num_images:
-            v = self.cfg.vit
             out["images"] = spec["images"] if abstract_arrays else \
                 rng.uniform(-1, 1, spec["images"].shape).astype(np.float32)
             one = pooling_index(v.image_size // v.patch_size, v.image_size // v.patch_size,

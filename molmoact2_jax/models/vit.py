@@ -1,4 +1,4 @@
-"""SigLIP2-style ViT in the Molmo form (spec section 6): linear patch embedding, learned positions, pre-LN blocks,
+"""SigLIP2-style ViT in the Molmo form: linear patch embedding, learned positions, pre-LN blocks,
 no CLS and no final LN; returns the concatenation of the configured intermediate layers' outputs."""
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def sincos2d_init(side: int):
 
 
 def num_built_layers(vit_cfg) -> int:
-    """Blocks actually built: max(feature_layers)+1 (spec 21.3), negative indices counting from num_layers."""
+    """Blocks actually built: max(feature_layers)+1 (all a checkpoint holds), negative indices counting from
+    num_layers."""
     idx = [l % vit_cfg.num_layers for l in vit_cfg.feature_layers]
     return max(idx) + 1
 
@@ -62,10 +63,10 @@ class ViT(nn.Module):
         dtype = L.compute_dtype(self.cfg.dtype)
         side = v.image_size // v.patch_size
         x = L.Dense(v.hidden_size, ("patch",), ("vit_embed",), dtype=dtype, name="patch_embedding")(patches)
-        kind = v.get("position_init", "normal")
+        kind = v.position_init
         if kind not in ("normal", "sincos2d"):
             raise ValueError(f"config.model.vit.position_init={kind!r}: expected 'normal' or 'sincos2d'")
-        init = sincos2d_init(side) if kind == "sincos2d" else nn.initializers.normal(v.get("position_init_std", 0.02))
+        init = sincos2d_init(side) if kind == "sincos2d" else nn.initializers.normal(v.position_init_std)
         pos = L.param_with_axes(self, "positional_embedding", init, (side * side, v.hidden_size),
                                 ("vit_pos", "vit_embed"))
         x = x + pos.astype(dtype)[None]

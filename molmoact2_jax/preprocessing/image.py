@@ -1,4 +1,4 @@
-"""Host-side image preprocessing (numpy), spec section 5, `crop_mode="resize"`:
+"""Host-side image preprocessing (numpy; docs/model_notes.md, "Image preprocessing"), `crop_mode="resize"`:
 uint8 HWC RGB -> squash-resize (bilinear, half-pixel centres, no antialias, rounded back to uint8) ->
 x/255*2-1 -> (py, px, c)-ordered patches -> 2x2 pooling index with -1 padding on the bottom row / right column."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 
 
 def to_uint8_rgb(image, name: str = "image") -> np.ndarray:
-    """Coerce to uint8 HxWx3 (spec 5.1): floats with max <= 1 are scaled by 255; values clipped and truncated."""
+    """Coerce to uint8 HxWx3: floats with max <= 1 are scaled by 255; values clipped and truncated."""
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"{name}: expected an HxWx3 RGB array, got shape {img.shape}")

@@ -1,7 +1,7 @@
 """Multi-process start-up: `jax.distributed.initialize` from the environment, before any device is touched.
 
 Where the run's processes come from, in order:
-  - an explicit coordinator (`--coordinator_address` / MOLMOACT2_COORDINATOR with the process count and index):
+  - an explicit coordinator (`--coordinator-address` / MOLMOACT2_COORDINATOR with the process count and index):
     the local multi-process launcher and any cluster JAX does not know;
   - JAX's own cluster detection (`jax._src.clusters`), asked which environment this is: a GCE TPU VM pod (the TPU
     metadata server), GKE TPU (TPU_WORKER_HOSTNAMES), multi-slice (MEGASCALE_*), SLURM (SLURM_*), Open MPI. The
@@ -88,7 +88,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         process_id = int(os.environ["MOLMOACT2_PROCESS_ID"])
     if coordinator:
         if num_processes is None or process_id is None:
-            raise ValueError("a coordinator address needs --num_processes and --process_id "
+            raise ValueError("a coordinator address needs --num-processes and --process-id "
                              "(or MOLMOACT2_NUM_PROCESSES / MOLMOACT2_PROCESS_ID)")
         source = "explicit"
     else:

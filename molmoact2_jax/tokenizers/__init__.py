@@ -5,7 +5,7 @@ def __getattr__(name):  # lazy, so importing one tokenizer does not pull in the 
     if name == "OpenFAST":
         from molmoact2_jax.tokenizers.openfast import OpenFAST
         return OpenFAST
-    if name in ("TextTokenizer", "TokenLayout"):
+    if name == "TextTokenizer":
         from molmoact2_jax.tokenizers import text
         return getattr(text, name)
     raise AttributeError(name)

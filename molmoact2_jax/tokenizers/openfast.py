@@ -1,7 +1,7 @@
 """OpenFAST action tokenizer (MolmoAct2-FAST): DCT + quantization + byte-level BPE.
 
-Behaviour follows spec sections 12 and 22 (the official `UniversalActionProcessor`); the folder written by
-`save` is the released layout, loadable by `transformers.PreTrainedTokenizerFast`.
+Behaviour follows docs/model_notes.md, "OpenFAST action tokens" (the official `UniversalActionProcessor`); the
+folder written by `save` is the released layout, loadable by `transformers.PreTrainedTokenizerFast`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tokenizers.trainers import BpeTrainer
 from molmoact2_jax import storage
 from molmoact2_jax.tokenizers import bytelevel_bpe
 
-MAX_ACTION_DIM = 32  # the released tokenizer was trained for dims up to 32 (spec 22.6)
+MAX_ACTION_DIM = 32  # the released tokenizer was trained for dims up to 32
 PROCESSOR_CLASS = "UniversalActionProcessor"
 CONFIG_KEYS = ("scale", "vocab_size", "min_token", "time_horizon", "action_dim")
 IGNORED_CONFIG_KEYS = ("processor_class", "auto_map")  # hub folders carry auto_map for remote code
@@ -35,7 +35,7 @@ def quantized_dct(chunks: np.ndarray, scale: float) -> np.ndarray:
     x = np.asarray(chunks, dtype=np.float32).astype(np.float64)
     if not np.isfinite(x).all():
         raise ValueError("action chunks contain NaN or inf")
-    # float64 keeps ties identical to the reference; a float32 DCT flips rare roundings (spec 22.2)
+    # float64 keeps ties identical to the reference; a float32 DCT flips rare roundings
     return np.around(dct(x, axis=1, norm="ortho") * scale)
 
 
@@ -137,7 +137,7 @@ def to_llm_ids(bpe_ids: Sequence[int], action_start_id: int, action_end_id: int,
 
 def from_llm_ids(llm_ids: Sequence[int], action_start_id: int, action_end_id: int, action_token_start_id: int,
                  num_action_tokens: int) -> list[int]:
-    """LLM ids -> BPE ids between the first `<action_start>` (or the start) and the next `<action_end>` (spec 21.5).
+    """LLM ids -> BPE ids between the first `<action_start>` (or the start) and the next `<action_end>`.
 
     Tokens in between that are not action tokens are skipped; a missing `<action_end>` reads to the end.
     """
@@ -264,7 +264,7 @@ class OpenFAST:
         actions[good] = idct(coeffs, axis=1, norm="ortho")
         return actions, valid
 
-    # ---- released folder layout (spec 22.1) ----
+    # ---- released folder layout (docs/model_notes.md, "OpenFAST action tokens") ----
     def processor_config(self) -> dict:
         return {"processor_class": PROCESSOR_CLASS, "scale": self.scale, "vocab_size": self.vocab_size,
                 "min_token": self.min_token, "time_horizon": self.time_horizon, "action_dim": self.action_dim}

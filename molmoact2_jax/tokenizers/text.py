@@ -1,11 +1,9 @@
-"""Text tokenizer with MolmoAct2's token layout (spec 3 and 4.2).
+"""Text tokenizer with MolmoAct2's token layout (molmoact2_jax/token_layout.py says which ids it adds).
 
-The base tokenizer (a Hugging Face `tokenizer.json`, e.g. Qwen3's, or a sentencepiece model) encodes plain text.
-On top of it come, in this order: the robot tokens (setup, control, state, action, depth families), `<extra_i>`
-padding up to a multiple of 1024 (`vocab_size` = rows of the embedding and LM head), then the 14 multimodal tokens
-at `vocab_size + i` (they live in the 128-row extra table). Ids a checkpoint states in its `config.json` win over
-computed ones, and ids the base tokenizer already assigns to these strings (the released tokenizer files carry
-them) are checked against the layout.
+The base tokenizer (a Hugging Face `tokenizer.json`, e.g. Qwen3's, or a sentencepiece model) encodes plain text;
+the layout's special strings are encoded as whole tokens on top of it. Ids a checkpoint states in its `config.json`
+win over computed ones, and ids the base tokenizer already assigns to these strings (the released tokenizer files
+carry them) are checked against the layout.
 """
 from __future__ import annotations
 
@@ -16,12 +14,11 @@ import sentencepiece as spm
 from tokenizers import Tokenizer
 
 from molmoact2_jax import storage
-from molmoact2_jax.models.config import MULTIMODAL_FIELDS, PAD_MULTIPLE, robot_token_ids
+from molmoact2_jax.token_layout import (MULTIMODAL, MULTIMODAL_FIELDS, TokenLayout, expand_image_tokens,
+                                       robot_token_ids)
 
-MULTIMODAL = ("<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>", "<im_low>",
-              "<frame_start>", "<frame_end>", "<|video|>", "<|points|>", "<|token_index|>", "<|vit_index|>",
-              "<|vit_loc|>")
-# config.json key -> layout field, for the ids a checkpoint may state (spec 3.2 caution: read them, don't assume).
+# config.json key -> layout field, for the ids a checkpoint may state (they differ between releases: read them,
+# don't assume).
 HF_ID_KEYS = {
     "image_start_token_id": "image_start", "image_end_token_id": "image_end", "image_patch_id": "image_patch",
     "image_col_id": "image_col", "low_res_image_start_token_id": "low_res_image_start",
@@ -54,88 +51,13 @@ def hf_token_ids(hf_config: dict) -> dict[str, int]:
     return out
 
 
-@dataclasses.dataclass
-class TokenLayout:
-    """Every special id the model and the data pipelines use."""
-    base_vocab: int
-    vocab_size: int
-    setup_start: int
-    setup_end: int
-    control_start: int
-    control_end: int
-    state_start: int
-    state_end: int
-    state_token_start: int
-    action_output: int
-    action_start: int
-    action_end: int
-    action_token_start: int
-    depth_output: int
-    depth_start: int
-    depth_end: int
-    depth_token_start: int
-    image_start: int
-    image_end: int
-    image_patch: int
-    image_col: int
-    low_res_image_start: int
-    image_placeholder: int
-    image_low: int
-    frame_start: int
-    frame_end: int
-    video_placeholder: int
-    points: int
-    token_index: int
-    vit_index: int
-    vit_loc: int
-    eos: int
-    num_state_tokens: int = 256
-    num_action_tokens: int = 2048
-    num_depth_tokens: int = 128
-
-    @classmethod
-    def compute(cls, base_vocab: int, eos: int, pad_multiple: int = PAD_MULTIPLE) -> "TokenLayout":
-        ids = robot_token_ids(base_vocab, pad_multiple)
-        ids.pop("num_added_robot_tokens")
-        return cls(base_vocab=base_vocab, eos=eos, **ids)
-
-    def with_overrides(self, hf_config: dict) -> "TokenLayout":
-        """Ids stated in a checkpoint's config.json (top level or text_config) replace computed ones."""
-        text = hf_config.get("text_config", {})
-        updates = hf_token_ids(hf_config)
-        if "vocab_size" in text:
-            updates["vocab_size"] = int(text["vocab_size"])
-        return dataclasses.replace(self, **updates)
-
-    def state_token(self, k):
-        return self.state_token_start + k
-
-    def action_token(self, k):
-        return self.action_token_start + k
-
-    def depth_token(self, k):
-        return self.depth_token_start + k
-
-    def special_strings(self) -> dict[str, int]:
-        """String -> id for every token this layout adds on top of the base tokenizer."""
-        s = {"<setup_start>": self.setup_start, "<setup_end>": self.setup_end,
-             "<control_start>": self.control_start, "<control_end>": self.control_end,
-             "<state_start>": self.state_start, "<state_end>": self.state_end,
-             "<action_output>": self.action_output, "<action_start>": self.action_start,
-             "<action_end>": self.action_end, "<depth_output>": self.depth_output,
-             "<depth_start>": self.depth_start, "<depth_end>": self.depth_end}
-        s.update({f"<state_{k}>": self.state_token(k) for k in range(self.num_state_tokens)})
-        s.update({f"<action_{k}>": self.action_token(k) for k in range(self.num_action_tokens)})
-        s.update({f"<depth_{k}>": self.depth_token(k) for k in range(self.num_depth_tokens)})
-        first_extra = self.depth_token_start + self.num_depth_tokens
-        s.update({f"<extra_{i}>": first_extra + i for i in range(max(self.vocab_size - first_extra, 0))})
-        s.update({name: getattr(self, field) for name, field in zip(MULTIMODAL, MULTIMODAL_FIELDS)})
-        return s
-
-    def image_family(self) -> tuple[int, ...]:
-        """Ids with token_type_ids == 1 (spec 4.2)."""
-        return (self.image_patch, self.image_col, self.image_start, self.low_res_image_start, self.frame_start,
-                self.image_end, self.frame_end, self.image_low)
+def with_stated_ids(layout: TokenLayout, hf_config: dict) -> TokenLayout:
+    """`layout` with the ids a checkpoint's config.json states (top level or text_config) in place of computed ones."""
+    text = hf_config.get("text_config", {})
+    updates = hf_token_ids(hf_config)
+    if "vocab_size" in text:
+        updates["vocab_size"] = int(text["vocab_size"])
+    return dataclasses.replace(layout, **updates)
 
 
 # Token strings a tokenizer may carry -> the layout field whose id they are (family starts stand for the family).
@@ -158,7 +80,7 @@ def resolve_layout(hf_config: dict | None = None, backend=None, config_source: s
                    tokenizer_source: str = "tokenizer.json", eos_token: str = "<|im_end|>") -> "TokenLayout":
     """The whole token layout of a checkpoint folder, the way the official code reads it: ids stated in
     config.json win, the rest come from the tokenizer's own tokens by name (`backend`: a `tokenizers.Tokenizer`),
-    and rule 3.1 fills only what neither states, counted from the first robot id either of them gives (else from
+    and the layout rule fills only what neither states, counted from the first robot id either of them gives (else from
     the base vocabulary). Where both state an id they must agree; a disagreement names both files and the key."""
     stated = hf_token_ids(hf_config or {})
     text = (hf_config or {}).get("text_config", {})
@@ -190,7 +112,7 @@ def resolve_layout(hf_config: dict | None = None, backend=None, config_source: s
     layout = dataclasses.replace(TokenLayout.compute(base, known["eos"]), **counts)
     if "vocab_size" in text:
         layout = dataclasses.replace(layout, vocab_size=int(text["vocab_size"]))
-    multimodal = {f: layout.vocab_size + i for i, f in enumerate(MULTIMODAL_FIELDS)}  # rule 3.1.4 after vocab
+    multimodal = {f: layout.vocab_size + i for i, f in enumerate(MULTIMODAL_FIELDS)}  # ids vocab_size + i
     return dataclasses.replace(layout, **{**multimodal, **known})
 
 
@@ -240,7 +162,7 @@ class TextTokenizer:
                 else backend.eos_id()
             layout = TokenLayout.compute(backend.get_piece_size(), eos)
             if hf_config is not None:
-                layout = layout.with_overrides(hf_config)
+                layout = with_stated_ids(layout, hf_config)
         else:
             try:
                 backend = Tokenizer.from_file(local)
@@ -298,37 +220,9 @@ class TextTokenizer:
         return "".join(out)
 
     def encode_prompt(self, text: str, image_grids=(), use_col_tokens: bool = False) -> list[int]:
-        """Prompt string -> ids with BOS (= EOS id, spec 4.2) and each `<|image|>` expanded to its token block.
+        """Prompt string -> ids with BOS (= EOS id) and each `<|image|>` expanded to its token block.
         `image_grids`: (rows, cols) of pooled tokens per image, e.g. (14, 14) at 378 px."""
         ids = self.encode(text)
         if not ids or ids[0] != self.layout.eos:
             ids = [self.layout.eos] + ids
         return expand_image_tokens(ids, self.layout, image_grids, use_col_tokens)
-
-
-def expand_image_tokens(ids, layout: TokenLayout, image_grids, use_col_tokens: bool = False) -> list[int]:
-    """Replaces the k-th `<|image|>` by `<im_start>` + rows*cols `<im_patch>` (+ `<im_col>` after each row when
-    `use_col_tokens`, spec 21.6) + `<im_end>`."""
-    out, k = [], 0
-    for i in ids:
-        if i != layout.image_placeholder:
-            out.append(i)
-            continue
-        if k >= len(image_grids):
-            raise ValueError(f"prompt has more <|image|> placeholders than images ({len(image_grids)})")
-        rows, cols = image_grids[k]
-        row = [layout.image_patch] * cols + ([layout.image_col] if use_col_tokens else [])
-        out += [layout.image_start] + row * rows + [layout.image_end]
-        k += 1
-    if k != len(image_grids):
-        raise ValueError(f"prompt has {k} <|image|> placeholders but {len(image_grids)} images were given")
-    return out
-
-
-def layout_from_model_config(tokens_cfg) -> TokenLayout:
-    """TokenLayout from `config.model.tokens` (molmoact2_jax/models/config.py)."""
-    fields = {f.name for f in dataclasses.fields(TokenLayout)}
-    d = {k: v for k, v in dict(tokens_cfg).items() if k in fields}
-    d["eos"] = tokens_cfg.eos_token_id
-    return TokenLayout(**d)
-

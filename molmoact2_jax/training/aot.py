@@ -184,7 +184,7 @@ def example_batch(cfg) -> dict:
         if not int(value):   # 0: the trainer sizes it from the data (configs/common.py); there is none here
             raise ValueError(f"config.{field}=0 means sized from the data when training, and a compile reads no "
                              f"data: set --config.{field}=N (a training run logs the value it chose)")
-    b, t, n_cam = int(d.global_batch_size), int(d.seq_len), int(d.get("max_cameras", 1))
+    b, t, n_cam = int(d.global_batch_size), int(d.seq_len), int(d.max_cameras)
     try:
         return MolmoAct2(cfg.model).fake_batch(b, t, n_cam, training=True, abstract_arrays=True)
     except ValueError as e:
@@ -228,3 +228,42 @@ def compile_report(cfg, devices, chip: Chip, topology: str, pod: str | None = No
         report["largest_buffers"] = largest_buffers(compiled.as_text())
     return report
 
+
+def _gib(x) -> str:
+    return f"{x / GIB:.2f} GiB"
+
+
+def _si(x: float, unit: str) -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def format_report(r: dict) -> str:
+    """compile_report's dict as the table `molmoact2-compile` prints (the largest buffers when it does not fit)."""
+    lines = [f"pod              {r.get('pod', r['topology'])}, {r['chip']}",
+             f"batch            global {r['global_batch_size']}, per host {r['per_host_batch']} "
+             f"({r['num_hosts']} host{'s' if r['num_hosts'] > 1 else ''}, grad_accum_steps {r['grad_accum_steps']})",
+             "mesh             " + " x ".join(f"{k}={v}" for k, v in r["mesh"].items()),
+             f"parameters       {r['num_params'] / 1e9:.3f} B" if r["num_params"] >= 1e8 else
+             f"parameters       {r['num_params'] / 1e6:.3f} M",
+             f"compile          {r['compile_seconds']:.1f} s"]
+    b = r.get("bytes_per_device") or {}
+    if b:
+        lines.append("memory per device: " + ", ".join(f"{k} {_gib(b[k])}" for k in ("argument", "output", "alias",
+                                                                                     "temp", "total")))
+    lines.append(f"HBM per device   {_gib(r['hbm_bytes_per_device'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}")
+    lines.append(f"FLOPs per step   model {_si(r['model_flops_per_step'], 'FLOP')}, "
+                 f"hardware {_si(r['hardware_flops_per_step'], 'FLOP')} (incl. remat recompute)")
+    if r.get("step_time_floor_seconds"):
+        lines.append(f"step-time floor  {r['step_time_floor_seconds'] * 1e3:.2f} ms at the chip's bf16 peak "
+                     f"(hardware FLOPs / devices / peak)")
+    if not r["fits"]:
+        if r.get("compiler_message"):
+            lines.append("compiler: " + r["compiler_message"][:3000])
+        for buf in r.get("largest_buffers", []):
+            lines.append(f"  {_gib(buf['bytes']):>12}  {buf['shape']:<32} {buf['op']:<14} {buf['source'][:90]}")
+        lines.append("change config.mesh.*, config.model.remat_policy or config.data.global_batch_size "
+                     "(with config.trainer.grad_accum_steps)")
+    return "\n".join(lines)

@@ -39,14 +39,15 @@ JSON_ITEM_FILE = "metadata"   # the file Orbax's JsonSave writes inside an item 
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, ckpt_cfg, async_save: bool = True, assets_dir: str | None = None):
+    def __init__(self, workdir: str, ckpt_cfg, assets_dir: str | None = None):
+        """`ckpt_cfg`: config.checkpoint (keep_last, keep_every: 0 = all / none; async_save)."""
         self.directory = storage.as_path(workdir) / "checkpoints"
         self.assets_dir = storage.as_path(assets_dir) if assets_dir else None
         self._assets_done: set = set()
         opts = ocp.CheckpointManagerOptions(
-            max_to_keep=int(ckpt_cfg.get("keep_last", 3)) or None,
-            keep_period=ckpt_cfg.get("keep_every") or None,
-            enable_async_checkpointing=async_save,
+            max_to_keep=int(ckpt_cfg.keep_last) or None,
+            keep_period=int(ckpt_cfg.keep_every) or None,
+            enable_async_checkpointing=bool(ckpt_cfg.async_save),
             create=True,
             cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data", "meta"), options=opts)

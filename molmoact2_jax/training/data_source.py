@@ -8,7 +8,7 @@ training/run_setup.py resolves them into a DataPlan before the run starts):
   tokenizer      path to a tokenizer.json / folder (the checkpoint's text tokenizer)
   openfast       OpenFAST tokenizer folder (needed when model.action_mode is "discrete" or "both")
   seq_len, global_batch_size, seed, worker_count, augment, max_cameras
-  style_weights  MolmoThink: {robot_action, robot_depth, robot_depth_action: weight} per example (spec 14); depth
+  style_weights  MolmoThink: {robot_action, robot_depth, robot_depth_action: weight} per example; depth
                  styles need shards converted with depth codes
   depth_code_input_noise_rate  MolmoThink: share of teacher-forced depth-code inputs replaced by random codes
                  (labels kept); applied in the train step (training/depth_noise.py)
@@ -29,25 +29,8 @@ from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_
 from data_pipelines.pipeline.vlm import VLMConfig, VLMTransformConfig, build_vlm_dataset
 from data_pipelines.transforms.model_inputs import ModelInputs
 from molmoact2_jax.preprocessing.image import preprocess_images
-from molmoact2_jax.tokenizers.text import TextTokenizer
 from molmoact2_jax.training import run_setup
-
-def to_model_batch(b: dict) -> dict:
-    """Pipeline batch (loss_mask aligned with the predicted token) -> model batch (targets shifted by one)."""
-    ids = np.asarray(b["input_ids"], np.int32)
-    valid = np.asarray(b.get("token_mask", ids >= 0), bool)
-    ids = np.where(valid, ids, -1)
-    target = np.full_like(ids, -1)
-    target[:, :-1] = np.where(valid[:, 1:], ids[:, 1:], -1)
-    loss = np.zeros(ids.shape, np.float32)
-    loss[:, :-1] = np.asarray(b["loss_mask"], np.float32)[:, 1:]
-    out = dict(input_ids=ids, attention_mask=valid, target_ids=target, loss_mask=loss,
-               images=np.asarray(b["image_patches"], np.float32), pooled_idx=np.asarray(b["pooled_idx"], np.int32),
-               actions=np.asarray(b["actions"], np.float32),
-               action_dim_valid=~np.asarray(b["action_dim_is_pad"], bool),
-               horizon_valid=~np.asarray(b["action_is_pad"], bool),
-               has_actions=np.asarray(b["has_actions"], bool) if "has_actions" in b else np.ones(ids.shape[0], bool))
-    return out
+from molmoact2_jax.training.model_batch import to_model_batch
 
 
 class PipelineIterator:
@@ -137,10 +120,11 @@ class _FitsSeqLen:
                             episode=ex.get("episode_id"), key="seq_len") from None
 
 
-def pipeline_config(cfg, split: str = "train", tokenizer=None, plan=None) -> PipelineConfig:
+def pipeline_config(cfg, split: str = "train", plan=None) -> PipelineConfig:
     """The robot pipeline (data_pipelines) of `config.data` for `split`: train (shuffled, augmented) or eval
-    (in order, no augmentation); its examples are the model inputs (tokens, patches) of the shared transforms.
-    `plan`: the run_setup.DataPlan of a prepared config; without one, the config is prepared here."""
+    (in order, no augmentation); its examples are the model inputs (tokens, patches) of the shared transforms, made
+    with the plan's tokenizers. `plan`: the run_setup.DataPlan of a prepared config; without one, the config is
+    prepared here."""
     if plan is None:
         cfg, plan = run_setup.prepare(cfg, check_lengths=False)
     if plan.kind != "arrayrecord":
@@ -149,17 +133,16 @@ def pipeline_config(cfg, split: str = "train", tokenizer=None, plan=None) -> Pip
     if int(d.global_batch_size) % jax.process_count():
         raise ValueError(f"config.data.global_batch_size={d.global_batch_size} is not divisible by "
                          f"{jax.process_count()} processes")
-    tok = tokenizer or TextTokenizer.from_file(plan.tokenizer)
     eval_split = split != "train"
     sources = plan.eval_sources if eval_split and plan.eval_sources else plan.sources
     stats = NormStats.load(plan.norm_stats)
     return PipelineConfig(
         sources=[Source(s.path, s.weight, s.tag) for s in sources],
         norm_stats=stats, batch_size=int(d.global_batch_size) // jax.process_count(),
-        seed=int(d.seed) + (1 if eval_split else 0), worker_count=int(d.get("worker_count", 0)),
+        seed=int(d.seed) + (1 if eval_split else 0), worker_count=int(d.worker_count),
         shuffle=not eval_split,  # evaluation reads episodes in order (trajectory plots, stable metrics)
         transform=run_setup.transform_config(cfg, eval_split),
-        model_inputs=_FitsSeqLen(run_setup.model_inputs(cfg, tok, plan.openfast)))
+        model_inputs=_FitsSeqLen(run_setup.model_inputs(cfg, plan)))
 
 
 def make(cfg, split: str = "train", plan=None):
@@ -167,13 +150,12 @@ def make(cfg, split: str = "train", plan=None):
     if plan is None:
         cfg, plan = run_setup.prepare(cfg, check_lengths=False)
     d, m = cfg.data, cfg.model
-    tok = TextTokenizer.from_file(plan.tokenizer)
-    pc = pipeline_config(cfg, split, tok, plan)
+    pc = pipeline_config(cfg, split, plan)
     robot = PipelineIterator(iter(build_robot_dataset(pc)))
-    if not d.get("vlm_sources") or split != "train":
+    if not d.vlm_sources or split != "train":
         return robot
     vc = VLMConfig(paths=[str(p) for p in d.vlm_sources], batch_size=pc.batch_size, seed=int(d.seed) + 2,
-                   transform=VLMTransformConfig(image_size=m.vit.image_size, max_images=int(d.get("max_cameras", 3)),
+                   transform=VLMTransformConfig(image_size=m.vit.image_size, max_images=int(d.max_cameras),
                                                 seq_len=int(d.seq_len), patch_size=m.vit.patch_size,
-                                                pool_size=m.connector.pool_size), tokenizer=tok)
-    return MixedIterator(robot, iter(build_vlm_dataset(vc)), float(d.get("robot_share", 0.9)), int(d.seed), m)
+                                                pool_size=m.connector.pool_size), tokenizer=plan.text_tokenizer)
+    return MixedIterator(robot, iter(build_vlm_dataset(vc)), float(d.robot_share), int(d.seed), m)

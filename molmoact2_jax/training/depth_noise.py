@@ -1,4 +1,4 @@
-"""MolmoThink depth-code input noise (spec 14, fine-tuning: `depth_code_input_noise_rate` = 0.1): a share of the
+"""MolmoThink depth-code input noise (fine-tuning: `depth_code_input_noise_rate` = 0.1): a share of the
 teacher-forced depth-code inputs inside `<depth_start> .. <depth_end>` is replaced by uniformly random codes, so
 the model learns to predict a cell's code while its context holds wrong ones (at inference, codes fed from the
 cache or predicted earlier can be wrong). The labels (`target_ids`) are not touched. Pure jnp, inside the jitted

@@ -19,7 +19,7 @@ def load_init_params(cfg, fresh_params) -> dict:
     mesh and any number of processes and never holds a full copy on a host. Groups in `config.init_fresh` stay
     fresh; missing and unexpected keys are reported; a shape mismatch is an error naming the key."""
     saved = params_io.saved_param_metadata(cfg.init_from)
-    fresh_groups = set(cfg.get("init_fresh", ()) or ())
+    fresh_groups = set(cfg.init_fresh)
     have = traverse_util.flatten_dict(fresh_params, sep="/")
     ours, theirs = _layout(have, saved)
     target, missing, names = {}, [], {}

@@ -1,4 +1,4 @@
-"""LoRA adapters on the LLM's projection kernels (spec 16.1: rank 64, alpha 16 in the reference fine-tuning).
+"""LoRA adapters on the LLM's projection kernels (rank 64, alpha 16 in the reference fine-tuning).
 
 Adapters live beside the model params under `params["lora"]`, mirroring the targeted kernels' paths:
 `lora_a` [layers, *kernel_in_dims, rank] and `lora_b` [layers, rank, *kernel_out_dims], carrying the kernel's logical

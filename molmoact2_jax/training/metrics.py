@@ -1,5 +1,6 @@
 """What a run reports: WORKDIR/metrics.jsonl (one JSON object per step), TensorBoard event files (both on process
-0) and WORKDIR/run_info.json (cluster, mesh, parameter and state bytes, compiled memory, FLOPs per step, goodput).
+0) and WORKDIR/run_info.json (cluster, mesh, parameter and state bytes, compiled memory, FLOPs per step, goodput,
+and `resolved`: the config fields the run decided at start-up, with where its assets came from).
 
 WORKDIR may be a bucket. Object storage has no append, so metrics.jsonl is appended in a local file (a temporary
 folder on this host) and the whole file is uploaded as one object: every `upload_every_s` seconds, at every
@@ -116,9 +117,10 @@ def state_bytes(state) -> dict:
     return {"total_bytes": int(total), "max_bytes_per_device": int(max(per_device.values()))}
 
 
-def write_run_info(workdir: str, setup, state, cluster: dict | None = None) -> None:
+def write_run_info(workdir: str, setup, state, cluster: dict | None = None, resolved: dict | None = None) -> None:
+    """`resolved`: what run_setup.prepare decided (its DataPlan's `resolved` fields, asset origins and notes)."""
     info = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "devices": jax.device_count(),
-            "processes": jax.process_count(), "cluster": cluster or {},
+            "processes": jax.process_count(), "cluster": cluster or {}, "resolved": resolved or {},
             "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "params": state_bytes(state.params), "params_and_optimizer": state_bytes((state.params,
                                                                                        state.opt_state))}

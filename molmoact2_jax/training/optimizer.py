@@ -1,4 +1,4 @@
-"""Optax optimizer with the reference parameter groups (spec 16.2).
+"""Optax optimizer with the reference parameter groups (docs/model_notes.md, "Training recipe").
 
 Each group (vit, connector, llm, action_expert, and lora when adapters are on) has its own peak LR, its own
 warmup -> cosine-to-floor schedule and its own global-norm clipping, or is frozen (zero updates and no gradient
@@ -27,7 +27,7 @@ def group_of(path: tuple[str, ...]) -> str:
 
 def labels(params, opt_cfg, lora_enabled: bool = False):
     """Tree of group labels, FROZEN for groups listed in optimizer.freeze (and the base LLM under LoRA)."""
-    frozen = set(opt_cfg.get("freeze", ()) or ())
+    frozen = set(opt_cfg.freeze)
     unknown = frozen - set(GROUPS)
     if unknown:
         raise ValueError(f"config.optimizer.freeze: unknown group(s) {sorted(unknown)}; groups are {GROUPS}")
@@ -54,16 +54,16 @@ def _decay_mask(params):
 
 
 def make_optimizer(params, opt_cfg, total_steps: int, lora_cfg=None):
-    """Returns (optax transform, label tree, {group: schedule})."""
-    lora_on = bool(lora_cfg and lora_cfg.get("enabled", False))
-    tree_labels = labels(params, opt_cfg, lora_on)
+    """Returns (optax transform, label tree, {group: schedule}). `opt_cfg`: config.optimizer; `lora_cfg`:
+    config.lora when adapters are on, else None."""
+    tree_labels = labels(params, opt_cfg, lora_cfg is not None)
     present = set(jax.tree.leaves(tree_labels))
     schedules, transforms = {}, {FROZEN: optax.set_to_zero()}
     for g in sorted(present - {FROZEN}):  # sorted: a stable program (and compilation-cache key) per config
         peak = float(lora_cfg.lr) if g == "lora" else float(opt_cfg.lr[g])
         schedules[g] = schedule(peak, opt_cfg, total_steps)
         chain = []
-        if opt_cfg.get("clip_grad_norm"):
+        if float(opt_cfg.clip_grad_norm):   # 0: no clipping
             chain.append(optax.clip_by_global_norm(float(opt_cfg.clip_grad_norm)))
         chain.append(optax.adamw(schedules[g], b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
                                  weight_decay=float(opt_cfg.weight_decay), mask=_decay_mask))

@@ -5,9 +5,12 @@ reads, the sizes that data needs, and whether the run directory belongs to this 
 
 `cfg` comes back as a resolved copy (references resolved, data.source "synthetic" or "arrayrecord", sources with
 their norm tags, the tokenizer's token layout, seq_len and max_action_horizon sized when they were 0), so the config
-saved with every checkpoint says what the run did. `plan` (DataPlan) holds what the data pipeline and the run's
-assets need: sources, held-out eval sources, the run's norm stats and the tokenizer / OpenFAST paths. The rules
-(which source, where assets come from, which tag) are documented in configs/common.py.
+saved with every checkpoint says what the run did. This is the only place a config is changed: the copy comes back
+locked (no new fields), the trainer only reads it, and `plan.resolved` records each field resolved here (given ->
+resolved value) for WORKDIR/run_info.json. `plan` (DataPlan) holds what the data pipeline and the run's assets need:
+sources, held-out eval sources, the run's norm stats, the tokenizer / OpenFAST paths and the tokenizers themselves,
+loaded once here. The rules (which source, where assets come from, which tag) are documented in configs/common.py.
+Every field a recipe has is read directly: configs/common.py base() holds each default, nothing here restates one.
 
 Every problem is one ValueError (or FileNotFoundError) naming the config field (`config.<field>`) or flag and the
 fix, raised before the run directory exists (molmoact2_jax/train.py reports it in one line, exit 2).
@@ -22,10 +25,10 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from data_pipelines.convert import load_index
 from data_pipelines.errors import DataError
 from data_pipelines.norm_stats import NORM_STATS_FILE, NormStats
 from data_pipelines.pipeline.robot_transform import RobotTransform, RobotTransformConfig
+from data_pipelines.shards import load_index
 from data_pipelines.transforms import think_styles
 from data_pipelines.transforms.model_inputs import ACTION_FORMATS, ModelInputs
 from molmoact2_jax import storage
@@ -72,7 +75,11 @@ class DataPlan:
     norm_stats: dict | None = None      # the run's norm_stats.json (metadata_by_tag keyed by the sources' tags)
     tokenizer: str = ""
     openfast: str = ""
+    text_tokenizer: TextTokenizer | None = None     # `tokenizer`, loaded once for sizing and the pipeline
+    action_tokenizer: OpenFAST | None = None        # `openfast`, loaded when the model trains discrete actions
     origins: dict = dataclasses.field(default_factory=dict)   # asset -> where it came from
+    # field -> {"given", "resolved"} for every config field prepare() changed (run_info.json "resolved")
+    resolved: dict = dataclasses.field(default_factory=dict)
     # what was decided for the user (sizes from the data, where assets came from): logged once the run starts, so
     # that a config error stays the only line
     notes: list = dataclasses.field(default_factory=list)
@@ -82,11 +89,27 @@ def prepare(cfg, check_lengths: bool = True):
     """(resolved copy of `cfg`, DataPlan); see the module docstring. `check_lengths`: tokenize a sample of each
     source against data.seq_len (always done when seq_len is 0, which it sizes). The run directory is checked
     separately (check_workdir), once it is known to be usable."""
-    cfg = cfg.copy_and_resolve_references()
+    given = cfg.copy_and_resolve_references()
+    cfg = given.copy_and_resolve_references()
     check_fields(cfg)
     check_init_from(cfg)
     plan = plan_data(cfg, check_lengths)
-    return cfg, plan
+    cfg.lock()
+    return cfg, dataclasses.replace(plan, resolved=resolved_fields(given, cfg))
+
+
+def resolved_fields(given, resolved) -> dict:
+    """{"data.seq_len": {"given": 0, "resolved": 384}, ...}: the fields whose value prepare() decided."""
+    def flat(node, prefix=""):
+        out = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+    before, after = flat(json.loads(given.to_json())), flat(json.loads(resolved.to_json()))
+    return {k: {"given": before.get(k), "resolved": v} for k, v in after.items() if before.get(k) != v}
 
 
 # ---------------------------------------------------------------- config values
@@ -94,11 +117,13 @@ def _fail(msg: str):
     raise ValueError(msg)
 
 
-def _get(cfg, dotted: str, default=None):
+def _get(cfg, dotted: str):
+    """A field by its dotted name; one line naming it when a recipe lacks it (recipes build on configs/common.py
+    base(), which has every field)."""
     node = cfg
     for part in dotted.split("."):
-        if node is None or part not in node:
-            return default
+        if part not in node:
+            _fail(f"config.{dotted} is missing: build the recipe on configs/common.py base(), which has every field")
         node = node[part]
     return node
 
@@ -133,7 +158,7 @@ def check_fields(cfg) -> None:
     _choice(cfg, "model.remat_policy", tuple(REMAT_POLICIES))
     _choice(cfg, "model.vit.position_init", ("normal", "sincos2d"))
     _choice(cfg, "data.source", ("",) + SOURCE_KINDS)
-    if cfg.model.get("action_mode") in ("continuous", "both") and not cfg.model.get("use_action_expert", True):
+    if cfg.model.action_mode in ("continuous", "both") and not cfg.model.use_action_expert:
         _fail(f"config.model.action_mode={cfg.model.action_mode!r} needs the action expert, and "
               f"config.model.use_action_expert=False: use action_mode 'discrete' or enable the expert")
     _number(cfg, "total_steps", 1)
@@ -159,10 +184,10 @@ def check_fields(cfg) -> None:
     _number(cfg, "optimizer.warmup_steps", 0)
     _number(cfg, "optimizer.final_lr_fraction", 0.0, 1.0, integer=False)
     _number(cfg, "optimizer.clip_grad_norm", 0.0, integer=False)
-    for group in cfg.optimizer.get("lr", {}):
+    for group in cfg.optimizer.lr:
         _number(cfg, f"optimizer.lr.{group}", 0.0, integer=False)
     _number(cfg, "ema.decay", 0.0, 1.0, integer=False, hi_open=True, hint=" (0: off)")
-    if cfg.get("lora", {}).get("enabled", False):
+    if cfg.lora.enabled:
         _number(cfg, "lora.rank", 1)
         _number(cfg, "lora.lr", 0.0, integer=False)
     for field in ("optimizer.freeze", "init_fresh"):
@@ -172,13 +197,13 @@ def check_fields(cfg) -> None:
     profile = tuple(_get(cfg, "trainer.profile_steps") or ())
     if profile and (len(profile) != 2 or int(profile[0]) < 0 or int(profile[1]) < 1):
         _fail(f"config.trainer.profile_steps={profile}: expected () or (first_step, num_steps >= 1)")
-    think_styles.style_probabilities(cfg.data.get("style_weights"))   # names config.data.style_weights
+    think_styles.style_probabilities(cfg.data.style_weights)   # names config.data.style_weights
 
 
 def check_init_from(cfg) -> None:
     """config.init_from exists and, for an Orbax checkpoint, is complete (restoring a partial one fails deep in
     Orbax with a TypeError)."""
-    src = cfg.get("init_from")
+    src = cfg.init_from
     if not src:
         return
     path = storage.as_path(src)
@@ -274,7 +299,7 @@ def _source_plan(field: str, e: dict) -> SourcePlan:
 def _find_asset(cfg, field: str, name: str, shard_dir: str) -> tuple[str, str]:
     """(path, origin) of a run asset: config.data.<field> > config.init_from's assets > the first source's shard
     folder; ("", "") when none has it."""
-    given = cfg.data.get(field)
+    given = cfg.data[field]
     if given:
         p = storage.as_path(given)
         if field == "tokenizer" and p.is_dir():
@@ -282,7 +307,7 @@ def _find_asset(cfg, field: str, name: str, shard_dir: str) -> tuple[str, str]:
         if not p.exists():
             _fail(f"config.data.{field}={given}: no such {'folder' if field == 'openfast' else 'file'}")
         return str(p), f"config.data.{field}"
-    if cfg.get("init_from"):
+    if cfg.init_from:
         found = assets_lib.find_asset(cfg.init_from, [name])
         if found:
             return found, "config.init_from's assets"
@@ -295,7 +320,7 @@ def _find_asset(cfg, field: str, name: str, shard_dir: str) -> tuple[str, str]:
 def _norm_stats(cfg, specs: list, evals: list) -> tuple[dict, str]:
     """The run's norm stats (raw norm_stats.json dict) and where they came from: config.data.norm_stats as given,
     else each source's SHARD_DIR/norm_stats.json entry of its shards' tag, keyed by the source's norm tag."""
-    given = cfg.data.get("norm_stats")
+    given = cfg.data.norm_stats
     if given:
         if not storage.as_path(given).is_file():
             _fail(f"config.data.norm_stats={given}: no such file")
@@ -341,16 +366,16 @@ def plan_data(cfg, check_lengths: bool = True) -> DataPlan:
     """Decides the data (see configs/common.py) and sizes / checks the model for it; updates cfg.data and the model
     fields it resolves in place."""
     d = cfg.data
-    sources = _entries(d.get("sources", ()), "config.data.sources")
-    evals = _entries(d.get("eval_sources", ()), "config.data.eval_sources")
-    kind = _kind(d.get("source", ""), sources, evals)
+    sources = _entries(d.sources, "config.data.sources")
+    evals = _entries(d.eval_sources, "config.data.eval_sources")
+    kind = _kind(d.source, sources, evals)
     d.source = kind
     d.sources = tuple(sources)
     d.eval_sources = tuple(evals)
     if kind == "synthetic":
-        given = [f for f in ("norm_stats", "tokenizer", "openfast") if d.get(f)]
+        given = [f for f in ("norm_stats", "tokenizer", "openfast") if d[f]]
         if given:
-            _fail(f"config.data.{given[0]}={d.get(given[0])} is set, but config.data.source='synthetic' trains on "
+            _fail(f"config.data.{given[0]}={d[given[0]]} is set, but config.data.source='synthetic' trains on "
                   f"generated data (and saves its own assets): set config.data.sources[0].path to train on your "
                   f"shards, or drop config.data.{given[0]}")
         return _plan_synthetic(cfg)
@@ -362,32 +387,37 @@ def plan_data(cfg, check_lengths: bool = True) -> DataPlan:
     first = specs[0].path
     tokenizer, tok_origin = _find_asset(cfg, "tokenizer", "tokenizer.json", first)
     if not tokenizer:
-        where = " nor config.init_from's assets" if cfg.get("init_from") else ""
+        where = " nor config.init_from's assets" if cfg.init_from else ""
         _fail(f"config.data.tokenizer is empty and neither {first}/tokenizer.json{where} exists: make one with "
               f"{MAKE_TOKENIZER.format(d=first)}, or set config.data.tokenizer=PATH (the base model's tokenizer.json; "
               f"config.init_from's assets hold it)")
     openfast, fast_origin = _find_asset(cfg, "openfast", "openfast", first)
     if not openfast and cfg.model.action_mode in ("discrete", "both"):
-        where = " nor config.init_from's assets" if cfg.get("init_from") else ""
+        where = " nor config.init_from's assets" if cfg.init_from else ""
         _fail(f"config.data.openfast is empty and neither {first}/openfast/{where} exists, but "
               f"config.model.action_mode={cfg.model.action_mode!r} trains discrete action tokens: make one with "
               f"{MAKE_OPENFAST.format(d=first)}, or set config.data.openfast=DIR")
     d.tokenizer, d.openfast = tokenizer, openfast
+    try:
+        tok = TextTokenizer.from_file(tokenizer)
+    except ValueError as e:   # an unreadable file: its message names the file, this line the setting
+        _fail(f"config.data.tokenizer (from {tok_origin}): {e}")
     plan = DataPlan(kind=kind, sources=tuple(specs), eval_sources=tuple(eval_specs), norm_stats=stats,
-                    tokenizer=tokenizer, openfast=openfast,
+                    tokenizer=tokenizer, openfast=openfast, text_tokenizer=tok,
                     origins={"norm_stats": stats_origin, "tokenizer": tok_origin, "openfast": fast_origin})
     plan.notes.append(f"norm stats from {stats_origin}: tags {sorted(stats['metadata_by_tag'])}")
     plan.notes.append(f"text tokenizer from {tok_origin}: {tokenizer}")
     if openfast:
         plan.notes.append(f"OpenFAST from {fast_origin}: {openfast}")
-    try:
-        tok = TextTokenizer.from_file(tokenizer)
-    except ValueError as e:   # an unreadable file: its message names the file, this line the setting
-        _fail(f"config.data.tokenizer (from {tok_origin}): {e}")
     set_token_layout(cfg.model, tok.layout)   # the dataset's tokenizer defines the ids the model uses
-    _size_horizon(cfg, plan)
+    _size_horizon(cfg, plan)   # before OpenFAST is read: a chunk the model cannot hold is the first thing to fix
+    if cfg.model.action_mode in ("discrete", "both"):
+        try:
+            plan = dataclasses.replace(plan, action_tokenizer=OpenFAST.load(openfast))
+        except ValueError as e:   # an unreadable folder: its message names the file, this line the setting
+            _fail(f"config.data.openfast (from {fast_origin}): {e}")
     if check_lengths or not int(d.seq_len):
-        _size_seq_len(cfg, plan, tok)
+        _size_seq_len(cfg, plan)
     return plan
 
 
@@ -397,8 +427,7 @@ def _plan_synthetic(cfg) -> DataPlan:
         ae.max_action_horizon = SYNTHETIC_HORIZON
     if not int(cfg.data.seq_len):
         data = SyntheticRobotData(cfg.model, 1, int(cfg.model.max_sequence_length), 0,
-                                  action_dim=int(cfg.data.get("synthetic_action_dim", 4)),
-                                  style_weights=cfg.data.get("style_weights"))
+                                  action_dim=int(cfg.data.synthetic_action_dim), style_weights=cfg.data.style_weights)
         cfg.data.seq_len = _round_up(data.longest_example())
     return DataPlan(kind="synthetic")
 
@@ -434,14 +463,11 @@ def _size_horizon(cfg, plan: DataPlan) -> None:
               f"{ae.max_action_horizon}")
 
 
-def _size_seq_len(cfg, plan: DataPlan, tok) -> None:
+def _size_seq_len(cfg, plan: DataPlan) -> None:
     """Tokenizes a sample of every source (each training style it can draw) and sizes data.seq_len (when 0) or
     checks it, and checks model.max_sequence_length."""
     d = cfg.data
-    try:
-        inputs = model_inputs(cfg, tok, plan.openfast)
-    except ValueError as e:   # an unreadable OpenFAST folder: its message names the file, this line the setting
-        _fail(f"config.data.openfast (from {plan.origins.get('openfast')}): {e}")
+    inputs = model_inputs(cfg, plan)
     longest = (0, None, None)
     for s in plan.sources + plan.eval_sources:
         n, where = longest_example(cfg, plan, s, inputs, LENGTH_SAMPLES)
@@ -464,19 +490,19 @@ def _size_seq_len(cfg, plan: DataPlan, tok) -> None:
 # ---------------------------------------------------------------- the pipeline's view of the config
 def transform_config(cfg, eval_split: bool) -> RobotTransformConfig:
     d, m = cfg.data, cfg.model
-    return RobotTransformConfig(image_size=m.vit.image_size, max_cameras=int(d.get("max_cameras", 3)),
+    return RobotTransformConfig(image_size=m.vit.image_size, max_cameras=int(d.max_cameras),
                                 max_action_horizon=m.action_expert.max_action_horizon,
                                 max_action_dim=m.action_expert.max_action_dim,
-                                augment=bool(d.get("augment", True)) and not eval_split,
-                                style_probabilities=think_styles.style_probabilities(d.get("style_weights")))
+                                augment=bool(d.augment) and not eval_split,
+                                style_probabilities=think_styles.style_probabilities(d.style_weights))
 
 
-def model_inputs(cfg, tok, openfast_dir: str) -> ModelInputs:
-    """Tokens and patches of an example (prompt, images, the discrete action answer) for `cfg.model`."""
+def model_inputs(cfg, plan: DataPlan) -> ModelInputs:
+    """Tokens and patches of an example (prompt, images, the discrete action answer) for `cfg.model`, with the
+    plan's tokenizers."""
     m = cfg.model
-    openfast = OpenFAST.load(openfast_dir) if m.action_mode in ("discrete", "both") else None
-    return ModelInputs.for_model(tok, m, seq_len=int(cfg.data.seq_len) or None, openfast=openfast,
-                                 action_format=m.action_mode)
+    return ModelInputs.for_model(plan.text_tokenizer, m, seq_len=int(cfg.data.seq_len) or None,
+                                 openfast=plan.action_tokenizer, action_format=m.action_mode)
 
 
 
@@ -492,7 +518,7 @@ def longest_example(cfg, plan, source, inputs: ModelInputs, samples: int) -> tup
     tcfg = dataclasses.replace(transform_config(cfg, eval_split=True), norm_mode=stats.norm_mode,
                                style_probabilities=None)
     transform = RobotTransform(source.tag, 0, stats.tag(source.tag), index["camera_keys"], tcfg)
-    probs = think_styles.style_probabilities(cfg.data.get("style_weights"))
+    probs = think_styles.style_probabilities(cfg.data.style_weights)
     styles = [st for st, p in zip(think_styles.STYLES, probs or (1.0,)) if p > 0]
     rng = np.random.default_rng(0)
     best = (0, "")
@@ -523,14 +549,15 @@ def check_workdir(cfg, workdir: str) -> None:
         return
 
     def name(c):
-        return f"configs/{c.get('recipe', '?')}.py:{c.get('variant', '?')}"
+        return f"configs/{c['recipe']}.py:{c['variant']}"
 
-    mine = {"recipe": cfg.get("recipe"), "variant": cfg.get("variant")}
-    theirs = {"recipe": saved.get("recipe"), "variant": saved.get("variant")}
+    # `saved`: the whole run config a step was saved with (the trainer saves every field)
+    mine = {"recipe": cfg.recipe, "variant": cfg.variant}
+    theirs = {"recipe": saved["recipe"], "variant": saved["variant"]}
     if mine != theirs:
         _fail(f"--workdir={workdir} holds a run of {name(theirs)} (checkpoints/{step}); this command runs "
               f"{name(mine)}: use a new --workdir (the same recipe and variant there resume that run)")
-    kind = (saved.get("data") or {}).get("source")
+    kind = saved["data"]["source"]
     if kind in SOURCE_KINDS and kind != cfg.data.source:
         _fail(f"--workdir={workdir} holds a run on {kind} data (checkpoints/{step}); this command trains on "
               f"{cfg.data.source} data: use a new --workdir")

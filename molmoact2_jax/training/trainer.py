@@ -4,8 +4,9 @@ The same code runs on one CPU, fake CPU devices, several local processes, a TPU 
 `config.mesh` and the process environment change.
 
 WORKDIR (a local folder or a bucket, `gs://...`): metrics.jsonl (one JSON object per step), tensorboard/ (event
-files), run_info.json (cluster, mesh, memory, FLOPs, goodput), assets/, checkpoints/<step>/ (see checkpointing.py),
-profile/ (optional jax.profiler traces). Nothing is written under the current directory.
+files), run_info.json (cluster, mesh, memory, FLOPs, goodput, the config fields resolved at start-up), assets/,
+checkpoints/<step>/ (see checkpointing.py), profile/ (optional jax.profiler traces). Nothing is written under the
+current directory.
 """
 from __future__ import annotations
 
@@ -74,8 +75,7 @@ def make_data(cfg, split: str = "train", plan=None):
     seed = int(cfg.data.seed) + (0 if split == "train" else 1_000_003)
     return SyntheticRobotData(cfg.model, int(cfg.data.global_batch_size), int(cfg.data.seq_len), seed,
                               jax.process_index(), jax.process_count(),
-                              action_dim=int(cfg.data.get("synthetic_action_dim", 4)),
-                              style_weights=cfg.data.get("style_weights"))
+                              action_dim=int(cfg.data.synthetic_action_dim), style_weights=cfg.data.style_weights)
 
 
 def global_batch(local: dict, shardings: dict, global_size: int) -> dict:
@@ -96,7 +96,7 @@ class Setup:
         self.cfg = cfg
         self.mesh = mesh_lib.make_mesh(cfg.mesh, devices)
         validate_config(cfg, self.mesh)
-        self.rules = rules_lib.rules_from_config(cfg.get("sharding", {}).get("rules"))
+        self.rules = rules_lib.rules_from_config(cfg.sharding.rules)
         self.model = MolmoAct2(cfg.model)
         gb = int(cfg.data.global_batch_size)
         self.batch_shapes = {k: jax.ShapeDtypeStruct((gb, *np.shape(v)[1:]), _dtype_of(v))
@@ -104,7 +104,7 @@ class Setup:
         self.batch_shardings = {k: rules_lib.batch_sharding(self.mesh, len(s.shape))
                                 for k, s in self.batch_shapes.items()}
         rng = jax.random.PRNGKey(int(cfg.seed))
-        self.lora_cfg = cfg.get("lora") if cfg.get("lora", {}).get("enabled", False) else None
+        self.lora_cfg = cfg.lora if cfg.lora.enabled else None
 
         def init_boxed(rng, batch):
             boxed = self.model.init(rng, batch)
@@ -118,14 +118,14 @@ class Setup:
         self.param_shardings = nn.unbox(rules_lib.tree_shardings(boxed, self.mesh, self.rules))
         abstract_params = nn.unbox(boxed)
         self.tx, self.labels, self.schedules = make_optimizer(abstract_params, cfg.optimizer, int(cfg.total_steps),
-                                                              cfg.get("lora"))
+                                                              self.lora_cfg)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         replicated = NamedSharding(self.mesh, P())
         masked = lambda x: isinstance(x, optax.MaskedNode)
         opt_shardings = optax.tree_map_params(
             self.tx, lambda p, s: p if masked(p) else s, abstract_opt, self.param_shardings,
             transform_non_params=lambda _: replicated, is_leaf=masked)
-        self.ema_decay = float(cfg.get("ema", {}).get("decay", 0.0) or 0.0)
+        self.ema_decay = float(cfg.ema.decay)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"config.ema.decay={self.ema_decay}: expected 0 (off) or a decay in (0, 1)")
         ema = self.ema_decay > 0
@@ -155,7 +155,7 @@ class Setup:
     def loss_fn(self, params, batch, rng, training: bool = True):
         if self.lora_cfg is not None:
             params = lora.merge(params, self.lora_cfg)
-        noise_rate = float(self.cfg.data.get("depth_code_input_noise_rate", 0.0))
+        noise_rate = float(self.cfg.data.depth_code_input_noise_rate)
         if training and noise_rate:
             rng, noise_rng = jax.random.split(rng)
             batch = depth_noise.add_depth_code_input_noise(batch, noise_rng, noise_rate, self.model.cfg.tokens)
@@ -199,7 +199,7 @@ class Setup:
     def trainable_groups(self) -> tuple:
         """Groups whose weights get gradients (for the FLOP count): not frozen, and not the base LLM under LoRA
         (whose kernels still get a gradient, for the adapters: `lora=True` in flops.train_step_flops)."""
-        frozen = set(self.cfg.optimizer.get("freeze", ()) or ()) | ({"llm"} if self.lora_cfg is not None else set())
+        frozen = set(self.cfg.optimizer.freeze) | ({"llm"} if self.lora_cfg is not None else set())
         return tuple(g for g in flops_lib.GROUP_ORDER if g not in frozen)
 
     def step_flops(self, global_batch_or_shapes) -> dict:
@@ -247,7 +247,8 @@ class PreemptionWatcher:
 # ---------------------------------------------------------------- the loop
 def train(cfg, workdir: str) -> dict:
     """Trains `cfg` (a recipe's config, prepared here: run_setup.prepare) in `workdir`. Every config, data and
-    run-directory error is raised before the run directory is created or anything compiles."""
+    run-directory error is raised before the run directory is created or anything compiles. The prepared config is
+    only read from then on (the fields prepare resolved are in WORKDIR/run_info.json, "resolved")."""
     goodput = metrics_lib.Goodput()
     cfg, plan = run_setup.prepare(cfg)
     validate_config(cfg, mesh_lib.make_mesh(cfg.mesh))
@@ -256,7 +257,7 @@ def train(cfg, workdir: str) -> dict:
     for note in plan.notes:
         log.info("%s", note)
     primary = jax.process_index() == 0
-    cache_dir = cfg.trainer.get("compilation_cache_dir")
+    cache_dir = cfg.trainer.compilation_cache_dir
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
 
@@ -266,15 +267,14 @@ def train(cfg, workdir: str) -> dict:
     data.set_state(start_state)
     setup = Setup(cfg, example)
     checkpointing.check_shared(workdir)
-    ckpt = checkpointing.Checkpointer(workdir, cfg.checkpoint, async_save=bool(cfg.checkpoint.get("async_save", True)),
-                                      assets_dir=str(storage.as_path(workdir) / "assets"))
+    ckpt = checkpointing.Checkpointer(workdir, cfg.checkpoint, assets_dir=str(storage.as_path(workdir) / "assets"))
     with goodput.timed("checkpoint_restore"):
         restored = ckpt.restore_latest(setup.abstract_sharded_state())
     if restored is None:
         with goodput.timed("compile"):
             state = setup.create_state()
         start = 0
-        if cfg.get("init_from"):
+        if cfg.init_from:
             with goodput.timed("checkpoint_restore"):
                 state = setup.state_from_params(load_init_params(cfg, state.params))
     else:
@@ -284,15 +284,16 @@ def train(cfg, workdir: str) -> dict:
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     assets = copy_assets(cfg, plan, workdir) if primary else {}
     if primary:
-        metrics_lib.write_run_info(workdir, setup, state, distributed.info().record())
+        metrics_lib.write_run_info(workdir, setup, state, distributed.info().record(), resolved={
+            "fields": plan.resolved, "origins": plan.origins, "notes": list(plan.notes)})
     watcher = PreemptionWatcher()
     total = int(cfg.total_steps)
     gb = int(cfg.data.global_batch_size)
     every = int(cfg.checkpoint.every_steps)
-    eval_every = int(cfg.trainer.get("eval_every_steps", 0) or 0)
-    profile = tuple(cfg.trainer.get("profile_steps", ()) or ())
-    peak = cfg.trainer.get("peak_tflops_per_device")
-    compiled = hardware_flops = None
+    eval_every = int(cfg.trainer.eval_every_steps)
+    profile = tuple(cfg.trainer.profile_steps)
+    peak = float(cfg.trainer.peak_tflops_per_device)
+    compiled = hardware_flops = eval_batches = None
     bar = None
     if primary:
         bar = progress_bar(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
@@ -335,7 +336,9 @@ def train(cfg, workdir: str) -> dict:
                     row["hfu"] = hardware_flops / n_dev / dt / (float(peak) * 1e12)
                 if eval_every and (step + 1) % eval_every == 0:
                     with goodput.timed("eval"):
-                        row.update(evaluate(cfg, setup, state, plan))
+                        if eval_batches is None:   # built at the first eval, then re-read from its start
+                            eval_batches = EvalBatches(make_data(cfg, "eval", plan))
+                        row.update(evaluate(cfg, setup, state, eval_batches))
                 writer.write(step + 1, row)
                 last = row
                 if bar is not None:
@@ -395,14 +398,28 @@ def copy_assets(cfg, plan, workdir: str) -> dict:
     return out
 
 
-def evaluate(cfg, setup: Setup, state, plan=None) -> dict:
-    """Mean eval metrics over trainer.eval_batches batches: of data.eval_sources (held out) when given, else of
-    the training sources read in order without augmentation; synthetic runs draw another seed's batches."""
-    data = make_data(cfg, "eval", plan)
-    n = int(cfg.trainer.get("eval_batches", 1))
+class EvalBatches:
+    """The eval split's batch iterator, built once per run; every eval reads the same first batches again (the
+    iterator is rewound to its start state), so evals are comparable and no pipeline is rebuilt."""
+
+    def __init__(self, data):
+        self.data = data
+        self.start = data.get_state()
+
+    def take(self, n: int):
+        self.data.set_state(self.start)
+        for _ in range(n):
+            yield next(self.data)
+
+
+def evaluate(cfg, setup: Setup, state, eval_batches: EvalBatches) -> dict:
+    """Mean eval metrics over trainer.eval_batches batches of `eval_batches` (make_data(cfg, "eval", plan)): of
+    data.eval_sources (held out) when given, else of the training sources read in order without augmentation;
+    synthetic runs draw another seed's batches."""
+    n = int(cfg.trainer.eval_batches)
     sums: dict = {}
-    for _ in range(n):
-        batch = global_batch(next(data), setup.batch_shardings, int(cfg.data.global_batch_size))
+    for local in eval_batches.take(n):
+        batch = global_batch(local, setup.batch_shardings, int(cfg.data.global_batch_size))
         m = jax.device_get(setup.compiled("eval_step", setup.eval_step, state, batch)(state, batch))
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + float(v) / n

@@ -10,10 +10,11 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
 from data_pipelines import beam_convert as bc  # without apache-beam this fails, naming pip install -e ".[beam]"
-from data_pipelines import cli
-from data_pipelines.convert import ConvertOptions, convert, sidecar_path
+from molmoact2_jax.cli import data as cli
+from data_pipelines.convert import ConvertOptions, convert
 from data_pipelines.errors import NonFiniteValueError
 from data_pipelines.record_codec import decode_record
+from data_pipelines.shards import sidecar_path
 from data_pipelines.sources import LeRobotSource
 from data_pipelines.stats import compute_norm_stats
 

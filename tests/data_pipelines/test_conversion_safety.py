@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from data_pipelines import cli
+from molmoact2_jax.cli import data as cli
 from data_pipelines import convert as convert_mod
-from data_pipelines.convert import (OPTIONS_FILE, ConversionConflict, ConversionInterrupted, ConvertOptions, convert,
-                                    load_episodes)
+from data_pipelines.convert import ConversionConflict, ConversionInterrupted, ConvertOptions, convert
 from data_pipelines.embodiments import get_embodiment
 from data_pipelines.errors import DataError
 from data_pipelines.inspect_data import inspect_path
+from data_pipelines.shards import OPTIONS_FILE, load_episodes
 from data_pipelines.pipeline.robot_dataset import PipelineConfig, Source, build_map_dataset
 from data_pipelines.pipeline.robot_transform import RobotTransformConfig
 from data_pipelines.stats import write_norm_stats
@@ -172,7 +172,7 @@ def test_sigint_to_a_multiprocess_conversion(tmp_path):
     # however fast or loaded the machine is (waiting for a .tmp file instead could miss every window under load).
     source = make_fixture("lerobot-v2.1", "so100", tmp_path / "src", episodes=10, length=12)
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "data_pipelines.cli", "convert", "--source", f"lerobot:{source}",
+    cmd = [sys.executable, "-m", "molmoact2_jax.cli.data", "convert", "--source", f"lerobot:{source}",
            "--embodiment", "so100", "--out", str(out), "--workers", "2", "--episodes-per-shard", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

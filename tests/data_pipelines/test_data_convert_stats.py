@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
-from data_pipelines import cli
-from data_pipelines.convert import ConvertOptions, convert, load_episodes
+from molmoact2_jax.cli import data as cli
+from data_pipelines.convert import ConvertOptions, convert
 from data_pipelines.errors import NonFiniteValueError
 from data_pipelines.fixtures import fixture_embodiment, make_fixture
 from data_pipelines.formats.images import decode_image
 from data_pipelines.formats.images import resize_square
 from data_pipelines.record_codec import decode_record
+from data_pipelines.shards import load_episodes
 from data_pipelines.stats import compute_norm_stats
 from data_pipelines.synthetic import simulate_episode
 

@@ -120,7 +120,7 @@ def test_not_a_dataset(tmp_path):
 
 
 def test_inspect_reports_jittery_timestamps(tmp_path, so100_v21, capsys):
-    from data_pipelines import cli
+    from molmoact2_jax.cli import data as cli
     root = _copy(so100_v21, tmp_path / "d")
     path = root / "data/chunk-000/episode_000001.parquet"
 

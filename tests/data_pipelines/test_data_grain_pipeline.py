@@ -27,7 +27,7 @@ def shards(yam_v3, so100_v21, droid_rlds, tmp_path_factory):
 
 
 def all_frames(shards, name):
-    from data_pipelines.convert import load_episodes
+    from data_pipelines.shards import load_episodes
     return {(e["episode_id"], t) for e in load_episodes(shards[name]) for t in range(e["num_frames"])}
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipelines import cli
-from data_pipelines.convert import ConvertOptions, convert, load_episodes
+from molmoact2_jax.cli import data as cli
+from data_pipelines.convert import ConvertOptions, convert
 from data_pipelines.embodiments import (EMBODIMENTS, SO100_OLD, EmbodimentFileError, EmbodimentMismatchError,
                                         get_embodiment, load_embodiment_file)
 from data_pipelines.errors import DataError
 from data_pipelines.fixtures import make_fixture
 from data_pipelines.record_codec import decode_record
+from data_pipelines.shards import load_episodes
 from data_pipelines.sources import LeRobotSource, parse_source, resolve_lerobot, write_embodiment_from
 from data_pipelines.stats import compute_norm_stats, compute_source_norm_stats
 from data_pipelines.synthetic import simulate_episode
@@ -93,7 +94,7 @@ def test_builtin_files_hold_the_former_values_and_round_trip(tmp_path):
 
 
 def test_libero_embodiment_is_the_tag_fine_tuning_and_evaluation_use():
-    from configs.finetune import EMBODIMENTS as FINETUNE
+    from molmoact2_configs.finetune import EMBODIMENTS as FINETUNE
     from molmoact2_jax.evaluation.config import LIBERO
     emb = get_embodiment("libero")
     assert (emb.tag, emb.action_horizon, emb.fps) == ("libero", 10, 10)

@@ -26,7 +26,7 @@ def fake_shards(folder: Path, horizon: int = 30, stats: bool = True, tokenizer: 
                 openfast: bool = True) -> Path:
     """The metadata of a converted shard directory (index.json, norm_stats.json, assets) without records: enough
     for the checks that read no frame. The OpenFAST folder is empty (it is only looked for before the sizes)."""
-    from data_pipelines.convert import INDEX_FORMAT
+    from data_pipelines.shards import INDEX_FORMAT
 
     folder.mkdir(parents=True)
     (folder / "index.json").write_text(json.dumps(dict(format=INDEX_FORMAT, tag=TAG, horizon=horizon, shards=[],

@@ -1,6 +1,6 @@
-"""PyTorch reference of the MolmoAct2 action expert, written from the spec (sections 9.2, 10, 18.2, 21).
+"""PyTorch reference of the MolmoAct2 action expert, written from docs/model_notes.md ("Action expert").
 
-Its `state_dict()` keys are the HF checkpoint keys of spec 18.2 without the `model.action_expert.` prefix, so it
+Its `state_dict()` keys are the HF checkpoint keys without the `model.action_expert.` prefix, so it
 can load an exported expert and check it end to end against the Flax model. All norms are weightless RMSNorms in
 fp32 (eps 1e-6); attention uses `scaled_dot_product_attention` with boolean masks.
 """
@@ -158,7 +158,7 @@ class ActionExpertRef(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Spec 9.2 init: xavier-uniform weights, zero biases; out/down projections scaled by (2L)^-0.5;
+        """The release init: xavier-uniform weights, zero biases; out/down projections scaled by (2L)^-0.5;
         modulation and final linear zero."""
         for m in self.modules():
             if isinstance(m, nn.Linear):

@@ -3,8 +3,8 @@
 Backbone: `transformers.Molmo2ForConditionalGeneration`, loaded straight from the MolmoAct2 folder's own
 safetensors (a scratch folder holds a transformers-spelling config.json and links to the shards; the expert keys
 and the RoPE buffer are left unused). Expert: `torch_ref.action_expert.ActionExpertRef` on the
-`model.action_expert.*` tensors. Between them, written from the spec: prefill -> per-layer K (after k-norm and
-RoPE, read from the KV cache) and V -> encoder mask (10.1) -> Euler flow (11.2) from given noise.
+`model.action_expert.*` tensors. Between them, written from docs/model_notes.md: prefill -> per-layer K (after
+k-norm and RoPE, read from the KV cache) and V -> encoder mask -> Euler flow from given noise.
 Depth-gated (Think) checkpoints are not covered.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ EXPERT = "model.action_expert."
 
 
 def encoder_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens, action_mode: str) -> torch.Tensor:
-    """Spec 10.1: prompt mask; in "both" mode also hide every EOS and each <action_start>..<action_end> span
+    """The encoder mask: the prompt mask; in "both" mode also hide every EOS and each <action_start>..<action_end> span
     (inclusive; an unmatched start runs to the end of the row)."""
     mask = attention_mask.bool().clone()
     if action_mode != "both":
@@ -89,7 +89,7 @@ class MolmoAct2Torch:
     @torch.no_grad()
     def sample_actions(self, noise: torch.Tensor, action_dim_valid: torch.Tensor | None = None,
                        num_steps: int | None = None, **hf_inputs):
-        """Euler flow of spec 11.2 from `noise` [B, H, D]: x <- x + v/N with t = k/N, pad dims zeroed.
+        """Euler flow from `noise` [B, H, D]: x <- x + v/N with t = k/N, pad dims zeroed.
         Returns (actions [B, H, D], logits)."""
         logits, k, v = self.prefill(**hf_inputs)
         enc = encoder_mask(hf_inputs["input_ids"], hf_inputs["attention_mask"], self.cfg.tokens,

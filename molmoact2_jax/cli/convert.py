@@ -5,14 +5,23 @@ Bad input (a missing folder or asset, an incomplete checkpoint, an output folder
 `molmoact2-convert: error: ...` on stderr and exit code 2, before anything is written."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
+from molmoact2_jax.cli.common import CommandParser, fail
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="molmoact2-convert", description=__doc__)
+PROG = "molmoact2-convert"
+EXAMPLES = (
+    "molmoact2-convert export-hf /tmp/ft hf_export/              # a run directory: its newest complete step",
+    "molmoact2-convert export-hf gs://bucket/run/checkpoints/2000 gs://bucket/hf --dtype bfloat16",
+    "molmoact2-convert import-hf hf_export/ ckpt/",
+    "molmoact2-convert import-molmo2 Molmo2-4B/ molmo2_ckpt/",
+)
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog=PROG, description=__doc__, examples=EXAMPLES)
     sub = parser.add_subparsers(dest="command", required=True)
     src_hf = "source Hugging Face folder (config.json, *.safetensors, tokenizer files)"
     ckpt_out = "params checkpoint folder to write (params/ + model_config.json)"
@@ -21,18 +30,24 @@ def main(argv=None):
     hf_out = "Hugging Face folder to write"
     dtype = "dtype of the written tensors (default: float32)"
     no_progress = "no progress bar on stderr"
-    p = sub.add_parser("import-molmo2", help="transformers Molmo2 folder -> Orbax params checkpoint (backbone)")
+    p = sub.add_parser("import-molmo2", help="transformers Molmo2 folder -> Orbax params checkpoint (backbone)",
+                       examples=["molmoact2-convert import-molmo2 Molmo2-4B/ molmo2_ckpt/"])
     p.add_argument("src_hf_dir", help=src_hf)
     p.add_argument("ckpt_dir", help=ckpt_out)
-    p = sub.add_parser("export-molmo2", help="Orbax params checkpoint -> transformers Molmo2 folder (backbone)")
+    p = sub.add_parser("export-molmo2", help="Orbax params checkpoint -> transformers Molmo2 folder (backbone)",
+                       examples=["molmoact2-convert export-molmo2 molmo2_ckpt/ Molmo2-export/ --dtype bfloat16"])
     p.add_argument("ckpt_dir", help=ckpt_in)
     p.add_argument("out_hf_dir", help=hf_out)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=dtype)
-    p = sub.add_parser("import-hf", help="Hugging Face MolmoAct2 folder -> Orbax params checkpoint (+ assets)")
+    p = sub.add_parser("import-hf", help="Hugging Face MolmoAct2 folder -> Orbax params checkpoint (+ assets)",
+                       examples=["molmoact2-convert import-hf hf_export/ ckpt/"])
     p.add_argument("src_hf_dir", help=src_hf + "; its other files are kept in the checkpoint's assets/")
     p.add_argument("ckpt_dir", help=ckpt_out)
     p.add_argument("--no-progress", action="store_true", help=no_progress)
-    p = sub.add_parser("export-hf", help="Orbax params checkpoint -> Hugging Face MolmoAct2 folder")
+    p = sub.add_parser("export-hf", help="Orbax params checkpoint -> Hugging Face MolmoAct2 folder",
+                       examples=["molmoact2-convert export-hf /tmp/ft hf_export/",
+                                 "molmoact2-convert export-hf ckpt/ hf_export/ --norm-stats shards/norm_stats.json "
+                                 "--tokenizer shards/tokenizer.json"])
     p.add_argument("ckpt_dir", help=ckpt_in + "; its assets/ are copied into the export")
     p.add_argument("out_hf_dir", help=hf_out + " (must not already hold safetensors files)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=dtype)
@@ -50,7 +65,11 @@ def main(argv=None):
                    help="OpenFAST action tokenizer folder to export (default: the checkpoint's; required for a "
                         "discrete-only model that has none)")
     p.add_argument("--no-progress", action="store_true", help=no_progress)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from molmoact2_jax.convert import molmo2  # lazy: imports jax; --help must not
     try:
@@ -76,9 +95,7 @@ def main(argv=None):
             print(molmoact2_hf.format_summary("export", s, args.ckpt_dir, args.out_hf_dir))
     except (OSError, KeyError, ValueError) as e:   # OSError: a missing file, bucket or permission
         msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
-        msg = msg.splitlines()[0] if msg else type(e).__name__
-        print(f"molmoact2-convert: error: {msg}", file=sys.stderr)
-        return 2
+        return fail(PROG, msg.splitlines()[0] if msg else type(e).__name__)
     return 0
 
 

@@ -1,10 +1,10 @@
-"""`molmoact2-demo --think`: MolmoThink training end to end on a CPU (spec 14).
+"""`molmoact2-demo --config=finetune:demo_think`: MolmoThink training end to end on a CPU.
 
  1. record MetaWorld expert episodes with the first camera's exact depth (MuJoCo's depth buffer)
  2. fit the depth VQ-VAE on those depth maps and write the depth-code companion datasets
  3. convert to ArrayRecord shards with the codes, norm stats, tokenizers
  4. train the tiny model with the three Think styles (robot_action : robot_depth : robot_depth_action = 1:1:1,
-    as `configs/posttrain.py:think_tiny`) and per-layer depth gates
+    as `configs/posttrain.py:think_tiny`) and per-layer depth gates (both set by the demo_think variant)
  5. export to the Hugging Face layout and, from the export, predict the depth codes of held-out frames: MolmoThink
     (the previous frame's codes as the cache, only changed cells re-predicted) and full re-prediction, against
     copying the previous frame's codes and the most frequent code; latency of both modes
@@ -20,14 +20,14 @@ import numpy as np
 
 from data_pipelines.formats.depth_codes import NUM_CODES, DepthCodes
 from data_pipelines.formats.lerobot_reader import LeRobotDataset
-from molmoact2_jax import demo_pipeline as demo
+from molmoact2_jax.demo import pipeline
+from molmoact2_jax.demo.settings import DemoSettings
 from molmoact2_jax.depth import codes as depth_codes
 from molmoact2_jax.depth import vqvae as vq
 
 # The VQ-VAE at half the reference input (160 px, four stride-2 stages): the same 10x10 grid of 128 codes
 # (the interface the depth tokens assume), a quarter of the reference's cost on the demo's 112 px depth maps.
 DEMO_VQVAE = vq.VQVAEConfig(image_size=160, channels=(16, 32, 64, 128))
-THINK_STYLES = dict(robot_action=1.0, robot_depth=1.0, robot_depth_action=1.0)
 
 
 def fit_codes(wd: Path, datasets: dict, steps: int, seed: int = 0) -> tuple[dict, dict]:
@@ -50,16 +50,8 @@ def fit_codes(wd: Path, datasets: dict, steps: int, seed: int = 0) -> tuple[dict
     return out, info
 
 
-def think_train_config(wd, shards, stats_path, tokenizer, openfast, args):
-    c = demo.train_config(wd, shards, stats_path, tokenizer, openfast, args)
-    c.model.action_expert.depth_gate = True
-    c.model.action_expert.depth_gate_per_layer = True
-    c.data.style_weights.update(THINK_STYLES)
-    return c
-
-
 def gate_change(params) -> dict:
-    """How far the depth gates moved from their init (kernel 0, bias -4, spec 10.2)."""
+    """How far the depth gates moved from their init (kernel 0, bias -4 at init)."""
     import jax  # lazy: imports jax; --help must not
     ae = jax.device_get(params["action_expert"])
     k, b = np.asarray(ae["depth_gate_kernel"]), np.asarray(ae["depth_gate_bias"])
@@ -140,29 +132,32 @@ def depth_accuracy(export: Path, src: Path, codes_dir: Path, most_frequent: int,
             "episodes": len({ep for ep, _ in pairs}), "frames": len(pairs)}
 
 
-def run(args, sim_cfg, wd: Path, tasks) -> dict:
-    """The --think demo; returns the `think` section of demo_summary.json."""
+def run(s: DemoSettings, wd: Path) -> dict:
+    """The Think demo; returns the `think` section of demo_summary.json."""
+    settings, sim_cfg, tasks = s.demo, s.sim, s.tasks
+    image_size, steps = s.cfg.model.vit.image_size, s.cfg.total_steps
     t_all = time.perf_counter()
     seconds = {}
-    t0 = demo.stage(1, f"record MetaWorld expert episodes ({', '.join(tasks)}) with the first camera's depth", 5)
-    datasets = demo.record_data(wd, sim_cfg, tasks, args.train_episodes, args.heldout_episodes, args.workers,
-                                "image" if args.lossless else "video", depth=True, action_noise=args.action_noise)
-    demo.done(t0)
+    t0 = pipeline.stage(1, f"record MetaWorld expert episodes ({', '.join(tasks)}) with the first camera's depth", 5)
+    datasets = pipeline.record_data(wd, sim_cfg, tasks, s.train_episodes, settings.heldout_episodes,
+                                    settings.workers, "image" if settings.lossless else "video", depth=True,
+                                    action_noise=settings.action_noise)
+    pipeline.done(t0)
     seconds["record"] = time.perf_counter() - t0
-    t0 = demo.stage(2, "fit the depth VQ-VAE on the recorded depth maps; write the depth-code datasets", 5)
-    companions, vq_info = fit_codes(wd, datasets, args.vqvae_steps)
-    demo.done(t0)
+    t0 = pipeline.stage(2, "fit the depth VQ-VAE on the recorded depth maps; write the depth-code datasets", 5)
+    companions, vq_info = fit_codes(wd, datasets, settings.vqvae_steps)
+    pipeline.done(t0)
     seconds["depth_codes"] = time.perf_counter() - t0
-    t0 = demo.stage(3, "convert to ArrayRecord shards with the depth codes; norm stats; tokenizers", 5)
-    shards, stats_path = demo.convert_data(wd, datasets, sim_cfg.action_horizon, args.image_size, args.workers,
-                                           companions)
-    tokenizer, openfast = demo.fit_tokenizers(wd, datasets["train"], stats_path, sim_cfg.norm_tag,
-                                              sim_cfg.action_horizon)
-    demo.done(t0)
+    t0 = pipeline.stage(3, "convert to ArrayRecord shards with the depth codes; norm stats; tokenizers", 5)
+    shards, stats_path = pipeline.convert_data(wd, datasets, sim_cfg.action_horizon, image_size, settings.workers,
+                                               companions)
+    tokenizer, openfast = pipeline.fit_tokenizers(wd, datasets["train"], stats_path, sim_cfg.norm_tag,
+                                                  sim_cfg.action_horizon)
+    pipeline.done(t0)
 
-    t0 = demo.stage(4, f"train the tiny MolmoAct2-Think for {args.steps} steps (styles 1:1:1, depth gates)", 5)
+    t0 = pipeline.stage(4, f"train the tiny MolmoAct2-Think for {steps} steps (styles 1:1:1, depth gates)", 5)
     from molmoact2_jax.training import trainer  # lazy: imports jax
-    cfg = think_train_config(wd, shards, stats_path, tokenizer, openfast, args)
+    cfg = pipeline.train_config(s.cfg, shards, stats_path, tokenizer, openfast)
     shutil.rmtree(wd / "train", ignore_errors=True)
     out = trainer.train(cfg, str(wd / "train"))
     cfg = out["config"]   # as trained: the tokenizer's token layout, sizes taken from the data
@@ -170,20 +165,20 @@ def run(args, sim_cfg, wd: Path, tasks) -> dict:
     params = jax.device_get(out["state"].params)
     curve = depth_ce_curve(wd / "train" / "metrics.jsonl")
     gates = gate_change(params)
-    demo.done(t0, f"(depth CE {curve['depth_ce_first']:.3f} -> {curve['depth_ce_last']:.3f}; depth gates moved "
-                  f"{gates['bias_max_abs_change']:.2e} (bias), {gates['kernel_max_abs']:.2e} (kernel))")
+    pipeline.done(t0, f"(depth CE {curve['depth_ce_first']:.3f} -> {curve['depth_ce_last']:.3f}; depth gates moved "
+                      f"{gates['bias_max_abs_change']:.2e} (bias), {gates['kernel_max_abs']:.2e} (kernel))")
     seconds["train"] = time.perf_counter() - t0
 
-    t0 = demo.stage(5, "export to the Hugging Face layout; depth codes of held-out frames from the export", 5)
+    t0 = pipeline.stage(5, "export to the Hugging Face layout; depth codes of held-out frames from the export", 5)
     from molmoact2_jax.convert.molmoact2_hf import export_hf  # lazy: imports jax
-    ckpt = demo.save_checkpoint(wd, params, cfg, sim_cfg, stats_path, tokenizer, openfast)
+    ckpt = pipeline.save_checkpoint(wd, params, cfg, sim_cfg, stats_path, tokenizer, openfast)
     export = wd / "hf_export"
     shutil.rmtree(export, ignore_errors=True)
     export_hf(str(ckpt), str(export))
     mode = most_frequent_code(datasets["train"], companions["train"])
     result = depth_accuracy(export, datasets["heldout"], companions["heldout"], mode, sim_cfg.norm_tag,
-                            args.think_eval_frames)
-    demo.done(t0)
+                            settings.think_eval_frames)
+    pipeline.done(t0)
     seconds["evaluate"] = time.perf_counter() - t0
     print(f"      depth-code accuracy on {result['frames']} held-out frames ({result['episodes']} episodes):")
     for name, key in (("MolmoThink (previous codes cached)", "depth_accuracy"),
@@ -194,5 +189,5 @@ def run(args, sim_cfg, wd: Path, tasks) -> dict:
     print(f"      latency: MolmoThink {result['think_latency_ms']:.0f} ms, full {result['full_latency_ms']:.0f} ms "
           f"({result['mean_cells_repredicted']:.1f} of 100 cells re-predicted per frame)")
     return {**result, **curve, "depth_gate": gates, "vqvae": vq_info, "export": str(export),
-            "styles": THINK_STYLES, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "styles": dict(s.cfg.data.style_weights), "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "minutes": (time.perf_counter() - t_all) / 60}

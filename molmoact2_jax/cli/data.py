@@ -1,7 +1,9 @@
-"""molmoact2-data: fixture | convert | stats | inspect | embodiment | openfast | tokenizer.
+"""`molmoact2-data`: fixture | convert | stats | inspect | embodiment | openfast | tokenizer.
 
-Errors in the data or the command line are one line `molmoact2-data: error: ...`, exit 2; Ctrl-C exits 130 (a
-conversion first removes its unfinished shards and says how to resume)."""
+Robot datasets (LeRobot v2.1 / v3.0, RLDS) -> ArrayRecord shards that training reads, with their norm stats and,
+for models trained from scratch, tokenizers fitted on them. Errors in the data or the command line are one line
+`molmoact2-data: error: ...`, exit 2; Ctrl-C exits 130 (a conversion first removes its unfinished shards and says how
+to resume)."""
 from __future__ import annotations
 
 import argparse
@@ -16,18 +18,37 @@ from data_pipelines.formats.lerobot_writer import DIRTY_VARIANTS
 from data_pipelines.inspect_data import inspect_path
 from data_pipelines.norm_stats import NORM_STATS_FILE
 from data_pipelines import shard_tokenizers
+from data_pipelines.shard_tokenizers import MAX_ACTION_TOKENS, OPENFAST_SCALE, OPENFAST_VOCAB, TEXT_VOCAB
 from data_pipelines.sources import write_embodiment_from
 from data_pipelines.stats import norm_stats_out, write_norm_stats
+from molmoact2_jax.cli.common import CommandParser, fail
+
+PROG = "molmoact2-data"
 
 EMB_HELP = ("a built-in robot (" + ", ".join(sorted(EMBODIMENTS)) + ") or the path of an embodiment .json "
             "file (molmoact2-data embodiment --from lerobot:DIR --out robot.json writes one)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="molmoact2-data", description=__doc__)
+CONVERT = "molmoact2-data convert --source lerobot:/data/my_robot --embodiment robot.json --out shards/"
+EXAMPLES = {
+    "fixture": ("molmoact2-data fixture --format lerobot-v3.0 --embodiment so100 --out /tmp/so100",),
+    "convert": (CONVERT,
+                "molmoact2-data convert --source rlds:/data/droid --embodiment droid --out droid_shards/ --workers 8"),
+    "stats": ("molmoact2-data stats shards/                     # writes shards/norm_stats.json",),
+    "inspect": ("molmoact2-data inspect /data/my_robot --max-errors 10",),
+    "embodiment": ("molmoact2-data embodiment --from lerobot:/data/my_robot --out robot.json",),
+    "openfast": ("molmoact2-data openfast shards/                  # writes shards/openfast/",),
+    "tokenizer": ("molmoact2-data tokenizer shards/ --vocab-size 1024",),
+}
+
+
+def build_parser() -> CommandParser:
+    p = CommandParser(prog=PROG, description=__doc__,
+                      examples=[EXAMPLES["embodiment"][0], CONVERT, EXAMPLES["stats"][0], EXAMPLES["inspect"][0]])
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fixture", help="write a small synthetic dataset in a real on-disk format")
+    f = sub.add_parser("fixture", help="write a small synthetic dataset in a real on-disk format",
+                       examples=EXAMPLES["fixture"])
     f.add_argument("--format", required=True, choices=FORMATS, help="on-disk format to write")
     f.add_argument("--embodiment", required=True, metavar="NAME|FILE.json",
                    help="robot whose state/action names, cameras and fps the fixture uses: " + EMB_HELP)
@@ -45,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="LeRobot quirks seen in the wild to write on purpose, to test readers: "
                         + ", ".join(DIRTY_VARIANTS))
 
-    c = sub.add_parser("convert", help="LeRobot/RLDS source -> ArrayRecord shards")
+    c = sub.add_parser("convert", help="LeRobot/RLDS source -> ArrayRecord shards", examples=EXAMPLES["convert"])
     c.add_argument("--source", required=True,
                    help="lerobot:PATH or rlds:PATH; lerobot:OWNER/NAME reads a hub dataset already in the local "
                         "Hugging Face cache ($HF_LEROBOT_HOME or $HF_HOME/hub; nothing is downloaded)")
@@ -95,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
                         "--beam-options=\"--project=P --region=R ...\" (with '=', as the string starts with '-'); "
                         "they override ours, e.g. --direct_running_mode=in_memory")
 
-    s = sub.add_parser("stats", help="norm_stats.json from shard directories, or from raw datasets without video")
+    s = sub.add_parser("stats", help="norm_stats.json from shard directories, or from raw datasets without video",
+                       examples=EXAMPLES["stats"])
     s.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR|lerobot:PATH|rlds:PATH",
                    help="shard folders written by `molmoact2-data convert`, or raw sources (only their numeric "
                         "columns are read: no video is decoded; needs --embodiment)")
@@ -114,15 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--norm-mode", default="q01_q99",
                    help="normalisation recorded in the file: q01_q99 (default), mean_std, min_max, q10_q90 or none")
 
-    i = sub.add_parser("inspect", help="episodes, frames, features and first errors")
+    i = sub.add_parser("inspect", help="episodes, frames, features and first errors", examples=EXAMPLES["inspect"])
     i.add_argument("path", help="a LeRobot dataset, RLDS folder or shard folder")
     i.add_argument("--max-errors", type=int, default=5,
                    help="report at most this many errors (default: %(default)s)")
     i.add_argument("--deep", action="store_true", help="decode every video frame")
 
-    shard_tokenizers.add_parsers(sub)   # openfast, tokenizer: tokenizers fitted on converted shards
+    _add_tokenizer_parsers(sub)   # openfast, tokenizer: tokenizers fitted on converted shards
 
-    e = sub.add_parser("embodiment", help="write a starting embodiment file (your robot as data) from a dataset")
+    e = sub.add_parser("embodiment", help="write a starting embodiment file (your robot as data) from a dataset",
+                       examples=EXAMPLES["embodiment"])
     e.add_argument("--from", dest="source", required=True, metavar="lerobot:PATH",
                    help="a LeRobot dataset folder (or lerobot:OWNER/NAME in the local Hugging Face cache); its "
                         "meta/info.json gives the names, dims, cameras, fps and robot_type")
@@ -131,6 +154,51 @@ def _parser() -> argparse.ArgumentParser:
                    help="feature holding the state (default: %(default)s)")
     e.add_argument("--action-key", default="action", help="feature holding the action (default: %(default)s)")
     return p
+
+
+def _add_tokenizer_parsers(sub) -> None:
+    """The `openfast` and `tokenizer` subcommands (data_pipelines/shard_tokenizers.py)."""
+    o = sub.add_parser("openfast", help="fit the OpenFAST action tokenizer on converted shards' action chunks, "
+                                        "normalised as training does", examples=EXAMPLES["openfast"])
+    o.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR", help="shard folders written by convert")
+    o.add_argument("--norm-stats", default=None, metavar="FILE",
+                   help="norm_stats.json to normalise with, as training will (default: SHARD_DIR/norm_stats.json "
+                        "of the first folder, written by molmoact2-data stats SHARD_DIR)")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="tokenizer folder to write (default: SHARD_DIR/openfast of the first folder); point "
+                        "config.data.openfast at it")
+    o.add_argument("--vocab-size", type=int, default=OPENFAST_VOCAB,
+                   help=f"BPE vocabulary size, at most {MAX_ACTION_TOKENS} (default: %(default)s: ample for normalised "
+                        f"chunks, small enough for a small model)")
+    o.add_argument("--scale", type=float, default=OPENFAST_SCALE,
+                   help="DCT coefficients are multiplied by this before rounding: larger keeps more detail and "
+                        "gives more tokens per chunk (default: %(default)s)")
+
+    t = sub.add_parser("tokenizer", help="train a small byte-level BPE text tokenizer on converted shards' task "
+                                         "strings and the prompt template, for models trained from scratch",
+                       examples=EXAMPLES["tokenizer"])
+    t.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR", help="shard folders written by convert")
+    t.add_argument("--out", default=None, metavar="FILE",
+                   help="tokenizer.json to write (default: SHARD_DIR/tokenizer.json of the first folder); point "
+                        "config.data.tokenizer at it")
+    t.add_argument("--vocab-size", type=int, default=TEXT_VOCAB,
+                   help="BPE vocabulary size before the model's robot tokens (default: %(default)s; training "
+                        "stops early when the text has no more pairs to merge)")
+
+
+def _fit_tokenizer(args) -> None:
+    """Runs the `openfast` or `tokenizer` subcommand."""
+    if args.command == "openfast":
+        scale = int(args.scale) if float(args.scale).is_integer() else args.scale  # processor_config: 10, not 10.0
+        out, tok, n = shard_tokenizers.write_openfast(args.shard_dirs, args.out, args.norm_stats, args.vocab_size,
+                                                      scale)
+        print(f"wrote {out}: fitted on {n} chunks of {tok.time_horizon or 'mixed'} steps x {tok.action_dim or 'mixed'} "
+              f"dims; BPE vocab {tok.bpe_vocab_size}, min_token {tok.min_token}; set config.data.openfast="
+              f"{out.resolve()}")
+    else:
+        out, text = shard_tokenizers.write_text_tokenizer(args.shard_dirs, args.out, args.vocab_size)
+        print(f"wrote {out}: {text.layout.base_vocab} base tokens (model vocab {text.layout.vocab_size} with the "
+              f"robot tokens); set config.data.tokenizer={out.resolve()}")
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -143,7 +211,7 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "fixture":
             path = make_fixture(args.format, args.embodiment, args.out, episodes=args.episodes, seed=args.seed,
@@ -167,8 +235,7 @@ def main(argv=None) -> int:
                 try:
                     from data_pipelines.beam_convert import beam_convert  # lazy: apache-beam is an optional extra
                 except ImportError as e:
-                    print(f"molmoact2-data: error: {e}", file=sys.stderr)
-                    return 2
+                    return fail(PROG, e)
                 index = beam_convert(opts, args.runner, args.beam_options)
             print(f"{index['total_episodes']} episodes, {index['total_frames']} frames in {len(index['shards'])} "
                   f"shards ({index['resumed_shards']} already done); skipped {len(index['skipped'])} episodes")
@@ -186,7 +253,7 @@ def main(argv=None) -> int:
                 print(f"{tag}: {m['action_stats']['count']} frames from {len(m['repos'])} directories")
             print(f"wrote {out}")
         elif args.command in ("openfast", "tokenizer"):
-            shard_tokenizers.run(args)
+            _fit_tokenizer(args)
         elif args.command == "embodiment":
             path, emb, notes = write_embodiment_from(args.source, args.out, args.state_key, args.action_key)
             print(f"wrote {path}: embodiment {emb.name}, tag {emb.tag}, {emb.state_dim} state / {emb.action_dim} "
@@ -200,11 +267,9 @@ def main(argv=None) -> int:
             print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors))
             return 1 if errors else 0
     except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"molmoact2-data: error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     except KeyboardInterrupt as e:  # convert's ConversionInterrupted says how to resume; no traceback
-        print(f"molmoact2-data: error: {e or f'{args.command} interrupted'}", file=sys.stderr)
-        return 130
+        return fail(PROG, str(e) or f"{args.command} interrupted", code=130)
     return 0
 
 

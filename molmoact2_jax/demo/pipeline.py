@@ -1,4 +1,4 @@
-"""The stages the demos share (molmoact2-demo and its --think variant): MetaWorld recording, conversion,
+"""The stages both demos share (finetune:demo and finetune:demo_think): MetaWorld recording, conversion,
 tokenizers, the training config and the served checkpoint."""
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ from data_pipelines.formats.lerobot_reader import LeRobotDataset
 from data_pipelines.norm_stats import NormStats
 from data_pipelines.stats import write_norm_stats
 from data_pipelines.transforms.normalize import normalize
-from molmoact2_jax.evaluation.config import (DRAWING_FIELDS, SIM_SETTINGS_FILE, get_config, parse_cameras,
-                                             parse_rgba, parse_suite, sim_settings)
+from molmoact2_jax.evaluation.config import DRAWING_FIELDS, SIM_SETTINGS_FILE, parse_suite, sim_settings
 from molmoact2_jax.evaluation.recorder import RecordOptions, record
-from molmoact2_jax.recipes import load_recipe, recipe_path
 from molmoact2_jax.tokenizers.openfast import OpenFAST
 
-# Recording limit per expert episode (the policy's closed-loop limit is --max-steps). The DART push episodes that
+# Recording limit per expert episode (the policy's closed-loop limit is config.demo.max_steps). The DART push episodes that
 # succeed take 73-197 steps; the failed ones (12 of 40) run to the limit, so it is recording time.
 EXPERT_STEPS = 220
 
@@ -33,13 +31,6 @@ def stage(n: int, title: str, total: int = 8):
 
 def done(t0: float, what: str = ""):
     print(f"      done in {time.perf_counter() - t0:.1f}s {what}", flush=True)
-
-
-def sim_config(cameras: str, image: int, execute_steps: int, max_steps: int, goal_marker: float | None = None,
-               object_color: str | None = None, object_marker: float | None = None):
-    return get_config("metaworld", image_hw=(image, image), cameras=parse_cameras("metaworld", cameras),
-                      n_action_steps=execute_steps, max_steps=max_steps, goal_marker_radius=goal_marker,
-                      object_rgba=parse_rgba(object_color, "--object-color"), object_marker_radius=object_marker)
 
 
 def _recorded_as(path: Path, cfg, episodes: int | dict, seed: int, tasks, storage: str, depth: bool = False,
@@ -125,39 +116,13 @@ def fit_tokenizers(wd: Path, train_src: Path, stats_path: Path, tag: str, horizo
     return wd / "tokenizer" / "tokenizer.json", wd / "openfast"
 
 
-def train_config(wd: Path, shards: dict, stats_path: Path, tokenizer: Path, openfast: Path, args):
-    c = load_recipe(recipe_path("finetune", "robot_tiny"))
-    c.total_steps = args.steps
-    c.model.vit.image_size = args.image_size
-    if args.vit_width:   # a wider tiny ViT (the tiny default is 32)
-        w = int(args.vit_width)
-        c.model.vit.hidden_size = c.model.connector.hidden_size = w
-        c.model.vit.head_dim = c.model.connector.head_dim = w // c.model.vit.num_heads
-        c.model.vit.mlp_dim = 2 * w
-    c.model.action_mode = args.action_mode
-    if args.action_mode == "continuous":
-        # Prompt-only examples have no LM loss; with its weight 0 the jitted step does not compute the LM head.
-        c.model.loss.ce_weight = 0.0
-    c.data.source = "arrayrecord"
+def train_config(cfg, shards: dict, stats_path: Path, tokenizer: Path, openfast: Path):
+    """The demo's resolved config (settings.resolve) with the data it made: its shards, norm stats and
+    tokenizers; the held-out shards are the trainer's eval source."""
+    c = cfg.copy_and_resolve_references()
     c.data.sources = [{"path": str(shards["train"]), "weight": 1.0}]
     c.data.eval_sources = [{"path": str(shards["heldout"]), "weight": 1.0}]
     c.data.norm_stats, c.data.tokenizer, c.data.openfast = str(stats_path), str(tokenizer), str(openfast)
-    c.data.global_batch_size = args.batch
-    # The demo's prompts are ~130 tokens (16 image tokens per camera at 112 px): a longer pad only costs time.
-    c.data.seq_len = args.seq_len
-    c.data.max_cameras = len(args.cameras.split(","))
-    c.data.augment = args.augment
-    c.optimizer.warmup_steps = 20
-    if getattr(args, "flow_samples", None):
-        c.model.flow.num_samples = int(args.flow_samples)
-    if getattr(args, "ema", None):
-        c.ema.decay = float(args.ema)   # the trainer's held-out loss and the demo's params are then the EMA's
-    if getattr(args, "lr", None):
-        for group in c.optimizer.lr:
-            c.optimizer.lr[group] = float(args.lr)
-    c.checkpoint.every_steps = max(args.steps // 2, 1)
-    c.trainer.eval_every_steps = max(args.steps // 4, 1)
-    c.trainer.eval_batches = 2
     return c
 
 
