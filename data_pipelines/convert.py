@@ -503,7 +503,8 @@ def build_index(opts: ConvertOptions, camera_keys, state_names, fps, results: li
         "format": INDEX_FORMAT, "source": opts.source, "embodiment": emb.name, "tag": emb.tag,
         "tag_metadata": tag_meta, "camera_keys": camera_keys, "state_names": state_names,
         "action_names": list(state_names if action_names is None else action_names),
-        "fps": fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size, "image_format": opts.image_format,
+        "fps": fps, "horizon": opts.horizon or emb.action_horizon, "image_size": opts.image_size,
+        "image_format": opts.image_format,
         "shards": [{"file": r["shard"], "num_records": r["num_records"], "num_episodes": len(r["episodes"])}
                    for r in results],
         "total_frames": sum(r["num_records"] for r in results),
