@@ -36,7 +36,7 @@ def model_and_params():
     cfg = tiny()
     model = Backbone(cfg)
     ids, imgs, idx = tiny_batch(cfg)
-    params = model.init(jax.random.PRNGKey(0), ids, imgs, idx)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), ids, imgs, idx)   # jitted: eager init is slow
     return cfg, model, params
 
 

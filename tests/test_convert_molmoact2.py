@@ -50,7 +50,7 @@ def tiny_config(llm_layers=3, llm_hidden=64, llm_mlp=96, llm_heads=4, kv_heads=2
 
 def random_params(cfg, seed=0):
     """Random init with every constant leaf (zero gates / final layer, unit norms, zero biases) perturbed."""
-    params = jax.tree.map(np.asarray, meta.unbox(MolmoAct2(cfg).init(jax.random.PRNGKey(seed))))  # on model.fake_batch()
+    params = jax.tree.map(np.asarray, meta.unbox(jax.jit(MolmoAct2(cfg).init)(jax.random.PRNGKey(seed))))  # on model.fake_batch()
     rng = np.random.default_rng(seed)
 
     def perturb(x):

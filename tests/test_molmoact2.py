@@ -54,7 +54,7 @@ def setup(**overrides):
     apply_overrides(cfg, overrides)
     model = MolmoAct2(cfg)
     batch = make_batch(model.cfg)
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), batch))
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), batch))   # jitted: eager init takes ~20 s
     # Released init zeroes the expert's gates; randomise them so the expert actually reads its context.
     leaves, tree = jax.tree.flatten(params["action_expert"])
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
@@ -71,7 +71,7 @@ def tiny():
 @pytest.mark.parametrize("detach", [True, False])
 def test_knowledge_insulation_gradients(detach):
     model, params, batch = setup(**{"flow.detach_vlm": detach, "loss.ce_weight": 0.0})
-    grads = jax.grad(lambda p: model.compute_loss(p, batch, jax.random.PRNGKey(2))[0])(params)
+    grads = jax.jit(jax.grad(lambda p: model.compute_loss(p, batch, jax.random.PRNGKey(2))[0]))(params)
     backbone_norm = float(optax.tree.norm(grads["backbone"]))
     expert_norm = float(optax.tree.norm(grads["action_expert"]))
     assert expert_norm > 0
