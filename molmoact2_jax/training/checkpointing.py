@@ -136,9 +136,9 @@ class _FailedReadNoise(logging.Filter):
     """What a failed Orbax restore leaves behind, dropped: Orbax stops at the first unreadable array and closes the
     restore's asyncio loop while tensorstore's other reads of that step are still running. Each of those then calls
     into the closed loop when it finishes (a `RuntimeError: Event loop is closed` traceback per read, through
-    sys.unraisablehook or sys.excepthook) and its future, never awaited, is logged by asyncio ("Future exception was
-    never retrieved", naming the step's files). For a corrupt step that is hundreds of tracebacks after the one
-    warning that matters (Checkpointer._quarantine's). Only those two kinds are dropped: both hooks pass every other
+    sys.unraisablehook) and its future, never awaited, is logged by asyncio ("Future exception was never retrieved",
+    naming the step's files). For a corrupt step that is hundreds of tracebacks after the one warning that matters
+    (Checkpointer._quarantine's). Only those two kinds are dropped: the hook passes every other unraisable
     exception on, and the filter only asyncio records that name a step directory whose restore failed."""
 
     def __init__(self):
@@ -146,23 +146,13 @@ class _FailedReadNoise(logging.Filter):
         self.paths: set[str] = set()
         self._next_hook = sys.unraisablehook
         sys.unraisablehook = self._hook
-        # A read whose completion callback runs on tensorstore's own thread reports through PyErr_Print, i.e.
-        # sys.excepthook, instead of the unraisable hook (which of the two depends on timing): same exception.
-        self._next_excepthook = sys.excepthook
-        sys.excepthook = self._excepthook
         logging.getLogger("asyncio").addFilter(self)
 
-    @staticmethod
-    def _is_closed_loop(e) -> bool:
-        return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-
     def _hook(self, unraisable):
-        if not self._is_closed_loop(unraisable.exc_value):
-            self._next_hook(unraisable)
-
-    def _excepthook(self, exc_type, exc, tb):
-        if not self._is_closed_loop(exc):
-            self._next_excepthook(exc_type, exc, tb)
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        self._next_hook(unraisable)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("Future exception was never retrieved"):
