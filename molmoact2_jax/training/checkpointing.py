@@ -90,11 +90,13 @@ class Checkpointer:
         reads cannot leave the processes on different steps."""
         for step in reversed(self.all_steps()):
             error = None
+            # Before the read, not after it failed: the first leftover reads finish while the exception is still
+            # on its way out of Orbax.
+            _quiet_failed_read(self.directory / str(step))
             try:
                 restored = self._restore_here(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
                 error = e
-                _quiet_failed_read(self.directory / str(step))
             ok = distributed.all_agree(error is None)
             if all(ok):
                 return restored
@@ -165,8 +167,9 @@ _noise: _FailedReadNoise | None = None
 
 
 def _quiet_failed_read(step_dir) -> None:
-    """Drops the late noise of the failed restore of `step_dir` (see _FailedReadNoise), for the rest of the process:
-    the reads finish after the restore has returned."""
+    """Drops the late noise of a failed restore of `step_dir` (see _FailedReadNoise), for the rest of the process:
+    the reads finish after the restore has returned. Called before the restore is tried (a restore that succeeds
+    leaves nothing for it to drop)."""
     global _noise
     if _noise is None:
         _noise = _FailedReadNoise()
