@@ -151,6 +151,15 @@ def test_layers():
                                                                  "molmoact2_jax.models.config")) == []
     # the path layer itself imports nothing of ours
     assert GRAPH["molmoact2_jax.storage"] == set()
+    # the deployment runtime runs exported graphs without JAX: no model code, trainer, exporter or JAX Policy (it
+    # shares the numpy observation codec, inference.observation, with the Policy instead)
+    assert _violations("molmoact2_jax.runtime", forbidden=("molmoact2_jax.models", "molmoact2_jax.training",
+                                                           "molmoact2_jax.export", "molmoact2_jax.inference.policy"
+                                                           )) == []
+    assert "molmoact2_jax.inference.observation" in GRAPH["molmoact2_jax.runtime.onnx_policy"]
+    assert _violations("molmoact2_jax.inference.observation", forbidden=(
+        "molmoact2_jax.models", "molmoact2_jax.training", "molmoact2_jax.export", "molmoact2_jax.inference.policy",
+        "molmoact2_jax.inference.think", "molmoact2_jax.inference.loading")) == []
 
 
 def test_library_sits_below_the_entry_points():
@@ -194,7 +203,8 @@ def test_tokenizers_and_models_share_only_the_token_layout():
 # pyproject's [project] dependencies), (2) the command-line entry modules, which set XLA_FLAGS / JAX_PLATFORMS /
 # MUJOCO_GL or call jax.distributed.initialize first and keep `--help` from importing jax, and the package
 # __init__ files that expose names lazily on purpose, or (3) an import marked with a trailing `# lazy: <why>`.
-OPTIONAL_MODULES = {"metaworld", "mujoco", "gymnasium", "libero", "robosuite", "torch", "transformers", "libtpu"}
+OPTIONAL_MODULES = {"metaworld", "mujoco", "gymnasium", "libero", "robosuite", "torch", "transformers", "libtpu",
+                    "jax2onnx", "onnx", "onnxruntime"}
 LAZY_IMPORT_MODULES = {
     "molmoact2_jax.evaluation.envs", "molmoact2_jax.evaluation.workers",
     "molmoact2_jax.inference", "molmoact2_jax.tokenizers", "data_pipelines",   # lazy __init__ on purpose

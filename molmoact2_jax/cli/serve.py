@@ -6,7 +6,9 @@ request keys and replies: docs/serving.md (and molmoact2_jax/inference/server.py
 PolicyClient` speaks them from Python.
 
 The port is bound before the model loads, so a port in use fails at once (one line, exit 2). A run directory
-(WORKDIR with checkpoints/<step>/) serves its newest complete step, named on stderr.
+(WORKDIR with checkpoints/<step>/) serves its newest complete step, named on stderr. An export folder
+(`molmoact2-export --out DIR`, ONNX or StableHLO) is served by molmoact2_jax.runtime through the same protocol; an
+ONNX folder needs no JAX (continuous mode only).
 """
 from __future__ import annotations
 
@@ -15,19 +17,22 @@ import sys
 from molmoact2_jax.cli.common import CommandParser, fail
 from molmoact2_jax.inference.errors import NonFiniteActionError
 from molmoact2_jax.inference.server import LISTENING, PolicyService, PortError, attach, bind, warmup
+from molmoact2_jax.runtime.export_folder import is_export_folder
 
 PROG = "molmoact2-serve"
 EXAMPLES = (
     "molmoact2-serve --checkpoint /tmp/ft                       # a run directory: its newest complete step",
     "molmoact2-serve --checkpoint /tmp/ft/checkpoints/2000 --host 0.0.0.0 --port 8000 --warmup",
     "molmoact2-serve --checkpoint hf_export/ --norm-tag so100_so101_molmoact2 --mode discrete",
+    "molmoact2-serve --checkpoint /tmp/ft_onnx                  # an export folder (molmoact2-export)",
 )
 
 
 def build_parser() -> CommandParser:
     p = CommandParser(prog=PROG, description=__doc__, examples=EXAMPLES)
     p.add_argument("--checkpoint", required=True,
-                   help="params checkpoint / trainer step / HF folder, or a run directory (its newest complete step)")
+                   help="params checkpoint / trainer step / HF folder, a run directory (its newest complete step), or an "
+                        "export folder (molmoact2-export: export.json)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000,
@@ -54,6 +59,29 @@ def build_parser() -> CommandParser:
     return p
 
 
+def _load(args):
+    """The policy to serve: an export folder through molmoact2_jax.runtime (no JAX for ONNX), anything else through
+    the JAX Policy (imported here: --help must not import jax)."""
+    if is_export_folder(args.checkpoint):
+        given = [f for f, v in (("--norm-stats", args.norm_stats), ("--tokenizer", args.tokenizer),
+                                ("--openfast", args.openfast), ("--think", args.think)) if v]
+        if given or args.mode == "discrete":
+            raise ValueError(f"{args.checkpoint} is an export folder: it serves mode continuous with its own assets "
+                             f"(remove {' '.join(given + (['--mode discrete'] if args.mode == 'discrete' else []))}"
+                             f"; serve the checkpoint it came from for those)")
+        from molmoact2_jax.runtime import load_exported   # lazy: onnxruntime, or jax for StableHLO
+        policy = load_exported(args.checkpoint, strict_camera_count=not args.no_strict_cameras)
+        if args.num_steps is not None and args.num_steps != policy.num_steps:
+            raise ValueError(f"--num-steps {args.num_steps}: {args.checkpoint} runs the {policy.num_steps} Euler steps "
+                             f"it was exported with (remove --num-steps, or re-export with --num-steps "
+                             f"{args.num_steps})")
+        return policy
+    from molmoact2_jax.inference.policy import Policy   # lazy: imports jax; --help and exports must not
+    return Policy.load(args.checkpoint, norm_stats=args.norm_stats, tokenizer=args.tokenizer,
+                       action_tokenizer=args.openfast, strict_camera_count=not args.no_strict_cameras,
+                       weights=args.weights)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:   # the port first: a port in use fails now, not after the (slow) model load
@@ -62,12 +90,9 @@ def main(argv=None) -> int:
         return fail(PROG, e)
     serving = False
     try:
-        from molmoact2_jax.inference.policy import Policy  # lazy: imports jax; --help must not
         try:
-            policy = Policy.load(args.checkpoint, norm_stats=args.norm_stats, tokenizer=args.tokenizer,
-                                 action_tokenizer=args.openfast, strict_camera_count=not args.no_strict_cameras,
-                                 weights=args.weights)
-            mode = args.mode or ("continuous" if policy.model.expert is not None else "discrete")
+            policy = _load(args)
+            mode = args.mode or ("continuous" if policy.has_expert else "discrete")
             service = PolicyService(policy, args.norm_tag, mode, args.think, args.num_steps)
             if args.warmup:   # a checkpoint producing NaN fails here, before it is served
                 warmup(service)

@@ -6,9 +6,12 @@ __all__ = ["Policy", "ActionResult", "PolicyClient"]
 
 
 def __getattr__(name):
-    if name in ("Policy", "ActionResult"):
-        from molmoact2_jax.inference import policy
-        return getattr(policy, name)
+    if name == "Policy":
+        from molmoact2_jax.inference.policy import Policy
+        return Policy
+    if name == "ActionResult":   # no JAX: the ONNX runtime returns it too
+        from molmoact2_jax.inference.observation import ActionResult
+        return ActionResult
     if name == "PolicyClient":
         from molmoact2_jax.inference.client import PolicyClient
         return PolicyClient

@@ -10,8 +10,10 @@ ACTION_MODES = ("continuous", "discrete", "both")
 
 def _last_index_upto(flags):
     """For each position p: the largest index i <= p with flags[i] (else -1). flags: bool [B, T]."""
-    idx = jnp.arange(flags.shape[-1], dtype=jnp.int32)
-    return jax.lax.cummax(jnp.where(flags, idx, -1), axis=flags.ndim - 1)
+    # The running max in float32 (exact for indices below 2**24): ONNX has no cumulative max, and the lowering
+    # exporters use for it (MaxPool) takes floating point only. Same numbers as an int32 cummax.
+    idx = jnp.arange(flags.shape[-1], dtype=jnp.float32)
+    return jax.lax.cummax(jnp.where(flags, idx, -1.0), axis=flags.ndim - 1).astype(jnp.int32)
 
 
 def action_span_mask(input_ids, action_start: int, action_end: int):

@@ -174,6 +174,35 @@ class TextTokenizer:
         tok._check_backend_agrees(path)
         return tok
 
+    def save(self, directory) -> tuple[str, dict]:
+        """Writes the base tokenizer into `directory` (tokenizer.json, or tokenizer.model for sentencepiece) and
+        returns (file name, the token layout as a dict): `load_saved` rebuilds exactly this tokenizer from the two,
+        whatever config.json overrides made the layout."""
+        directory = storage.as_path(directory)
+        if self.kind == "hf":
+            name = "tokenizer.json"
+            (directory / name).write_text(self.backend.to_str())
+        else:
+            name = "tokenizer.model"
+            (directory / name).write_bytes(self.backend.serialized_model_proto())
+        return name, dataclasses.asdict(self.layout)
+
+    @classmethod
+    def load_saved(cls, path, layout: dict) -> "TextTokenizer":
+        """The tokenizer `save` wrote: its file and its layout dict."""
+        p = storage.as_path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"tokenizer file not found: {p}")
+        with storage.LocalCopy(p) as local:
+            if str(p).endswith(".model"):
+                backend, kind = spm.SentencePieceProcessor(model_file=local), "sentencepiece"
+            else:
+                backend, kind = Tokenizer.from_file(local), "hf"
+        fields = {f.name for f in dataclasses.fields(TokenLayout)}
+        tok = cls(backend, TokenLayout(**{k: v for k, v in layout.items() if k in fields}), kind)
+        tok._check_backend_agrees(str(p))
+        return tok
+
     def _check_backend_agrees(self, path):
         if self.kind != "hf":
             return

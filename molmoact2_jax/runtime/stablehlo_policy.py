@@ -1,0 +1,76 @@
+"""`StableHLOPolicy`: a StableHLO export folder (`molmoact2-export --format stablehlo`) behind the same interface as
+`OnnxPolicy`, run by `jax.export.deserialize(...).call` with no model code of ours: the graphs carry the weights.
+
+It needs JAX (any version that reads the serialization: jax.export keeps 6 months of backward compatibility) but
+not Flax or this package's models. A symbolic-batch export serves any batch size through `run_batch`; the
+`predict_action` interface feeds one observation, as OnnxPolicy does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from molmoact2_jax.runtime.export_folder import REEXPORT, ExportFolder, ExportFolderError
+from molmoact2_jax.runtime.onnx_policy import OnnxPolicy
+
+
+class _Input:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _ExportedGraph:
+    """A deserialized jax.export program with the two methods OnnxPolicy uses of an onnxruntime session."""
+
+    def __init__(self, exported, names):
+        self.exported = exported
+        self._inputs = [_Input(n) for n in names]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return list(self.exported.out_avals)
+
+    def get_providers(self):
+        return list(self.exported.platforms)
+
+    def run(self, _output_names, feeds: dict) -> list:
+        out = self.exported.call(*[feeds[i.name] for i in self._inputs])
+        return [np.asarray(x) for x in (out if isinstance(out, (tuple, list)) else [out])]
+
+
+class StableHLOPolicy(OnnxPolicy):
+    """An export folder of graph_format "stablehlo" (batch 1 per predict_action call; the graphs may take any)."""
+
+    @classmethod
+    def load(cls, export_dir, strict_camera_count=None, **_ignored) -> "StableHLOPolicy":
+        import jax   # lazy: the runtime package imports no JAX; only this class needs it
+
+        export = ExportFolder.load(export_dir)
+        if export.graph_format != "stablehlo":
+            raise ExportFolderError(f"{export.path}: graph_format {export.graph_format!r}; StableHLOPolicy runs "
+                                    f"StableHLO exports ({REEXPORT} --format stablehlo)")
+        codec = cls._codec(export, strict_camera_count)
+        graphs = []
+        for name, spec in (("prefix", export.prefix), ("flow", export.flow)):
+            try:
+                exported = jax.export.deserialize(bytearray(spec.file.read_bytes()))
+            except Exception as e:  # noqa: BLE001 - a corrupt file fails inside flatbuffers / MLIR with their types
+                raise ExportFolderError(f"{spec.file}: jax.export cannot read the {name} graph "
+                                        f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+                                        f"; {REEXPORT}") from None
+            if len(exported.in_avals) != len(spec.inputs):
+                raise ExportFolderError(f"{spec.file}: the graph takes {len(exported.in_avals)} inputs; export.json "
+                                        f"says {len(spec.inputs)} ({REEXPORT})")
+            graphs.append(_ExportedGraph(exported, [s.name for s in spec.inputs]))
+        return cls(export, codec, *graphs)
+
+    def run_batch(self, prefix_inputs: dict, noise: np.ndarray, action_dim_valid: np.ndarray) -> np.ndarray:
+        """The graphs on a batch (a symbolic-batch export): prefix_inputs {input_ids, images, pooled_idx,
+        attention_mask} with a leading batch axis, noise [B, H, 32], action_dim_valid bool [B, 32] -> normalized
+        actions [B, H, 32]."""
+        context = self._prefix.run(None, {s.name: np.asarray(prefix_inputs[s.name], s.dtype)
+                                          for s in self.export.prefix.inputs})
+        if self.flow_kind == "loop":
+            return self._run_flow(context, [noise, action_dim_valid])
+        return self._euler(context, noise, action_dim_valid)
