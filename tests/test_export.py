@@ -197,7 +197,7 @@ def test_bad_export_requests_are_one_line(exports, tmp_path, capsys):
     imgs = T.random_images(2)
     state = np.zeros(pol.tag(T.TAG).state_dim)
     for kwargs, words in ((dict(mode="discrete"), "mode='continuous'"), (dict(think=True), "think"),
-                          (dict(prev_chunk=np.zeros((3, 7))), "real-time chunking")):
+                          (dict(num_steps=3), "--num-steps 3")):
         with pytest.raises(ValueError) as e:
             pol.predict_action(imgs, "open the drawer", state, T.TAG, **kwargs)
         assert words in str(e.value) and "\n" not in str(e.value)
@@ -215,3 +215,26 @@ def test_bad_export_requests_are_one_line(exports, tmp_path, capsys):
     # a non-empty output folder is refused before anything is written
     assert export_cli.main(["--checkpoint", ckpt, "--format", "onnx", "--out", out]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_real_time_chunking_runs_in_the_export(exports, tmp_path):
+    """A step export holds the guided step (the denoiser's vector-Jacobian product per Euler step): prev_chunk gives
+    the JAX Policy's actions; a loop export has no guided graph and says so."""
+    from molmoact2_jax.runtime import OnnxPolicy
+    ckpt, out = exports("tiny")
+    policy, exported = Policy.load(ckpt), OnnxPolicy.load(out)
+    tag = policy.tag(T.TAG)
+    o = _observations(policy, 1, seed=3)[0]
+    prev = np.random.default_rng(4).uniform(-1, 1, (6, tag.action_dim)).astype(np.float32)
+    rtc = dict(noise=o["noise"], prev_chunk=prev, inference_delay=2, execution_horizon=5)
+    want = policy.predict_action(o["images"], o["task"], o["state"], T.TAG, **rtc)
+    got = exported.predict_action(o["images"], o["task"], o["state"], T.TAG, **rtc)
+    free = policy.predict_action(o["images"], o["task"], o["state"], T.TAG, noise=o["noise"])
+    assert np.max(np.abs(want.normalized_actions - free.normalized_actions)) > 0.1   # the guidance acts
+    np.testing.assert_allclose(got.normalized_actions, want.normalized_actions, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got.actions[:2], prev[:2])   # the delay's actions are the previous chunk's
+    loop = str(tmp_path / "loop")
+    assert export_cli.main(["--checkpoint", ckpt, "--format", "onnx", "--flow", "loop", "--out", loop]) == 0
+    with pytest.raises(ValueError, match="--flow step") as e:
+        OnnxPolicy.load(loop).predict_action(o["images"], o["task"], o["state"], T.TAG, **rtc)
+    assert "\n" not in str(e.value)

@@ -7,6 +7,9 @@ split keeps what an observation computes once apart from what each Euler step co
            cross-attention context (per-layer K/V over the prompt and its key bias): the backbone runs once.
   flow:    "loop": context + starting noise + valid action dims -> the action chunk (all Euler steps in the graph);
            "step": context + x + t + valid action dims -> the masked velocity (the runtime does the Euler update).
+  guided:  ("step" exports) real-time chunking's velocity: context + x + t + valid dims + the previous chunk
+           (model space), the inference delay, the overlap end and the guidance clip -> the guided velocity, with
+           the vector-Jacobian product of the denoiser inside the graph (models/rtc.py).
 
 Both are pure functions of arrays with the parameters bound as constants, traced from the same model code
 `Policy` runs (MolmoAct2.context, flow.project_context, flow.sample_actions_from_context), so an export computes
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from molmoact2_jax.models import flow
+from molmoact2_jax.models import flow, rtc
 from molmoact2_jax.models.action_expert import ActionExpert
 
 PREFIX_INPUTS = ("input_ids", "images", "pooled_idx", "attention_mask")
@@ -52,6 +55,8 @@ class PolicyGraphs:
     flow_inputs: list
     flow_outputs: list
     num_steps: int
+    guided: callable = None      # step exports: the RTC-guided velocity
+    guided_inputs: list = None
 
 
 def _context_names(tree) -> list[str]:
@@ -114,8 +119,27 @@ def policy_graphs(policy, prompt_tokens: int, num_cameras: int, horizon: int, ba
             return v * dim_valid.astype(jnp.float32)[:, None, :]
         flow_inputs = context + [x_spec, TensorSpec("t", (b,), "float32"), valid_spec]
         flow_outputs = [TensorSpec("velocity", (b, horizon, d), "float32")]
-    return PolicyGraphs(prefix=prefix, flow=flow_fn, flow_kind=flow_kind, prefix_inputs=prefix_inputs,
-                        context=context, flow_inputs=flow_inputs, flow_outputs=flow_outputs, num_steps=steps)
+    graphs = PolicyGraphs(prefix=prefix, flow=flow_fn, flow_kind=flow_kind, prefix_inputs=prefix_inputs,
+                          context=context, flow_inputs=flow_inputs, flow_outputs=flow_outputs, num_steps=steps)
+    if flow_kind == "step":
+        def guided(*args):
+            ctx = jax.tree.unflatten(treedef, args[:len(context)])
+            x, t, dim_valid, target, delay, end, beta = args[len(context):]
+            dim_f = dim_valid.astype(jnp.float32)[:, None, :]
+            t_rows = jnp.broadcast_to(t, x.shape[:1])
+
+            def velocity(z):
+                v = model.expert.apply({"params": expert_params}, ctx, z, t_rows, None, method=ActionExpert.velocity)
+                return v * dim_f
+
+            return rtc.guided_velocity(velocity, x, t, rtc.make_guidance(target, delay, end, beta), dim_f)
+        graphs.guided = guided
+        graphs.guided_inputs = context + [x_spec, TensorSpec("t", (), "float32"), valid_spec,
+                                          TensorSpec("target", (b, horizon, d), "float32"),
+                                          TensorSpec("inference_delay", (b,), "int32"),
+                                          TensorSpec("overlap_end", (b,), "int32"),
+                                          TensorSpec("max_guidance_weight", (), "float32")]
+    return graphs
 
 
 def _fake_context(ids, cfg):

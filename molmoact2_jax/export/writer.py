@@ -92,8 +92,10 @@ def export_policy(policy, out_dir: str, graph_format: str, *, norm_tags=None, ba
     os.makedirs(os.path.join(tmp, "assets"))
     try:
         files = {}
-        for name, fn, inputs, outputs in (("prefix", g.prefix, g.prefix_inputs, g.context),
-                                          ("flow", g.flow, g.flow_inputs, g.flow_outputs)):
+        parts = [("prefix", g.prefix, g.prefix_inputs, g.context), ("flow", g.flow, g.flow_inputs, g.flow_outputs)]
+        if g.guided is not None:
+            parts.append(("guided", g.guided, g.guided_inputs, g.flow_outputs))
+        for name, fn, inputs, outputs in parts:
             files[name] = GRAPH_FILES[graph_format][name]
             _write_graph(graph_format, os.path.join(tmp, files[name]), fn, inputs, outputs, name, platforms)
         info = _export_json(policy, graph_format, g, files, tags, cams, horizon, longest_needed, batch, source)
@@ -140,7 +142,9 @@ def _export_json(policy, graph_format, g, files, tags, cams, horizon, prompt_tok
                    "normalize_language": policy.normalize_language},
         "graphs": {"prefix": {"file": files["prefix"], "inputs": specs(g.prefix_inputs), "outputs": specs(g.context)},
                    "flow": {"file": files["flow"], "kind": g.flow_kind, "inputs": specs(g.flow_inputs),
-                            "outputs": specs(g.flow_outputs)}},
+                            "outputs": specs(g.flow_outputs)},
+                   **({"guided": {"file": files["guided"], "inputs": specs(g.guided_inputs),
+                                  "outputs": specs(g.flow_outputs)}} if g.guided is not None else {})},
         "assets": {},
         "source": {"checkpoint": str(source), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }

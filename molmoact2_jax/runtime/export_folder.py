@@ -22,8 +22,8 @@ __all__ = ["EXPORT_FORMAT", "EXPORT_JSON", "GRAPH_FILES", "FLOW_KINDS", "PREFIX_
 
 EXPORT_FORMAT = "molmoact2_export.v1"
 EXPORT_JSON = "export.json"
-GRAPH_FILES = {"onnx": {"prefix": "prefix.onnx", "flow": "flow.onnx"},
-               "stablehlo": {"prefix": "prefix.stablehlo", "flow": "flow.stablehlo"}}
+GRAPH_FILES = {"onnx": {"prefix": "prefix.onnx", "flow": "flow.onnx", "guided": "guided.onnx"},
+               "stablehlo": {"prefix": "prefix.stablehlo", "flow": "flow.stablehlo", "guided": "guided.stablehlo"}}
 FLOW_KINDS = ("loop", "step")
 PREFIX_INPUTS = ("input_ids", "images", "pooled_idx", "attention_mask")
 REEXPORT = "re-run molmoact2-export"
@@ -83,6 +83,8 @@ class ExportFolder:
     tokenizer: object             # path of the tokenizer file
     action_tokenizer: object | None
     token_layout: dict | None     # the tokenizer's token layout as saved (None: computed from the file)
+    guided: GraphSpec | None = None   # step exports: the real-time-chunking velocity (prefix outputs + x, t, valid
+    #                                   dims, target, inference_delay, overlap_end, max_guidance_weight)
 
     @classmethod
     def load(cls, directory) -> "ExportFolder":
@@ -112,6 +114,12 @@ class ExportFolder:
         graphs = reader.get(meta, "graphs", dict)
         prefix = reader.graph(root, graphs, "prefix")
         flow = reader.graph(root, graphs, "flow")
+        guided = reader.graph(root, graphs, "guided") if "guided" in graphs else None
+        if guided is not None and (flow.kind != "step" or len(guided.inputs) != len(prefix.outputs) + 7):
+            raise ExportFolderError(f"{where}: graphs.guided takes {len(guided.inputs)} inputs with a "
+                                    f"{flow.kind!r} flow; expected a step flow and the prefix's outputs + x, t, "
+                                    f"action_dim_valid, target, inference_delay, overlap_end, max_guidance_weight; "
+                                    f"{REEXPORT}")
         names = tuple(s.name for s in prefix.inputs)
         if sorted(names) != sorted(PREFIX_INPUTS):
             raise ExportFolderError(f"{where}: graphs.prefix.inputs are {list(names)}; expected "
@@ -137,7 +145,7 @@ class ExportFolder:
                    policy=reader.get(meta, "policy", dict), prompt_tokens=reader.count(meta, "prompt_tokens"),
                    num_cameras=reader.count(meta, "num_cameras"), horizon=reader.count(meta, "horizon"),
                    num_steps=reader.count(meta, "num_steps"), max_action_dim=reader.count(meta, "max_action_dim"),
-                   tags=tuple(tags), prefix=prefix, flow=flow,
+                   tags=tuple(tags), prefix=prefix, flow=flow, guided=guided,
                    norm_stats=reader.file(root, assets, "norm_stats", "assets"),
                    tokenizer=reader.file(root, assets, "tokenizer", "assets"),
                    action_tokenizer=reader.file(root, assets, "action_tokenizer", "assets", optional=True),

@@ -11,8 +11,9 @@ module integrates (x0 = noise * valid dims; for k in 0..N-1: t = float32(k/N), x
 models/flow.py does) -> the tag's action dims, n_action_steps, un-normalized, refused when NaN/inf.
 
 What an export serves: mode="continuous" (the flow head) with the Euler step count it was exported with, the norm
-tags of export.json (one camera count and horizon). Not here: mode="discrete", think=True and real-time chunking
-(prev_chunk); use the JAX Policy for those.
+tags of export.json (one camera count and horizon), and real-time chunking (prev_chunk, inference_delay,
+execution_horizon) in "step" exports, whose guided graph holds the vector-Jacobian product of each guided step.
+Not here: mode="discrete" and think=True (their token loops stay in JAX); use the JAX Policy for those.
 
 Noise: explicit `noise` (horizon, 32) is the exact path (same noise, same actions as the JAX Policy up to float
 rounding). `seed` alone draws `np.random.default_rng(seed).standard_normal((horizon, 32), float32)`: reproducible
@@ -60,7 +61,8 @@ class OnnxPolicy:
 
     has_expert = True   # an export holds the flow head: molmoact2-serve picks mode="continuous"
 
-    def __init__(self, export: ExportFolder, codec: ObservationCodec, prefix_session, flow_session):
+    def __init__(self, export: ExportFolder, codec: ObservationCodec, prefix_session, flow_session,
+                 guided_session=None):
         self.export = export
         self.codec = codec
         self.cfg = codec.cfg
@@ -75,7 +77,8 @@ class OnnxPolicy:
         self.horizon = export.horizon
         self.num_steps = export.num_steps
         self.flow_kind = export.flow.kind
-        self._prefix, self._flow = prefix_session, flow_session
+        self._prefix, self._flow, self._guided = prefix_session, flow_session, guided_session
+        self._guided_names = [i.name for i in guided_session.get_inputs()] if guided_session is not None else []
         self._prefix_names = [i.name for i in prefix_session.get_inputs()]
         self._flow_names = [i.name for i in flow_session.get_inputs()]
         # mask_action_dim_padding=False: the flow does not zero the padding dims (models/flow.py)
@@ -108,7 +111,8 @@ class OnnxPolicy:
             options.intra_op_num_threads = int(intra_op_threads)
         providers = list(providers) if providers is not None else default_providers()
         sessions = [cls._session(export, spec, name, options, providers)
-                    for name, spec in (("prefix", export.prefix), ("flow", export.flow))]
+                    for name, spec in (("prefix", export.prefix), ("flow", export.flow), ("guided", export.guided))
+                    if spec is not None]
         return cls(export, codec, *sessions)
 
     @staticmethod
@@ -211,17 +215,17 @@ class OnnxPolicy:
         if mode == "discrete":
             raise ValueError("mode='discrete' (OpenFAST tokens) is not in an export folder; this export serves "
                              "mode='continuous' (use the JAX Policy for discrete)")
-        if prev_chunk is not None:
-            raise ValueError("real-time chunking (prev_chunk) is not in an export folder; this export serves "
-                             "mode='continuous' without it (use the JAX Policy for real-time chunking)")
+        if prev_chunk is not None and self._guided is None:
+            raise ValueError("real-time chunking (prev_chunk) needs the guided graph, which only --flow step exports "
+                             f"hold; this export's flow is {self.flow_kind!r} ({REEXPORT} --flow step)")
         if num_steps is not None and int(num_steps) != self.num_steps:
             raise ValueError(f"num_steps={num_steps}: this export runs the {self.num_steps} Euler steps it was "
                              f"exported with (export.json num_steps); leave num_steps unset or {REEXPORT} with "
                              f"--num-steps {num_steps}")
         req = self.codec.check_request(images, state, norm_tag, mode, n_action_steps)
         tag = req.tag
-        self.codec.rtc_guidance(None, inference_delay, execution_horizon, max_guidance_weight, tag, req.state,
-                                req.n_steps)   # refuses inference_delay / execution_horizon without prev_chunk
+        rtc_args, prev, target, delay = self.codec.rtc_guidance(prev_chunk, inference_delay, execution_horizon,
+                                                                max_guidance_weight, tag, req.state, req.n_steps)
         if len(req.images) != self.num_cameras:
             cams = self.codec.expected_cameras(tag)
             raise ValueError(f"this export takes {self.num_cameras} images" + (f" ({', '.join(cams)})" if cams else "")
@@ -245,21 +249,22 @@ class OnnxPolicy:
             if self.flow_kind == "loop":
                 out = self._run_flow(context, [x0, dim_valid])
             else:
-                out = self._euler(context, x0, dim_valid)
+                out = self._euler(context, x0, dim_valid, rtc_args)
         out = np.asarray(out)
         if out.shape != (1, h, dmax):
             raise RuntimeError(f"the flow graph returned shape {out.shape}; expected (1, {h}, {dmax}) "
                                f"({REEXPORT})")
         result = ActionResult(actions=None, normalized_actions=None, mode="continuous", norm_tag=tag.name,
                               prompt_tokens=inp["prompt_tokens"])
-        return self.codec.finish(result, out[0, :, :d], tag, req.state, req.n_steps)
+        return self.codec.finish(result, out[0, :, :d], tag, req.state, req.n_steps, False, delay, target, prev)
 
     def _run_flow(self, context: list, extra: list) -> np.ndarray:
         feeds = self._feeds("flow", self._flow_names, self.export.flow, list(context) + list(extra))
         return self._flow.run(None, feeds)[0]
 
-    def _euler(self, context: list, x0: np.ndarray, dim_valid: np.ndarray) -> np.ndarray:
-        """models/flow.py's Euler loop around the "step" graph's velocity. Without padding masking
+    def _euler(self, context: list, x0: np.ndarray, dim_valid: np.ndarray, rtc_args=None) -> np.ndarray:
+        """models/flow.py's Euler loop around the "step" graph's velocity, or the guided graph's with real-time
+        chunking (`rtc_args`: the codec's (target [1, H, 32], delay, overlap end, clip)). Without padding masking
         (flow.mask_action_dim_padding False) every dim counts as valid, as there."""
         valid = dim_valid if self._mask_padding else np.ones_like(dim_valid)
         dim_f = valid.astype(np.float32)[:, None, :]
@@ -268,7 +273,15 @@ class OnnxPolicy:
         x = x0.astype(np.float32) * dim_f
         for k in range(n):
             t = np.full((x.shape[0],), np.float32(k / n), np.float32)   # t = k/N, rounded once to float32
-            v = np.asarray(self._run_flow(context, [x, t, valid]), np.float32)
+            if rtc_args is None:
+                v = np.asarray(self._run_flow(context, [x, t, valid]), np.float32)
+            else:
+                target, d, end, beta = rtc_args
+                rows = x.shape[0]
+                extra = [x, t[0], valid, target, np.full((rows,), d, np.int32), np.full((rows,), end, np.int32),
+                         np.float32(beta)]
+                feeds = self._feeds("guided", self._guided_names, self.export.guided, list(context) + extra)
+                v = np.asarray(self._guided.run(None, feeds)[0], np.float32)
             x = (x + dt * v) * dim_f
         return x
 
@@ -278,7 +291,8 @@ class OnnxPolicy:
         dtypes and checked against its shapes."""
         feeds = {}
         for name, s, a in zip(names, spec.inputs, arrays):
-            arr = np.ascontiguousarray(a, dtype=s.dtype)
+            arr = np.asarray(a, dtype=s.dtype)
+            arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)   # (ascontiguousarray makes 0-d 1-d)
             if not s.matches(arr.shape):
                 raise ValueError(f"{graph} graph input {s.name} has shape {arr.shape}; the export takes "
                                  f"{list(s.shape)} (export.json graphs.{graph}.inputs)")

@@ -52,7 +52,9 @@ class StableHLOPolicy(OnnxPolicy):
                                     f"StableHLO exports ({REEXPORT} --format stablehlo)")
         codec = cls._codec(export, strict_camera_count)
         graphs = []
-        for name, spec in (("prefix", export.prefix), ("flow", export.flow)):
+        for name, spec in (("prefix", export.prefix), ("flow", export.flow), ("guided", export.guided)):
+            if spec is None:
+                continue
             try:
                 exported = jax.export.deserialize(bytearray(spec.file.read_bytes()))
             except Exception as e:  # noqa: BLE001 - a corrupt file fails inside flatbuffers / MLIR with their types
