@@ -143,6 +143,18 @@ def test_stablehlo_symbolic_batch_runs_batch_1_and_3_equal_to_policy(tmp_path):
         np.testing.assert_allclose(out3[i, :, :tag.action_dim], r.normalized_actions, atol=1e-5, rtol=0)
 
 
+def test_bf16_stablehlo_export_passes_its_stated_gate(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path, "tiny")
+    out = str(tmp_path / "bf16")
+    assert export_cli.main(["--checkpoint", ckpt, "--format", "stablehlo", "--precision", "bf16", "--out", out]) == 0
+    assert json.load(open(os.path.join(out, "export.json")))["precision"] == "bf16"
+    assert export_cli.main(["check", out, "--checkpoint", ckpt, "--observations", "2"]) == 0
+    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    worst = float(verdict.split("worst ")[1].split()[0])
+    print(verdict)
+    assert "threshold 2.0e-02" in verdict and 1e-5 < worst   # bf16 differs measurably, within its stated bound
+
+
 def _no_jax_site(tmp_path) -> str:
     """A folder whose sitecustomize.py makes jax, flax and torch unimportable in any Python started with it first on
     PYTHONPATH (the robot computer without them)."""
@@ -212,6 +224,10 @@ def test_bad_export_requests_are_one_line(exports, tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "molmoact2_jax.cli.serve", "--checkpoint", broken, "--port", "0"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "flow.onnx" in r.stderr, r.stderr
+    # reduced precision where the format cannot run it: one line, nothing written
+    assert export_cli.main(["--checkpoint", ckpt, "--format", "onnx", "--precision", "bf16", "--out",
+                            str(tmp_path / "bf16")]) == 2
+    assert "--precision bf16" in capsys.readouterr().err and not os.path.exists(tmp_path / "bf16")
     # a non-empty output folder is refused before anything is written
     assert export_cli.main(["--checkpoint", ckpt, "--format", "onnx", "--out", out]) == 2
     assert "not empty" in capsys.readouterr().err

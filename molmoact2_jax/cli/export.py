@@ -31,9 +31,9 @@ def build_parser() -> CommandParser:
                    help="params checkpoint / trainer step / HF folder, or a run directory (its newest complete step)")
     p.add_argument("--format", choices=("onnx", "stablehlo"), required=True, help="graph format of the export")
     p.add_argument("--out", required=True, help="export folder to write (must not exist, or be empty)")
-    p.add_argument("--precision", choices=("fp32",), default="fp32",
-                   help="numeric precision of the graphs (fp32 only so far: reduced precision has no parity "
-                        "figure yet)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="compute dtype and weights of the graphs (default: fp32); bf16 for --format stablehlo (its "
+                        "parity gate allows 2e-2 of the action range; ONNX exports are fp32)")
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, default=1, help="batch size the graphs take (default: %(default)s)")
     batch.add_argument("--symbolic-batch", action="store_true",
@@ -63,7 +63,8 @@ def build_check_parser() -> CommandParser:
     p.add_argument("--observations", type=int, default=4, help="random observations per tag (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the observations and noise (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="largest max |diff| per action dim, as a fraction of the dim's range (default: 1e-4, fp32)")
+                   help="largest max |diff| per action dim, as a fraction of the dim's range (default by the "
+                        "export's precision: 1e-4 for fp32, 2e-2 for bf16)")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="for a trainer step directory: which weights the folder was exported from")
     return p
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
         policy = Policy.load(args.checkpoint, weights=args.weights)
         info = export_policy(policy, args.out, args.format, norm_tags=args.norm_tag,
                              batch=None if args.symbolic_batch else args.batch, prompt_tokens=args.prompt_tokens,
-                             flow_kind=args.flow, num_steps=args.num_steps, source=args.checkpoint)
+                             flow_kind=args.flow, num_steps=args.num_steps, source=args.checkpoint,
+                             precision=args.precision)
     except (OSError, ValueError, ExportError) as e:
         return fail(PROG, str(e).strip() or type(e).__name__)
     print(f"exported {args.checkpoint} -> {args.out} ({info['graph_format']}, tags {info['tags']}, "
@@ -95,14 +97,14 @@ def main(argv=None) -> int:
 
 
 def _check(args) -> int:
-    from molmoact2_jax.export.check import FP32_THRESHOLD, compare   # lazy: imports jax
+    from molmoact2_jax.export.check import THRESHOLDS, compare   # lazy: imports jax
     from molmoact2_jax.inference.policy import Policy   # lazy: imports jax
     from molmoact2_jax.runtime import load_exported   # lazy: loads onnxruntime / jax by format
     try:
         exported = load_exported(args.export_dir)
         policy = Policy.load(args.checkpoint, weights=args.weights)
-        report = compare(exported, policy, args.observations, args.seed,
-                         FP32_THRESHOLD if args.threshold is None else args.threshold)
+        threshold = THRESHOLDS[exported.export.precision] if args.threshold is None else args.threshold
+        report = compare(exported, policy, args.observations, args.seed, threshold)
     except (OSError, ValueError) as e:
         return fail(f"{PROG} check", str(e).strip() or type(e).__name__)
     print(report.table())

@@ -4,7 +4,9 @@ Each observation (random images of the tag's cameras at random sizes, a task, a 
 explicit flow noise) goes through the export's runtime and through `Policy.predict_action`; the robot-unit actions
 are compared per action dimension: max |diff|, that divided by the dimension's range in the tag's action stats
 (max - min), and the cosine between the two policies' values of the dimension. The gate passes when every
-dimension's relative difference is at most `threshold` (fp32 exports: 1e-4)."""
+dimension's relative difference is at most `threshold`: 1e-4 for fp32 exports; 2e-2 for bf16, about 4x the 5.2e-3
+measured for a bf16 StableHLO export of the small test model against its fp32 checkpoint (the bf16 JAX Policy
+itself is 5.6e-3 away), 8 observations, 2026-12-07."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +16,7 @@ import numpy as np
 TASKS = ("pick up the red cube and put it in the bowl", "open the drawer", "push the puck to the goal",
          "fold the towel in half, then place it on the left side of the table")
 FP32_THRESHOLD = 1e-4
+THRESHOLDS = {"fp32": FP32_THRESHOLD, "bf16": 2e-2}
 
 
 @dataclasses.dataclass

@@ -24,6 +24,10 @@ from molmoact2_jax.export import onnx_graphs, stablehlo_graphs
 from molmoact2_jax.runtime.export_folder import EXPORT_FORMAT, EXPORT_JSON, GRAPH_FILES
 
 GRAPH_FORMATS = ("onnx", "stablehlo")
+# Precision of the graphs (the model's compute dtype and its weights), by format. ONNX stays fp32: jax2onnx 0.12.5
+# mistypes a transpose in fp16 graphs (onnxruntime refuses them) and onnxruntime's CPU kernels have no bf16 Gemm.
+PRECISIONS = {"onnx": ("fp32",), "stablehlo": ("fp32", "bf16")}
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 # Prompt room left for the task text beyond the longest prompt without one (tokens): about 45 English words.
 TASK_TOKEN_HEADROOM = 64
 # ONNX protobufs cannot exceed 2 GiB: larger graphs keep their weights in a side file.
@@ -68,11 +72,17 @@ def default_prompt_tokens(policy, tags) -> int:
 
 
 def export_policy(policy, out_dir: str, graph_format: str, *, norm_tags=None, batch=1, prompt_tokens=None,
-                  flow_kind: str = "step", num_steps=None, source: str = "", platforms=None) -> dict:
+                  flow_kind: str = "step", num_steps=None, source: str = "", platforms=None,
+                  precision: str = "fp32") -> dict:
     """Writes the export folder `out_dir` (must not exist or be empty); returns export.json's dict.
-    `batch`: an int, or None for a symbolic batch dimension (StableHLO only)."""
+    `batch`: an int, or None for a symbolic batch dimension (StableHLO only); `precision`: see PRECISIONS."""
     if graph_format not in GRAPH_FORMATS:
         raise ExportError(f"--format {graph_format!r}: expected one of {GRAPH_FORMATS}")
+    if precision not in PRECISIONS[graph_format]:
+        raise ExportError(f"--precision {precision} is not available for --format {graph_format} (it takes "
+                          f"{', '.join(PRECISIONS[graph_format])}; ONNX reduced precision does not load in "
+                          f"onnxruntime from this exporter)")
+    policy = at_precision(policy, precision)
     if batch is None and graph_format == "onnx":
         raise ExportError("a symbolic batch is exported for --format stablehlo only; pass --batch N for onnx")
     if os.path.exists(out_dir) and os.listdir(out_dir):
@@ -99,6 +109,7 @@ def export_policy(policy, out_dir: str, graph_format: str, *, norm_tags=None, ba
             files[name] = GRAPH_FILES[graph_format][name]
             _write_graph(graph_format, os.path.join(tmp, files[name]), fn, inputs, outputs, name, platforms)
         info = _export_json(policy, graph_format, g, files, tags, cams, horizon, longest_needed, batch, source)
+        info["precision"] = precision
         _write_assets(policy, tags, os.path.join(tmp, "assets"), info)
         with open(os.path.join(tmp, EXPORT_JSON), "w") as f:
             json.dump(info, f, indent=1)
@@ -108,6 +119,24 @@ def export_policy(policy, out_dir: str, graph_format: str, *, norm_tags=None, ba
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
+
+
+def at_precision(policy, precision: str):
+    """`policy` itself for fp32; else a Policy on the same assets computing in the reduced dtype, its floating-point
+    weights cast to it (what the exported graphs then hold)."""
+    if precision == "fp32":
+        return policy
+    import jax   # lazy: only reduced-precision exports cast the weights here
+    import jax.numpy as jnp   # lazy: as above
+
+    dtype = COMPUTE_DTYPES[precision]
+    cfg = policy.cfg.as_configdict()
+    cfg.dtype = dtype
+    params = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, policy.params)
+    return type(policy)(cfg, params, policy.norm_stats, policy.tokenizer, policy.action_tokenizer,
+                        prompt_bucket=policy.prompt_bucket, use_col_tokens=policy.use_col_tokens,
+                        max_images=policy.max_images, strict_camera_count=policy.strict_camera_count,
+                        normalize_language=policy.normalize_language)
 
 
 def _write_graph(graph_format, path, fn, inputs, outputs, name, platforms):
