@@ -10,8 +10,7 @@ folder, with the same weights:
   - the ONNX export (`export_policy(..., "onnx")`) run by the jax-free runtime `molmoact2_jax.runtime.OnnxPolicy`,
     once per flow kind: "loop" (all Euler steps inside flow.onnx) and "step" (flow.onnx gives one velocity, the
     runtime does the Euler loop in numpy),
-  - the StableHLO export loaded with `molmoact2_jax.runtime.load_exported` (skipped with a note when the runtime has
-    no such loader),
+  - the StableHLO export ("loop") loaded with `molmoact2_jax.runtime.load_exported` (StableHLOPolicy),
   - the PyTorch reference (transformers Molmo2 with SDPA + the official-code expert, `convert/torch_ref`), given its
     inputs ready-made as in `policy_vs_torch_bench.py` (no preprocessing timed for it).
 
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import inspect
 import os
 import shutil
 import sys
@@ -41,10 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.policy_vs_torch_bench import official_shaped_folder, stats, torch_inputs  # noqa: E402
-
-THREAD_KWARGS = ("threads", "num_threads", "intra_op_num_threads", "intra_op_threads")
-
+from benchmarks.policy_vs_torch_bench import observation, official_shaped_folder, stats  # noqa: E402
 
 def alternate_all(fns: dict, repeats: int) -> dict:
     """Calls every function of `fns` in turn, `repeats` rounds: {name: (min, median) ms}."""
@@ -67,20 +62,6 @@ def session_options(threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     return so
-
-
-def load_onnx_policy(export_dir: str, threads: int):
-    """OnnxPolicy.load with `threads` onnxruntime intra-op threads, through whichever argument its signature has."""
-    from molmoact2_jax.runtime import OnnxPolicy
-    params = inspect.signature(OnnxPolicy.load).parameters
-    for name in THREAD_KWARGS:
-        if name in params:
-            return OnnxPolicy.load(export_dir, **{name: threads}), f"{name}={threads}"
-    if "session_options" in params:
-        return OnnxPolicy.load(export_dir, session_options=session_options(threads)), f"session_options({threads})"
-    print(f"note: OnnxPolicy.load{inspect.signature(OnnxPolicy.load)} takes no thread count; onnxruntime's "
-          f"default threads are used")
-    return OnnxPolicy.load(export_dir), "onnxruntime default"
 
 
 def onnx_flow_split(export_dir: str, inp: dict, noise, dim_valid, threads: int, repeats: int) -> dict:
@@ -164,6 +145,7 @@ def main(argv=None):
     import torch
     from molmoact2_jax.convert.torch_ref.molmoact2 import MolmoAct2Torch
     from molmoact2_jax.export.writer import export_policy
+    from molmoact2_jax.runtime import OnnxPolicy, load_exported
     from molmoact2_jax.inference import testing as T
     from molmoact2_jax.inference.policy import Policy
     torch.set_num_threads(args.threads)
@@ -174,15 +156,7 @@ def main(argv=None):
     hf, n_params = official_shaped_folder(d)
     policy = Policy.load(hf)
     ref = MolmoAct2Torch(hf, attn_implementation="sdpa")
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (240, 320, 3), np.uint8) for _ in range(2)]
-    task = ("pick up the red block on the left side of the table next to the bowl and place it carefully "
-            "into the blue bowl, then move the arm back to its starting pose")
-    state = rng.uniform(-1, 1, T.STATE_DIM)
-    tag = policy.tag(T.TAG)
-    noise = rng.standard_normal((tag.horizon, 32)).astype(np.float32)
-    inp = policy.build_inputs(images, task, state, tag)
-    hf_in = torch_inputs(policy, inp)
+    images, task, state, tag, noise, inp, hf_in = observation(policy)
     dim_valid = np.arange(32) < tag.action_dim
     prompt_tokens = int(inp["ids"].shape[1])
     print(f"model {n_params / 1e6:.1f}M params; prompt {inp['prompt_tokens']} tokens (padded to {prompt_tokens}, "
@@ -197,17 +171,11 @@ def main(argv=None):
         export_policy(policy, out, "onnx", prompt_tokens=prompt_tokens, flow_kind=kind, source=hf)
         export_s[f"onnx_{kind}"] = time.perf_counter() - t0
         exports[f"onnx_{kind}"] = out
-    try:
-        from molmoact2_jax.runtime import load_exported
-    except ImportError as e:
-        load_exported = None
-        print(f"note: no StableHLO row: molmoact2_jax.runtime.load_exported is not available ({e})")
-    if load_exported is not None:
-        out = os.path.join(d, "stablehlo_loop")
-        t0 = time.perf_counter()
-        export_policy(policy, out, "stablehlo", prompt_tokens=prompt_tokens, flow_kind="loop", source=hf)
-        export_s["stablehlo_loop"] = time.perf_counter() - t0
-        exports["stablehlo_loop"] = out
+    out = os.path.join(d, "stablehlo_loop")
+    t0 = time.perf_counter()
+    export_policy(policy, out, "stablehlo", prompt_tokens=prompt_tokens, flow_kind="loop", source=hf)
+    export_s["stablehlo_loop"] = time.perf_counter() - t0
+    exports["stablehlo_loop"] = out
     sizes = {k: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(v) for f in fs) / 2**20
              for k, v in exports.items()}
     print("export (seconds, folder MiB): " + "; ".join(f"{k} {export_s[k]:.1f} s, {sizes[k]:.0f} MiB"
@@ -216,15 +184,14 @@ def main(argv=None):
     runners, load_s = {}, {}
     for kind in ("loop", "step"):
         t0 = time.perf_counter()
-        pol, how = load_onnx_policy(exports[f"onnx_{kind}"], args.threads)
+        pol = OnnxPolicy.load(exports[f"onnx_{kind}"], intra_op_threads=args.threads)
         load_s[f"onnx_{kind}"] = time.perf_counter() - t0
         runners[f"onnx_{kind}"] = pol
-    if "stablehlo_loop" in exports:
-        t0 = time.perf_counter()
-        runners["stablehlo_loop"] = load_exported(exports["stablehlo_loop"])
-        load_s["stablehlo_loop"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runners["stablehlo_loop"] = load_exported(exports["stablehlo_loop"])
+    load_s["stablehlo_loop"] = time.perf_counter() - t0
     print("load (seconds): " + "; ".join(f"{k} {v:.2f} s" for k, v in load_s.items())
-          + f"; OnnxPolicy threads via {how}")
+          + f"; onnxruntime intra-op threads {args.threads}")
 
     def exported_fn(pol):
         return lambda: pol.predict_action(images, task, state, T.TAG, noise=noise).normalized_actions

@@ -72,6 +72,21 @@ def torch_inputs(policy, inp):
     return out
 
 
+def observation(policy):
+    """The benchmark's one observation for `policy` (a Policy of `official_shaped_folder`): (images: two 240x320
+    uint8, task: a long instruction, state, tag, flow noise (horizon, 32), our model inputs, the torch inputs)."""
+    from molmoact2_jax.inference import testing as T
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (240, 320, 3), np.uint8) for _ in range(2)]
+    task = ("pick up the red block on the left side of the table next to the bowl and place it carefully "
+            "into the blue bowl, then move the arm back to its starting pose")
+    state = rng.uniform(-1, 1, T.STATE_DIM)
+    tag = policy.tag(T.TAG)
+    noise = rng.standard_normal((tag.horizon, 32)).astype(np.float32)
+    inp = policy.build_inputs(images, task, state, tag)
+    return images, task, state, tag, noise, inp, torch_inputs(policy, inp)
+
+
 def stats(ts):
     return min(ts) * 1e3, float(np.median(ts)) * 1e3
 
@@ -102,15 +117,7 @@ def main(argv=None):
     hf, n_params = official_shaped_folder(d)
     ours = Policy.load(hf)
     ref = MolmoAct2Torch(hf, attn_implementation="sdpa")
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (240, 320, 3), np.uint8) for _ in range(2)]
-    task = ("pick up the red block on the left side of the table next to the bowl and place it carefully "
-            "into the blue bowl, then move the arm back to its starting pose")
-    state = rng.uniform(-1, 1, T.STATE_DIM)
-    tag = ours.tag(T.TAG)
-    noise = rng.standard_normal((tag.horizon, 32)).astype(np.float32)
-    inp = ours.build_inputs(images, task, state, tag)
-    hf_in = torch_inputs(ours, inp)
+    images, task, state, tag, noise, inp, hf_in = observation(ours)
     dim_valid = torch.tensor(np.arange(32) < tag.action_dim)[None]
     print(f"model {n_params / 1e6:.1f}M params; prompt {inp['prompt_tokens']} tokens (padded to "
           f"{inp['ids'].shape[1]}); JAX {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "

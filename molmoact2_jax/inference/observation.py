@@ -349,3 +349,31 @@ class ObservationCodec:
                     f"the model produced non-finite {name} ({int(bad.sum())} of {bad.size} values NaN/inf; "
                     f"norm_tag {tag.name!r}, mode {result.mode}); refusing to return them: the checkpoint's "
                     f"weights hold NaN/inf or overflow (check the training run for a NaN loss)")
+
+
+class CodecRequests:
+    """The request-side methods of a policy that holds an ObservationCodec as `self.codec` (the JAX Policy and the
+    export runtimes): callers (the server, the eval loop, user code) check and order inputs through the policy."""
+    codec: ObservationCodec
+
+    def tag(self, norm_tag) -> TagInfo:
+        return self.codec.tag(norm_tag)
+
+    def transforms(self, tag: TagInfo, think: bool = False) -> Group:
+        """The robot transform stack training used for this tag (normalize, state bins, prompt; un-normalize)."""
+        return self.codec.transforms(tag, think)
+
+    def expected_cameras(self, tag: TagInfo) -> tuple:
+        """The tag's cameras in the order training fed them (ObservationCodec.expected_cameras)."""
+        return self.codec.expected_cameras(tag)
+
+    def order_cameras(self, images: dict, tag: TagInfo) -> list:
+        """{camera name: image} -> images in the tag's camera order (ObservationCodec.order_cameras)."""
+        return self.codec.order_cameras(images, tag)
+
+    def check_images(self, images, tag: TagInfo) -> list[np.ndarray]:
+        """A list, one HxWx3 array or a {camera name: image} dict -> uint8 images in camera order
+        (ObservationCodec.check_images)."""
+        return self.codec.check_images(images, tag)
+
+    check_state = staticmethod(ObservationCodec.check_state)

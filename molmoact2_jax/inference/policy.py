@@ -30,17 +30,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from data_pipelines.norm_stats import TagInfo
-from data_pipelines.transforms.robot_inputs import Group
 from molmoact2_jax.inference import loading
 from molmoact2_jax.inference import think as think_lib
-from molmoact2_jax.inference.observation import (MAX_IMAGES, MODES, ActionResult, ObservationCodec,  # noqa: F401
-                                                 _short_camera_name)
+from molmoact2_jax.inference.observation import (MAX_IMAGES, MODES, ActionResult, CodecRequests,  # noqa: F401
+                                                  ObservationCodec, _short_camera_name)
 from molmoact2_jax.models import rtc
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.tokenizers.openfast import MAX_ACTION_DIM, from_llm_ids
 
 
-class Policy:
+class Policy(CodecRequests):
     """MolmoAct2 inference policy (batch size 1). Thread-safe: calls are serialized by a lock."""
 
     def __init__(self, model_cfg, params, norm_stats, tokenizer, action_tokenizer=None, *, prompt_bucket: int = 16,
@@ -110,28 +109,6 @@ class Policy:
     def has_expert(self) -> bool:
         """Whether the model has the flow head (mode="continuous"); else only mode="discrete" works."""
         return self.model.expert is not None
-
-    def tag(self, norm_tag) -> TagInfo:
-        return self.codec.tag(norm_tag)
-
-    def transforms(self, tag: TagInfo, think: bool = False) -> Group:
-        """The robot transform stack training used for this tag (normalize, state bins, prompt; un-normalize)."""
-        return self.codec.transforms(tag, think)
-
-    def expected_cameras(self, tag: TagInfo) -> tuple:
-        """The tag's cameras in the order training fed them (ObservationCodec.expected_cameras)."""
-        return self.codec.expected_cameras(tag)
-
-    def order_cameras(self, images: dict, tag: TagInfo) -> list:
-        """{camera name: image} -> images in the tag's camera order (ObservationCodec.order_cameras)."""
-        return self.codec.order_cameras(images, tag)
-
-    def check_images(self, images, tag: TagInfo) -> list[np.ndarray]:
-        """A list, one HxWx3 array or a {camera name: image} dict -> uint8 images in camera order
-        (ObservationCodec.check_images)."""
-        return self.codec.check_images(images, tag)
-
-    check_state = staticmethod(ObservationCodec.check_state)
 
     def build_inputs(self, images, task: str, state, tag: TagInfo, think: bool = False,
                      normalize_language: bool | None = None, pad_to: int | None = None) -> dict:

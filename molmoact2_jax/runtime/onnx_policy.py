@@ -27,9 +27,8 @@ import ml_collections
 import numpy as np
 
 from data_pipelines.norm_stats import NormStats, TagInfo
-from data_pipelines.transforms.robot_inputs import Group
 from molmoact2_jax import storage
-from molmoact2_jax.inference.observation import ActionResult, ObservationCodec, PromptTooLongError
+from molmoact2_jax.inference.observation import ActionResult, CodecRequests, ObservationCodec, PromptTooLongError
 from molmoact2_jax.runtime.export_folder import REEXPORT, ExportFolder, ExportFolderError, GraphSpec
 from molmoact2_jax.tokenizers.text import TextTokenizer
 
@@ -56,7 +55,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-class OnnxPolicy:
+class OnnxPolicy(CodecRequests):
     """An export folder run by onnxruntime (batch size 1). Thread-safe: calls are serialized by a lock."""
 
     has_expert = True   # an export holds the flow head: molmoact2-serve picks mode="continuous"
@@ -167,23 +166,6 @@ class OnnxPolicy:
         return self._prefix.get_providers()
 
     # ------------------------------------------------------------------ request checks (the JAX Policy's)
-    def tag(self, norm_tag) -> TagInfo:
-        return self.codec.tag(norm_tag)
-
-    def transforms(self, tag: TagInfo, think: bool = False) -> Group:
-        return self.codec.transforms(tag, think)
-
-    def expected_cameras(self, tag: TagInfo) -> tuple:
-        return self.codec.expected_cameras(tag)
-
-    def order_cameras(self, images: dict, tag: TagInfo) -> list:
-        return self.codec.order_cameras(images, tag)
-
-    def check_images(self, images, tag: TagInfo) -> list[np.ndarray]:
-        return self.codec.check_images(images, tag)
-
-    check_state = staticmethod(ObservationCodec.check_state)
-
     def build_inputs(self, images, task: str, state, tag: TagInfo, think: bool = False,
                      normalize_language: bool | None = None) -> dict:
         """The prefix graph's inputs of one observation: the prompt left-padded to exactly `prompt_tokens`."""
