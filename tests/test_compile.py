@@ -45,7 +45,17 @@ def test_compile_reports_memory_and_flops(tmp_path, args, devices, mesh):
     check_report(report, devices)
     assert report["mesh"] == mesh and report["fits"] is True
     assert "fits" in r.stdout and "memory per device" in r.stdout
-    if "v5e" in args[0]:
+    b = report["bytes_per_device"]
+    if "v5e" in args[0]:   # the TPU compiler gives its peak, and "fits" is decided on it
+        assert b["needed_by"] == "peak" and b["needed"] == b["peak"]
+        assert 0 < b["peak"] <= b["total"]
+        assert "by the peak" in r.stdout and "(the compiler's)" in r.stdout
+    else:                  # XLA:CPU's "peak" is its arguments alone: the total decides, and the report says so
+        assert b["needed_by"] == "total" and b["needed"] == b["total"]
+        assert "this backend gives no live peak" in r.stdout
+    if "v5e" in args[0]:   # compiled with the trainer's TPU flags (libtpu refuses an unknown one at start-up)
+        from molmoact2_jax.sharding.tpu_flags import TPU_FLAGS
+        assert report["libtpu_init_args"].split() == [f for f, _ in TPU_FLAGS]
         assert report["topology"] == "v5e:2x2" and report["pod"] == "v5e-4 (v5e:2x2, 4 chips, 1 host)"
         assert report["num_hosts"] == 1 and report["per_host_batch"] == report["global_batch_size"] == 4
         assert "v5e-4 (v5e:2x2, 4 chips, 1 host)" in r.stdout and "per host 4" in r.stdout
@@ -119,3 +129,31 @@ def test_compile_checks_grad_accum_against_the_per_host_batch(tmp_path):
     line = error_line(r)
     assert "config.trainer.grad_accum_steps=4 does not divide the per-host batch 2" in line, line
     assert "4 hosts of v5e-16 (v5e:4x4, 16 chips, 4 hosts)" in line
+
+
+def test_tpu_flags_bundle_merges_with_the_users_and_is_documented():
+    from molmoact2_jax.sharding import tpu_flags
+    names = [f.split("=")[0] for f, _ in tpu_flags.TPU_FLAGS]
+    env = {"LIBTPU_INIT_ARGS": "--xla_enable_async_all_gather=false --xla_tpu_scoped_vmem_limit_kib=98304"}
+    value = tpu_flags.apply(env).split()
+    assert "--xla_enable_async_all_gather=false" in value and "--xla_enable_async_all_gather=true" not in value
+    assert "--xla_tpu_scoped_vmem_limit_kib=98304" in value
+    assert {v.split("=")[0] for v in value} == set(names) | {"--xla_tpu_scoped_vmem_limit_kib"}
+    assert tpu_flags.apply({"MOLMOACT2_TPU_FLAGS": "0"}) == ""
+    assert tpu_flags.apply({}) == " ".join(f for f, _ in tpu_flags.TPU_FLAGS)
+    page = open(os.path.join(ROOT, "docs", "run_on_tpu_pod.md")).read()
+    assert all(f"`{n}" in page for n in names), "docs/run_on_tpu_pod.md lists every flag with why"
+
+
+def test_remat_menu_shows_what_each_policy_costs(tmp_path):
+    """Named policies save named block outputs: keeping fewer of them costs recompute FLOPs and saves memory."""
+    r, menu = compile_cli(tmp_path, *TINY, "--pod=v5e-4", "--remat-menu=none,minimal,save_qkv_proj,full")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    print(r.stdout)
+    rows = menu["policies"]
+    assert list(rows) == ["none", "minimal", "save_qkv_proj", "full"] and all(rows[p]["fits"] for p in rows)
+    hw = {p: rows[p]["hardware_flops_per_step"] for p in rows}
+    assert hw["none"] < hw["minimal"] < hw["save_qkv_proj"] < hw["full"]
+    peak = {p: rows[p]["bytes_per_device"]["peak"] for p in rows}
+    assert peak["full"] <= peak["save_qkv_proj"] <= peak["none"], peak
+    assert "save_qkv_proj" in r.stdout and "GiB per chip" in r.stdout

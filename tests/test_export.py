@@ -254,3 +254,24 @@ def test_real_time_chunking_runs_in_the_export(exports, tmp_path):
     with pytest.raises(ValueError, match="--flow step") as e:
         OnnxPolicy.load(loop).predict_action(o["images"], o["task"], o["state"], T.TAG, **rtc)
     assert "\n" not in str(e.value)
+
+
+def test_onnx_batch_export_runs_a_batch_and_refuses_single_calls(exports, tmp_path):
+    from molmoact2_jax.runtime import OnnxPolicy
+    ckpt, _ = exports("tiny")
+    out = str(tmp_path / "batch2")
+    assert export_cli.main(["--checkpoint", ckpt, "--format", "onnx", "--batch", "2", "--out", out]) == 0
+    policy, exported = Policy.load(ckpt), OnnxPolicy.load(out)
+    tag = policy.tag(T.TAG)
+    obs = _observations(policy, 2, seed=5)
+    inputs = [exported.build_inputs(exported.check_images(o["images"], tag), o["task"], o["state"], tag) for o in obs]
+    batch = {name: np.concatenate([i[key] for i in inputs]) for name, key in
+             (("input_ids", "ids"), ("images", "images"), ("pooled_idx", "pooled"), ("attention_mask", "attn"))}
+    got = exported.run_batch(batch, np.stack([o["noise"] for o in obs]),
+                             np.repeat((np.arange(32) < tag.action_dim)[None], 2, 0))
+    for i, o in enumerate(obs):
+        want = policy.predict_action(o["images"], o["task"], o["state"], T.TAG, noise=o["noise"])
+        np.testing.assert_allclose(got[i, :, :tag.action_dim], want.normalized_actions, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="run_batch") as e:
+        exported.predict_action(obs[0]["images"], obs[0]["task"], obs[0]["state"], T.TAG, noise=obs[0]["noise"])
+    assert "\n" not in str(e.value)

@@ -47,6 +47,8 @@ CASES = {
     "small_no_expert": dict(size="small", expert=False),
     "small_expert_K4_remat_full_detach": dict(size="small", expert=True, samples=4, remat="full", detach=True),
     "small_expert_K4_remat_dots_no_batch": dict(size="small", expert=True, samples=4, remat="dots_no_batch"),
+    # a named policy (models/layers.py REMAT_POLICIES): the blocks' checkpoint names decide what is recomputed
+    "small_expert_K4_remat_save_qkv_proj": dict(size="small", expert=True, samples=4, remat="save_qkv_proj"),
 }
 
 

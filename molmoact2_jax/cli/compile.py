@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from molmoact2_jax.sharding import tpu_flags
 from molmoact2_jax.cli.common import CommandParser, add_config_flag, fail, parse_with_config
 
 PROG = "molmoact2-compile"
@@ -24,6 +25,7 @@ EXAMPLES = (
     "molmoact2-compile --config=posttrain --pod=v5p-256 --out=report.json     # = --topology=v5p:4x4x8",
     "molmoact2-compile --config=posttrain --pod=v5e-256 --num-slices=2 --config.mesh.slice=2",
     "molmoact2-compile --config=posttrain:tiny --devices=cpu:8 --config.mesh.data=1 --config.mesh.fsdp=8",
+    "molmoact2-compile --config=posttrain --pod=v5p-128 --remat-menu    # every remat policy: memory and FLOPs",
 )
 
 
@@ -60,6 +62,11 @@ def build_parser() -> CommandParser:
     p.add_argument("--num-slices", type=_positive, default=1,
                    help="with --pod or --topology: number of such slices joined over DCN (multi-slice; set "
                         "config.mesh.slice to match; default: 1)")
+    p.add_argument("--remat-menu", nargs="?", const="all", default=None, metavar="POLICY,...",
+                   help="compile once per remat policy (config.model.remat_policy: none, full, dots, dots_no_batch, "
+                        "minimal, save_qkv_proj, save_out_proj, save_qkv_out_proj, minimal_offloaded; all of them, "
+                        "or the comma-separated ones given) and print what each costs: memory per chip, whether it "
+                        "fits, hardware FLOPs with the recompute, step-time floor")
     p.add_argument("--out", default=None, help="also write the report as JSON to this file (its folder must exist)")
     return p
 
@@ -71,6 +78,8 @@ def main(argv=None) -> int:
         parser.error("--num-slices applies to --pod or --topology, not --devices")
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         return fail(PROG, f"--out={args.out}: no such directory")
+    # the flags the trainer runs with (before libtpu starts), so the compiled program is the one the pod runs
+    libtpu_args = "" if args.devices else tpu_flags.apply()
     if args.devices:   # before jax is imported: the fake CPU devices are an XLA flag
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.devices}").strip()
@@ -87,14 +96,19 @@ def main(argv=None) -> int:
             devices, chip = aot.topology_devices(topology, args.num_slices)
             name = topology + (f" x {args.num_slices} slices" if args.num_slices > 1 else "")
             label = aot.pod_label(topology, args.num_slices, devices)
-        report = aot.compile_report(cfg, devices, chip, name, pod=label)
+        if args.remat_menu:
+            report = aot.remat_menu(cfg, devices, chip, name, pod=label,
+                                    policies=None if args.remat_menu == "all" else args.remat_menu.split(","))
+        else:
+            report = aot.compile_report(cfg, devices, chip, name, pod=label)
+        report["libtpu_init_args"] = libtpu_args
     except ValueError as e:
         return fail(PROG, e)
-    print(aot.format_report(report))
+    print(aot.format_menu(report) if args.remat_menu else aot.format_report(report))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
-    return 0 if report["fits"] else EXIT_DOES_NOT_FIT
+    return 0 if report["fits"] or args.remat_menu else EXIT_DOES_NOT_FIT   # a menu is a table, not a verdict
 
 
 if __name__ == "__main__":

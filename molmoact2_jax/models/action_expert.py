@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
 import ml_collections
 
 from molmoact2_jax.models import layers as L
@@ -95,15 +96,16 @@ class SelfAttention(nn.Module):
         dtype = L.compute_dtype(self.cfg.dtype)
         hd = expert_head_dim(ae)
         # fused q|k|v, each head-major: kernel [D, 3, heads, head_dim] (HF rows q[0:D] k[D:2D] v[2D:3D])
-        qkv = L.Dense((3, ae.num_heads, hd), ("expert_embed",), (None, "heads", "head_dim"), dtype=dtype,
-                      kernel_init=_xavier(), name="qkv")(h)
+        qkv = checkpoint_name(L.Dense((3, ae.num_heads, hd), ("expert_embed",), (None, "heads", "head_dim"),
+                                      dtype=dtype, kernel_init=_xavier(), name="qkv")(h), "qkv_proj")
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         q, k = _rms(q, dtype), _rms(k, dtype)
         q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
-        a = L.attention(q, k, v, bias, dtype=dtype)
+        a = checkpoint_name(L.attention(q, k, v, bias, dtype=dtype), "attention_out")
         out_scale = (2 * ae.num_layers) ** -0.5
-        return L.Dense(ae.hidden_size, ("heads", "head_dim"), ("expert_embed",), n_in_dims=2, dtype=dtype,
-                       kernel_init=_scaled_xavier(out_scale), name="out_proj")(a)
+        return checkpoint_name(L.Dense(ae.hidden_size, ("heads", "head_dim"), ("expert_embed",), n_in_dims=2,
+                                       dtype=dtype, kernel_init=_scaled_xavier(out_scale), name="out_proj")(a),
+                               "out_proj")
 
 
 class CrossAttention(nn.Module):
@@ -114,13 +116,14 @@ class CrossAttention(nn.Module):
         ae = self.cfg.action_expert
         dtype = L.compute_dtype(self.cfg.dtype)
         hd = expert_head_dim(ae)
-        q = L.Dense((ae.num_heads, hd), ("expert_embed",), ("heads", "head_dim"), dtype=dtype,
-                    kernel_init=_xavier(), name="q_proj")(h)
+        q = checkpoint_name(L.Dense((ae.num_heads, hd), ("expert_embed",), ("heads", "head_dim"), dtype=dtype,
+                                    kernel_init=_xavier(), name="q_proj")(h), "qkv_proj")
         q = _rms(q, dtype)  # no RoPE in cross-attention
-        a = L.attention(q, kc, vc, bias, dtype=dtype)
+        a = checkpoint_name(L.attention(q, kc, vc, bias, dtype=dtype), "attention_out")
         out_scale = (2 * ae.num_layers) ** -0.5
-        return L.Dense(ae.hidden_size, ("heads", "head_dim"), ("expert_embed",), n_in_dims=2, dtype=dtype,
-                       kernel_init=_scaled_xavier(out_scale), name="out_proj")(a)
+        return checkpoint_name(L.Dense(ae.hidden_size, ("heads", "head_dim"), ("expert_embed",), n_in_dims=2,
+                                       dtype=dtype, kernel_init=_scaled_xavier(out_scale), name="out_proj")(a),
+                               "out_proj")
 
 
 class Mlp(nn.Module):
@@ -136,7 +139,8 @@ class Mlp(nn.Module):
                        name="gate_proj")
         down = L.Dense(ae.hidden_size, ("expert_mlp",), ("expert_embed",), dtype=dtype,
                        kernel_init=_scaled_xavier((2 * ae.num_layers) ** -0.5), name="down_proj")
-        return down(jax.nn.silu(gate(h)) * up(h))
+        return checkpoint_name(down(jax.nn.silu(checkpoint_name(gate(h), "mlp_in")) * checkpoint_name(up(h), "mlp_in")),
+                               "mlp_out")
 
 
 class ExpertBlock(nn.Module):

@@ -22,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from molmoact2_jax.models.layers import SAVED_NAMES
 from molmoact2_jax.models.action_expert import expert_mlp_dim
 from molmoact2_jax.models.vit import num_built_layers
 
@@ -54,6 +55,7 @@ class Op:
     input_grad: bool = True  # False where the input can never need a gradient (images, noise, time)
     from_context: bool = False  # reads the backbone K/V (the gradient `detach_vlm` stops)
     elementwise: bool = False   # softmax work per logit: in hardware FLOPs only, recomputed by any remat
+    name: str = ""           # the checkpoint_name of a block op's output (layers.REMAT_NAMES; "" elsewhere)
 
 
 # Per attention or LM-head logit: scale, bias, max, subtract, sum, divide forward (exp is a transcendental, which
@@ -73,12 +75,12 @@ def forward_ops(cfg, c: Counts, num_flow_samples: int) -> list[Op]:
     rows = c.images * c.patches
     ops.append(Op("vit", None, _mm(rows, 3 * v.patch_size ** 2, vw), True, input_grad=False))
     for _ in range(num_built_layers(v)):
-        ops += [Op("vit", "vit", _mm(rows, vw, 3 * vq), True),
-                Op("vit", "vit", 2 * _mm(c.images * c.patches, c.patches, vq), False),  # QK^T and AV
+        ops += [Op("vit", "vit", _mm(rows, vw, 3 * vq), True, name="qkv_proj"),
+                Op("vit", "vit", 2 * _mm(c.images * c.patches, c.patches, vq), False, name="attention_out"),  # QK^T, AV
                 Op("vit", "vit", SOFTMAX_FLOPS * c.images * c.patches ** 2 * v.num_heads, False, elementwise=True),
-                Op("vit", "vit", _mm(rows, vq, vw), True),
-                Op("vit", "vit", _mm(rows, vw, v.mlp_dim), True),
-                Op("vit", "vit", _mm(rows, v.mlp_dim, vw), True)]
+                Op("vit", "vit", _mm(rows, vq, vw), True, name="out_proj"),
+                Op("vit", "vit", _mm(rows, vw, v.mlp_dim), True, name="mlp_in"),
+                Op("vit", "vit", _mm(rows, v.mlp_dim, vw), True, name="mlp_out")]
 
     cn = cfg.connector
     cin, cq, n = vw * len(v.feature_layers), cn.num_heads * cn.head_dim, c.image_tokens
@@ -92,12 +94,12 @@ def forward_ops(cfg, c: Counts, num_flow_samples: int) -> list[Op]:
     m = cfg.llm
     d, q, kv = m.hidden_size, m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
     for _ in range(m.num_layers):
-        ops += [Op("llm", "llm", _mm(c.tokens, d, q + 2 * kv), True),
-                Op("llm", "llm", 2 * 2.0 * c.llm_pairs * q, False),
+        ops += [Op("llm", "llm", _mm(c.tokens, d, q + 2 * kv), True, name="qkv_proj"),
+                Op("llm", "llm", 2 * 2.0 * c.llm_pairs * q, False, name="attention_out"),
                 Op("llm", "llm", SOFTMAX_FLOPS * c.llm_pairs * m.num_heads, False, elementwise=True),
-                Op("llm", "llm", _mm(c.tokens, q, d), True),
-                Op("llm", "llm", _mm(c.tokens, d, 2 * m.mlp_dim), True),
-                Op("llm", "llm", _mm(c.tokens, m.mlp_dim, d), True)]
+                Op("llm", "llm", _mm(c.tokens, q, d), True, name="out_proj"),
+                Op("llm", "llm", _mm(c.tokens, d, 2 * m.mlp_dim), True, name="mlp_in"),
+                Op("llm", "llm", _mm(c.tokens, m.mlp_dim, d), True, name="mlp_out")]
     ops += [Op("llm", None, _mm(c.tokens, d, m.vocab_size), True),
             Op("llm", None, SOFTMAX_FLOPS * c.tokens * m.vocab_size, False, elementwise=True)]  # CE, z-loss
 
@@ -113,18 +115,19 @@ def forward_ops(cfg, c: Counts, num_flow_samples: int) -> list[Op]:
             Op("action_expert", None, ks * _mm(b * h, ae.max_action_dim, de), True, input_grad=False)]
     rows = ks * b * h
     for _ in range(ae.num_layers):
-        ops += [Op("action_expert", "expert", ks * _mm(b, de, 9 * de), True),
-                Op("action_expert", "expert", _mm(rows, de, 3 * de), True),
-                Op("action_expert", "expert", 2 * _mm(rows, h, de), False),
+        ops += [Op("action_expert", "expert", ks * _mm(b, de, 9 * de), True, name="modulation"),
+                Op("action_expert", "expert", _mm(rows, de, 3 * de), True, name="qkv_proj"),
+                Op("action_expert", "expert", 2 * _mm(rows, h, de), False, name="attention_out"),
                 Op("action_expert", "expert", SOFTMAX_FLOPS * rows * h * ae.num_heads, False, elementwise=True),
-                Op("action_expert", "expert", _mm(rows, de, de), True),
-                Op("action_expert", "expert", _mm(rows, de, de), True),  # cross-attention query
-                Op("action_expert", "expert", 2 * 2.0 * ks * c.cross_pairs * de, False, from_context=True),
+                Op("action_expert", "expert", _mm(rows, de, de), True, name="out_proj"),
+                Op("action_expert", "expert", _mm(rows, de, de), True, name="qkv_proj"),  # cross-attention query
+                Op("action_expert", "expert", 2 * 2.0 * ks * c.cross_pairs * de, False, from_context=True,
+                   name="attention_out"),
                 Op("action_expert", "expert", SOFTMAX_FLOPS * ks * c.cross_pairs * ae.num_heads, False,
                    elementwise=True),
-                Op("action_expert", "expert", _mm(rows, de, de), True),
-                Op("action_expert", "expert", _mm(rows, de, 2 * mlp), True),
-                Op("action_expert", "expert", _mm(rows, mlp, de), True)]
+                Op("action_expert", "expert", _mm(rows, de, de), True, name="out_proj"),
+                Op("action_expert", "expert", _mm(rows, de, 2 * mlp), True, name="mlp_in"),
+                Op("action_expert", "expert", _mm(rows, mlp, de), True, name="mlp_out")]
     ops += [Op("action_expert", None, ks * _mm(b, de, 2 * de), True),
             Op("action_expert", None, _mm(rows, de, ae.max_action_dim), True)]
     return ops
@@ -136,6 +139,8 @@ def _recomputed(op: Op, policy: str) -> bool:
         return False
     if policy == "full" or op.elementwise:
         return True
+    if policy in SAVED_NAMES:   # a named policy: what it does not keep is recomputed
+        return op.name not in SAVED_NAMES[policy]
     if policy == "dots_no_batch":
         return not op.weight  # attention einsums carry batch dims, so they are not saved
     return False              # "dots": every matmul output is saved

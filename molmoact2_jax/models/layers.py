@@ -145,12 +145,40 @@ def mask_to_bias(allowed):
     return jnp.where(allowed, 0.0, NEG_INF).astype(jnp.float32)
 
 
+# The names every transformer block (ViT, LLM, action expert) gives its intermediate values with `checkpoint_name`:
+# the named remat policies below save some of them and recompute the rest in the backward pass.
+REMAT_NAMES = ("qkv_proj", "attention_out", "out_proj", "mlp_in", "mlp_out")
+PROJECTIONS = ("qkv_proj", "out_proj", "mlp_in", "mlp_out")
+
+
+def _saving(*names):
+    return jax.checkpoint_policies.save_only_these_names(*names)
+
+
+def _offloading(*names):
+    """Saves `names` in host memory (pinned_host) instead of HBM: a backend without host memory spaces refuses it
+    at compile time."""
+    return jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=list(names), offload_src="device",
+        offload_dst="pinned_host")
+
+
+# What a block keeps from its forward pass for the backward pass (the rest is recomputed). `molmoact2-compile
+# --remat-menu` compiles a recipe under each and prints what each costs (peak memory, hardware FLOPs).
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "none": None,                                                  # keep everything: no recompute, most memory
+    "full": jax.checkpoint_policies.nothing_saveable,              # keep only the block input: recompute it all
+    "dots": jax.checkpoint_policies.checkpoint_dots,               # keep every matmul output
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,   # ... but attention's
+    "minimal": _saving(*PROJECTIONS),                              # keep the projections, recompute attention
+    "save_qkv_proj": _saving("qkv_proj"),                          # keep q/k/v, recompute attention, out, MLP
+    "save_out_proj": _saving("out_proj"),                          # keep the attention block's output projection
+    "save_qkv_out_proj": _saving("qkv_proj", "out_proj"),          # both; recompute attention and MLP
+    "minimal_offloaded": _offloading(*PROJECTIONS),                # minimal, the projections in host memory
 }
+# The names each named policy keeps (for the analytic FLOP count: models/flops.py)
+SAVED_NAMES = {"minimal": set(PROJECTIONS), "save_qkv_proj": {"qkv_proj"}, "save_out_proj": {"out_proj"},
+               "save_qkv_out_proj": {"qkv_proj", "out_proj"}, "minimal_offloaded": set(PROJECTIONS)}
 
 
 def maybe_remat(block_cls, policy_name: str, static_argnums=()):

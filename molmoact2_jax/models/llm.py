@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from molmoact2_jax.models import layers as L
 
@@ -28,9 +29,9 @@ class DecoderBlock(nn.Module):
         h = L.RMSNorm(m.rms_norm_eps, name="attn_norm", axis_name="embed", dtype=dtype)(x)
         dense = lambda heads, name: L.Dense((heads, m.head_dim), ("embed",), (
             "heads" if heads == m.num_heads else "kv_heads", "head_dim"), use_bias=False, dtype=dtype, name=name)
-        q = dense(m.num_heads, "q_proj")(h)
-        k = dense(m.num_kv_heads, "k_proj")(h)
-        v = dense(m.num_kv_heads, "v_proj")(h)
+        q = checkpoint_name(dense(m.num_heads, "q_proj")(h), "qkv_proj")
+        k = checkpoint_name(dense(m.num_kv_heads, "k_proj")(h), "qkv_proj")
+        v = checkpoint_name(dense(m.num_kv_heads, "v_proj")(h), "qkv_proj")
         if m.qk_norm:
             q = L.RMSNorm(m.rms_norm_eps, name="q_norm", axis_name="head_dim", dtype=dtype)(q)
             k = L.RMSNorm(m.rms_norm_eps, name="k_norm", axis_name="head_dim", dtype=dtype)(k)
@@ -38,13 +39,14 @@ class DecoderBlock(nn.Module):
         if cache_kv is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype), write_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype), write_index, axis=1)
-        a = L.attention(q, k, v, bias, dtype=dtype)
-        x = x + L.Dense(m.hidden_size, ("heads", "head_dim"), ("embed",), n_in_dims=2, use_bias=False,
-                        dtype=dtype, name="o_proj")(a)
+        a = checkpoint_name(L.attention(q, k, v, bias, dtype=dtype), "attention_out")
+        x = x + checkpoint_name(L.Dense(m.hidden_size, ("heads", "head_dim"), ("embed",), n_in_dims=2, use_bias=False,
+                                        dtype=dtype, name="o_proj")(a), "out_proj")
         h = L.RMSNorm(m.rms_norm_eps, name="ff_norm", axis_name="embed", dtype=dtype)(x)
         mlp = lambda name: L.Dense(m.mlp_dim, ("embed",), ("mlp",), use_bias=False, dtype=dtype, name=name)
-        h = jax.nn.silu(mlp("gate_proj")(h)) * mlp("up_proj")(h)
-        x = x + L.Dense(m.hidden_size, ("mlp",), ("embed",), use_bias=False, dtype=dtype, name="down_proj")(h)
+        h = jax.nn.silu(checkpoint_name(mlp("gate_proj")(h), "mlp_in")) * checkpoint_name(mlp("up_proj")(h), "mlp_in")
+        x = x + checkpoint_name(L.Dense(m.hidden_size, ("mlp",), ("embed",), use_bias=False, dtype=dtype,
+                                        name="down_proj")(h), "mlp_out")
         return nn.with_logical_constraint(x, ACT_AXES), (k, v)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
 from molmoact2_jax.models import layers as L
@@ -19,14 +20,15 @@ class ViTBlock(nn.Module):
         h = L.LayerNorm(v.layer_norm_eps, name="attention_norm", dtype=dtype)(x)
         qkv_dense = lambda name: L.Dense((v.num_heads, v.head_dim), ("vit_embed",), ("heads", "head_dim"),
                                          dtype=dtype, name=name)
-        q, k, w = qkv_dense("wq")(h), qkv_dense("wk")(h), qkv_dense("wv")(h)
-        a = L.attention(q, k, w, None, dtype=dtype)  # bidirectional, fp32 softmax (float32_attention)
-        x = x + L.Dense(v.hidden_size, ("heads", "head_dim"), ("vit_embed",), n_in_dims=2, dtype=dtype,
-                        name="wo")(a)
+        q, k, w = (checkpoint_name(qkv_dense(n)(h), "qkv_proj") for n in ("wq", "wk", "wv"))
+        a = checkpoint_name(L.attention(q, k, w, None, dtype=dtype), "attention_out")  # bidirectional, fp32 softmax
+        x = x + checkpoint_name(L.Dense(v.hidden_size, ("heads", "head_dim"), ("vit_embed",), n_in_dims=2,
+                                        dtype=dtype, name="wo")(a), "out_proj")
         h = L.LayerNorm(v.layer_norm_eps, name="ffn_norm", dtype=dtype)(x)
-        h = L.Dense(v.mlp_dim, ("vit_embed",), ("vit_mlp",), dtype=dtype, name="w1")(h)
+        h = checkpoint_name(L.Dense(v.mlp_dim, ("vit_embed",), ("vit_mlp",), dtype=dtype, name="w1")(h), "mlp_in")
         h = nn.gelu(h, approximate=True)  # gelu_pytorch_tanh
-        x = x + L.Dense(v.hidden_size, ("vit_mlp",), ("vit_embed",), dtype=dtype, name="w2")(h)
+        x = x + checkpoint_name(L.Dense(v.hidden_size, ("vit_mlp",), ("vit_embed",), dtype=dtype, name="w2")(h),
+                                "mlp_out")
         return x, x  # carry, and the per-layer output collected by scan
 
 

@@ -56,7 +56,9 @@ def _first_line(e: BaseException) -> str:
 
 
 class OnnxPolicy(CodecRequests):
-    """An export folder run by onnxruntime (batch size 1). Thread-safe: calls are serialized by a lock."""
+    """An export folder run by onnxruntime. `predict_action` feeds one observation (a batch-1 or symbolic-batch
+    export); `run_batch` feeds the graphs a batch (an export made with --batch N, or symbolic). Thread-safe: calls
+    are serialized by a lock."""
 
     has_expert = True   # an export holds the flow head: molmoact2-serve picks mode="continuous"
 
@@ -81,7 +83,7 @@ class OnnxPolicy(CodecRequests):
         self._prefix_names = [i.name for i in prefix_session.get_inputs()]
         self._flow_names = [i.name for i in flow_session.get_inputs()]
         # mask_action_dim_padding=False: the flow does not zero the padding dims (models/flow.py)
-        self._mask_padding = bool(self.cfg.flow.get("mask_action_dim_padding", True))
+        self._mask_padding = bool(self.cfg.flow.mask_action_dim_padding)
         self._lock = threading.Lock()
         self._calls = 0
 
@@ -100,9 +102,6 @@ class OnnxPolicy(CodecRequests):
                                     f"exports ({REEXPORT} --format onnx)")
         if ort is None:
             raise ImportError(f"OnnxPolicy needs onnxruntime: {INSTALL_HINT}")
-        if not (export.batch is None or isinstance(export.batch, str) or export.batch == 1):
-            raise ExportFolderError(f"{export.path}: the graphs take a batch of {export.batch}; OnnxPolicy feeds one "
-                                    f"observation ({REEXPORT} with batch 1)")
         codec = cls._codec(export, strict_camera_count)
         options = ort.SessionOptions()
         options.log_severity_level = 3   # errors only: provider placement notes are not the user's business
@@ -212,6 +211,9 @@ class OnnxPolicy(CodecRequests):
             cams = self.codec.expected_cameras(tag)
             raise ValueError(f"this export takes {self.num_cameras} images" + (f" ({', '.join(cams)})" if cams else "")
                              + f", got {len(req.images)}")
+        if isinstance(self.export.batch, int) and self.export.batch != 1:
+            raise ValueError(f"this export's graphs take a batch of {self.export.batch} observations: feed them with "
+                             f"run_batch, or {REEXPORT} with --batch 1 for predict_action")
         h, d = tag.horizon, tag.action_dim
         dmax = self.codec.max_action_dim
         if noise is not None:
@@ -239,6 +241,18 @@ class OnnxPolicy(CodecRequests):
         result = ActionResult(actions=None, normalized_actions=None, mode="continuous", norm_tag=tag.name,
                               prompt_tokens=inp["prompt_tokens"])
         return self.codec.finish(result, out[0, :, :d], tag, req.state, req.n_steps, False, delay, target, prev)
+
+    def run_batch(self, prefix_inputs: dict, noise: np.ndarray, action_dim_valid: np.ndarray) -> np.ndarray:
+        """The graphs on a batch, for a caller that builds its own inputs (e.g. with `build_inputs` per observation,
+        concatenated): prefix_inputs {input_ids, images, pooled_idx, attention_mask} with a leading batch axis,
+        noise [B, H, 32], action_dim_valid bool [B, 32] -> normalized actions [B, H, 32] (no un-normalization)."""
+        prefix = self._feeds("prefix", self._prefix_names, self.export.prefix,
+                             [prefix_inputs[s.name] for s in self.export.prefix.inputs])
+        with self._lock:
+            context = self._prefix.run(None, prefix)
+            if self.flow_kind == "loop":
+                return np.asarray(self._run_flow(context, [noise, action_dim_valid]))
+            return self._euler(context, np.asarray(noise, np.float32), np.asarray(action_dim_valid, bool))
 
     def _run_flow(self, context: list, extra: list) -> np.ndarray:
         feeds = self._feeds("flow", self._flow_names, self.export.flow, list(context) + list(extra))

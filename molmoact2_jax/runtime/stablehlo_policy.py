@@ -2,8 +2,8 @@
 `OnnxPolicy`, run by `jax.export.deserialize(...).call` with no model code of ours: the graphs carry the weights.
 
 It needs JAX (any version that reads the serialization: jax.export keeps 6 months of backward compatibility) but
-not Flax or this package's models. A symbolic-batch export serves any batch size through `run_batch`; the
-`predict_action` interface feeds one observation, as OnnxPolicy does.
+not Flax or this package's models. A symbolic-batch export serves any batch size through `run_batch` (OnnxPolicy's);
+`predict_action` feeds one observation.
 """
 from __future__ import annotations
 
@@ -66,13 +66,3 @@ class StableHLOPolicy(OnnxPolicy):
                                         f"says {len(spec.inputs)} ({REEXPORT})")
             graphs.append(_ExportedGraph(exported, [s.name for s in spec.inputs]))
         return cls(export, codec, *graphs)
-
-    def run_batch(self, prefix_inputs: dict, noise: np.ndarray, action_dim_valid: np.ndarray) -> np.ndarray:
-        """The graphs on a batch (a symbolic-batch export): prefix_inputs {input_ids, images, pooled_idx,
-        attention_mask} with a leading batch axis, noise [B, H, 32], action_dim_valid bool [B, 32] -> normalized
-        actions [B, H, 32]."""
-        context = self._prefix.run(None, {s.name: np.asarray(prefix_inputs[s.name], s.dtype)
-                                          for s in self.export.prefix.inputs})
-        if self.flow_kind == "loop":
-            return self._run_flow(context, [noise, action_dim_valid])
-        return self._euler(context, noise, action_dim_valid)

@@ -11,8 +11,10 @@ import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
+from molmoact2_jax.models.layers import REMAT_POLICIES
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.training import trainer
 from molmoact2_jax.training.memory import largest_buffers, memory_report
@@ -221,12 +223,52 @@ def compile_report(cfg, devices, chip: Chip, topology: str, pod: str | None = No
                       compiler_message=str(e)[:6000], largest_buffers=[])
         return report
     report["compile_seconds"] = time.perf_counter() - t0
-    mem = memory_report(compiled)
+    mem = memory_report(compiled, peak_is_live=devices[0].platform != "cpu")
     report["bytes_per_device"] = mem
-    report["fits"] = bool(mem) and mem["total"] <= chip.hbm_bytes
+    report["fits"] = bool(mem) and mem["needed"] <= chip.hbm_bytes
     if not report["fits"]:
         report["largest_buffers"] = largest_buffers(compiled.as_text())
     return report
+
+
+def remat_menu(cfg, devices, chip: Chip, topology: str, pod: str | None = None, policies=None) -> dict:
+    """compile_report of `cfg` under each remat policy of `policies` (default: all of layers.REMAT_POLICIES), one
+    compile each. A policy the backend cannot compile (host offloading on XLA:CPU) gets its error's first line
+    instead of a report. {"pod", "policies": {name: report or {"error": line}}, "fits": the recipe's policy fits}."""
+    policies = list(REMAT_POLICIES) if policies is None else list(policies)
+    unknown = [p for p in policies if p not in REMAT_POLICIES]
+    if unknown:
+        raise ValueError(f"--remat-menu: unknown policies {unknown}; expected some of {list(REMAT_POLICIES)}")
+    rows = {}
+    for policy in policies:
+        c = ml_collections.ConfigDict(cfg.to_dict())
+        c.model.remat_policy = policy
+        try:
+            rows[policy] = compile_report(c, devices, chip, topology, pod)
+        except Exception as e:  # noqa: BLE001 - e.g. "pinned_host" memory is not on this backend
+            if isinstance(e, ValueError) and "config." in str(e):
+                raise
+            rows[policy] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}
+    own = rows.get(cfg.model.remat_policy, {})
+    return {"pod": pod or topology, "recipe_policy": cfg.model.remat_policy, "policies": rows,
+            "fits": bool(own.get("fits"))}
+
+
+def format_menu(menu: dict) -> str:
+    """remat_menu's dict as a table: one row per policy."""
+    lines = [f"remat policies on {menu['pod']} (the recipe's: {menu['recipe_policy']})",
+             f"{'policy':<18} {'fits':<5} {'GiB per chip':>13} {'by':<6} {'hardware TFLOPs':>16} {'floor':>10} "
+             f"{'compile':>8}"]
+    for name, r in menu["policies"].items():
+        if "error" in r:
+            lines.append(f"{name:<18} {'-':<5} not compiled here: {r['error']}")
+            continue
+        b = r.get("bytes_per_device") or {}
+        gib = f"{b['needed'] / GIB:.2f}" if b else "> HBM"
+        floor = f"{r['step_time_floor_seconds'] * 1e3:.1f} ms" if r.get("step_time_floor_seconds") else ""
+        lines.append(f"{name:<18} {'yes' if r['fits'] else 'NO':<5} {gib:>13} {b.get('needed_by', ''):<6} "
+                     f"{r['hardware_flops_per_step'] / 1e12:>16.3f} {floor:>10} {r['compile_seconds']:>7.1f}s")
+    return "\n".join(lines)
 
 
 def _gib(x) -> str:
@@ -252,8 +294,15 @@ def format_report(r: dict) -> str:
     b = r.get("bytes_per_device") or {}
     if b:
         lines.append("memory per device: " + ", ".join(f"{k} {_gib(b[k])}" for k in ("argument", "output", "alias",
-                                                                                     "temp", "total")))
-    lines.append(f"HBM per device   {_gib(r['hbm_bytes_per_device'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}")
+                                                                                     "temp", "total"))
+                     + (f"; peak {_gib(b['peak'])} (the compiler's)" if b.get("needed_by") == "peak" else
+                        "; no live peak from this backend"))
+    decided = ""
+    if b:
+        decided = (f" (by the peak, {_gib(b['needed'])})" if b.get("needed_by") == "peak" else
+                   f" (by the total, {_gib(b['needed'])}: an upper bound; this backend gives no live peak)")
+    lines.append(f"HBM per device   {_gib(r['hbm_bytes_per_device'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}"
+                 + decided)
     lines.append(f"FLOPs per step   model {_si(r['model_flops_per_step'], 'FLOP')}, "
                  f"hardware {_si(r['hardware_flops_per_step'], 'FLOP')} (incl. remat recompute)")
     if r.get("step_time_floor_seconds"):

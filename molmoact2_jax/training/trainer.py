@@ -312,7 +312,8 @@ def train(cfg, workdir: str) -> dict:
                         compiled = setup.compiled("train_step", setup.train_step, state, batch)
                     hardware_flops = setup.step_flops(setup.batch_shapes)["hardware"]
                     if primary:
-                        metrics_lib.update_run_info(workdir, {"train_step_memory_per_device": memory.memory_report(compiled),
+                        mem = memory.memory_report(compiled, peak_is_live=jax.devices()[0].platform != "cpu")
+                        metrics_lib.update_run_info(workdir, {"train_step_memory_per_device": mem,
                                                   "hardware_flops_per_step": hardware_flops})
                 # Useful work of this batch (its masks); each process sees its slice of the global batch.
                 model_flops = setup.model_flops(local) * jax.process_count()
