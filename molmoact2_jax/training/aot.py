@@ -257,17 +257,18 @@ def remat_menu(cfg, devices, chip: Chip, topology: str, pod: str | None = None, 
 def format_menu(menu: dict) -> str:
     """remat_menu's dict as a table: one row per policy."""
     lines = [f"remat policies on {menu['pod']} (the recipe's: {menu['recipe_policy']})",
-             f"{'policy':<18} {'fits':<5} {'GiB per chip':>13} {'by':<6} {'hardware TFLOPs':>16} {'floor':>10} "
+             f"{'policy':<18} {'fits':<5} {'memory per chip':>16} {'by':<6} {'hardware FLOPs':>16} {'floor':>11} "
              f"{'compile':>8}"]
     for name, r in menu["policies"].items():
         if "error" in r:
             lines.append(f"{name:<18} {'-':<5} not compiled here: {r['error']}")
             continue
         b = r.get("bytes_per_device") or {}
-        gib = f"{b['needed'] / GIB:.2f}" if b else "> HBM"
-        floor = f"{r['step_time_floor_seconds'] * 1e3:.1f} ms" if r.get("step_time_floor_seconds") else ""
-        lines.append(f"{name:<18} {'yes' if r['fits'] else 'NO':<5} {gib:>13} {b.get('needed_by', ''):<6} "
-                     f"{r['hardware_flops_per_step'] / 1e12:>16.3f} {floor:>10} {r['compile_seconds']:>7.1f}s")
+        mem = (f"{b['needed'] / GIB:.2f} GiB" if b['needed'] >= GIB else f"{b['needed'] / 2 ** 20:.1f} MiB") if b \
+            else "> HBM"
+        floor = f"{r['step_time_floor_seconds'] * 1e3:.3f} ms" if r.get("step_time_floor_seconds") else ""
+        lines.append(f"{name:<18} {'yes' if r['fits'] else 'NO':<5} {mem:>16} {b.get('needed_by', ''):<6} "
+                     f"{_si(r['hardware_flops_per_step'], 'FLOP'):>16} {floor:>11} {r['compile_seconds']:>7.1f}s")
     return "\n".join(lines)
 
 
