@@ -25,9 +25,8 @@ import numpy as np
 
 from molmoact2_jax.models import flow, rtc
 from molmoact2_jax.models.action_expert import ActionExpert
+from molmoact2_jax.runtime.export_folder import FLOW_KINDS
 
-PREFIX_INPUTS = ("input_ids", "images", "pooled_idx", "attention_mask")
-FLOW_KINDS = ("loop", "step")
 
 
 @dataclasses.dataclass(frozen=True)

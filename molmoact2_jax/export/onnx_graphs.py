@@ -169,7 +169,3 @@ def _rename_uses(graph, mapping):
                 _rename_uses(attr.g, mapping)
             for sub in attr.graphs:
                 _rename_uses(sub, mapping)
-
-
-def numpy_dtype(spec: TensorSpec):
-    return np.dtype(spec.dtype)

@@ -17,6 +17,8 @@ import os
 import shutil
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from molmoact2_jax.export import graphs as graphs_lib
@@ -126,9 +128,6 @@ def at_precision(policy, precision: str):
     weights cast to it (what the exported graphs then hold)."""
     if precision == "fp32":
         return policy
-    import jax   # lazy: only reduced-precision exports cast the weights here
-    import jax.numpy as jnp   # lazy: as above
-
     dtype = COMPUTE_DTYPES[precision]
     cfg = policy.cfg.as_configdict()
     cfg.dtype = dtype
