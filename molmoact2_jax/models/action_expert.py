@@ -27,6 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 import ml_collections
 
 from molmoact2_jax.models import layers as L
+from molmoact2_jax.models.attention import attend
 
 RMS_EPS = 1e-6
 
@@ -101,7 +102,7 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         q, k = _rms(q, dtype), _rms(k, dtype)
         q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
-        a = checkpoint_name(L.attention(q, k, v, bias, dtype=dtype), "attention_out")
+        a = checkpoint_name(attend(q, k, v, bias, self.cfg.attention_impl, dtype), "attention_out")
         out_scale = (2 * ae.num_layers) ** -0.5
         return checkpoint_name(L.Dense(ae.hidden_size, ("heads", "head_dim"), ("expert_embed",), n_in_dims=2,
                                        dtype=dtype, kernel_init=_scaled_xavier(out_scale), name="out_proj")(a),
@@ -119,7 +120,7 @@ class CrossAttention(nn.Module):
         q = checkpoint_name(L.Dense((ae.num_heads, hd), ("expert_embed",), ("heads", "head_dim"), dtype=dtype,
                                     kernel_init=_xavier(), name="q_proj")(h), "qkv_proj")
         q = _rms(q, dtype)  # no RoPE in cross-attention
-        a = checkpoint_name(L.attention(q, kc, vc, bias, dtype=dtype), "attention_out")
+        a = checkpoint_name(attend(q, kc, vc, bias, self.cfg.attention_impl, dtype), "attention_out")
         out_scale = (2 * ae.num_layers) ** -0.5
         return checkpoint_name(L.Dense(ae.hidden_size, ("heads", "head_dim"), ("expert_embed",), n_in_dims=2,
                                        dtype=dtype, kernel_init=_scaled_xavier(out_scale), name="out_proj")(a),

@@ -19,7 +19,6 @@ import flax.linen as nn
 from molmoact2_jax.models import inputs as I
 from molmoact2_jax.models.connector import Connector
 from molmoact2_jax.models.llm import LLM, attention_allowed
-from molmoact2_jax.models.layers import mask_to_bias
 from molmoact2_jax.models.vit import ViT
 
 
@@ -80,7 +79,7 @@ class Backbone(nn.Module):
         img = image_token_mask(self.cfg, input_ids)
         allowed = attention_allowed(slots, slots, img, img, attention_mask, segment_ids, segment_ids,
                                     self.cfg.llm.bidirectional_image_attention)
-        logits, (k, v) = self.llm(x, mask_to_bias(allowed), position_ids)
+        logits, (k, v) = self.llm(x, allowed, position_ids)
         return dict(logits=logits, keys=k, values=v)
 
     # ---- generation
@@ -102,7 +101,7 @@ class Backbone(nn.Module):
         k_slots = jnp.broadcast_to(jnp.arange(cache_size), (b, cache_size))
         allowed = attention_allowed(q_slots, k_slots, img[:, :t], img, valid,
                                     bidirectional_image=self.cfg.llm.bidirectional_image_attention)
-        logits, (k, v) = self.llm(x, mask_to_bias(allowed), positions, (cache["keys"], cache["values"]), 0)
+        logits, (k, v) = self.llm(x, allowed, positions, (cache["keys"], cache["values"]), 0)
         cache = dict(keys=k, values=v, valid=valid, index=jnp.asarray(t, jnp.int32),
                      next_position=positions[:, -1] + 1)
         return logits, cache
@@ -120,7 +119,7 @@ class Backbone(nn.Module):
         no_img = jnp.zeros((b, t), bool)  # decode steps are causal only
         allowed = attention_allowed(q_slots, k_slots, no_img, no_img[:, :1], valid, bidirectional_image=False)
         x = self.llm.embed(input_ids)
-        logits, (k, v) = self.llm(x, mask_to_bias(allowed), positions, (cache["keys"], cache["values"]), index)
+        logits, (k, v) = self.llm(x, allowed, positions, (cache["keys"], cache["values"]), index)
         new = dict(keys=k, values=v, valid=valid, index=index + t, next_position=cache["next_position"] + t)
         return logits, new
 

@@ -35,6 +35,7 @@ def get_model_config(variant: str = "full") -> ml_collections.ConfigDict:
     full = variant == "full"
     c.dtype = "bfloat16" if full else "float32"        # compute dtype; params are always fp32
     c.remat_policy = "dots_no_batch" if full else "none"  # see molmoact2_jax.models.layers.REMAT_POLICIES
+    c.attention_impl = "auto"  # auto | xla | splash | cudnn: molmoact2_jax/models/attention.py (auto: by platform)
     c.scan_unroll = False                                # True unrolls the scanned layers (same param layout)
     c.max_sequence_length = 16384 if full else 1024
     c.action_mode = "both"   # "continuous" | "discrete" | "both" (docs/model_notes.md, "Encoder mask")

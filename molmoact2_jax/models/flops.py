@@ -5,8 +5,9 @@ loop, so it under-counts by about the layer count. This module walks the archite
 LLM, LM head, action expert with K flow samples), counting 2*M*N*K per matmul:
 
   hardware FLOPs  what the compiled step executes: dense shapes (padding tokens, missing cameras and masked
-                  attention entries included, as the einsum attention computes them), forward + backward, plus the
-                  forward recomputed by the remat policy. This is what `step_time_floor` and HFU use.
+                  attention entries included, as the einsum attention computes them; under splash attention the
+                  tiles the kernel computes, read from the batch's masks), forward + backward, plus the forward
+                  recomputed by the remat policy. This is what `step_time_floor` and HFU use.
   model FLOPs     the useful work: only valid tokens and images, attention over the entries its masks allow
                   (causal, bidirectional image blocks, padding, packed segments), forward + backward, no remat.
                   This is what MFU uses.
@@ -22,7 +23,9 @@ import dataclasses
 
 import numpy as np
 
+from molmoact2_jax.models import attention
 from molmoact2_jax.models.layers import SAVED_NAMES
+from molmoact2_jax.models.llm import attention_allowed
 from molmoact2_jax.models.action_expert import expert_mlp_dim
 from molmoact2_jax.models.vit import num_built_layers
 
@@ -44,6 +47,7 @@ class Counts:
     horizon: int
     context_tokens: float    # backbone tokens whose K/V the expert projects
     cross_pairs: float       # (action step, context key) pairs of the expert's cross-attention, per flow sample
+    vit_pairs: float = 0.0   # (query, key) pairs per image in the ViT's attention (0: patches ** 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +77,12 @@ def forward_ops(cfg, c: Counts, num_flow_samples: int) -> list[Op]:
     v = cfg.vit
     vw, vq = v.hidden_size, v.num_heads * v.head_dim
     rows = c.images * c.patches
+    vit_pairs = c.vit_pairs or float(c.patches) ** 2
     ops.append(Op("vit", None, _mm(rows, 3 * v.patch_size ** 2, vw), True, input_grad=False))
     for _ in range(num_built_layers(v)):
         ops += [Op("vit", "vit", _mm(rows, vw, 3 * vq), True, name="qkv_proj"),
-                Op("vit", "vit", 2 * _mm(c.images * c.patches, c.patches, vq), False, name="attention_out"),  # QK^T, AV
-                Op("vit", "vit", SOFTMAX_FLOPS * c.images * c.patches ** 2 * v.num_heads, False, elementwise=True),
+                Op("vit", "vit", 2 * 2.0 * c.images * vit_pairs * vq, False, name="attention_out"),  # QK^T, AV
+                Op("vit", "vit", SOFTMAX_FLOPS * c.images * vit_pairs * v.num_heads, False, elementwise=True),
                 Op("vit", "vit", _mm(rows, vq, vw), True, name="out_proj"),
                 Op("vit", "vit", _mm(rows, vw, v.mlp_dim), True, name="mlp_in"),
                 Op("vit", "vit", _mm(rows, v.mlp_dim, vw), True, name="mlp_out")]
@@ -181,14 +186,52 @@ def _shape(x):
 
 
 def dense_counts(cfg, batch) -> Counts:
-    """What the compiled step computes for a batch of these shapes (arrays or ShapeDtypeStructs)."""
+    """What the compiled step computes for a batch of these shapes (arrays or ShapeDtypeStructs). Under splash
+    attention (cfg.attention_impl, resolved for the platform in context) the LLM's pairs are those of the tiles the
+    kernel computes when the batch's token ids and masks are host arrays (tiles over padded lengths otherwise),
+    and the ViT's its padded square."""
     b, t = _shape(batch["input_ids"])
     images = batch.get("images")
     n_img, patches = (0, 0) if images is None else (_shape(images)[1], _shape(images)[2])
     n_tok = 0 if images is None else _shape(batch["pooled_idx"])[1]
     h = _shape(batch["actions"])[1] if "actions" in batch else cfg.action_expert.max_action_horizon
-    return Counts(images=b * n_img, patches=patches, image_tokens=b * n_tok, tokens=b * t, llm_pairs=b * t * t,
-                  action_examples=b, horizon=h, context_tokens=b * t, cross_pairs=b * h * t)
+    llm_pairs, vit_pairs = float(b * t * t), 0.0
+    if attention.resolve(cfg.attention_impl) == "splash":
+        if t >= attention.SPLASH_MIN_QUERIES:
+            llm_pairs = splash_llm_pairs(cfg, batch)
+        if patches >= attention.SPLASH_MIN_QUERIES:
+            vit_pairs = float(-(-patches // 128) * 128) ** 2
+    return Counts(images=b * n_img, patches=patches, image_tokens=b * n_tok, tokens=b * t, llm_pairs=llm_pairs,
+                  action_examples=b, horizon=h, context_tokens=b * t, cross_pairs=b * h * t, vit_pairs=vit_pairs)
+
+
+def splash_llm_pairs(cfg, batch) -> float:
+    """(query, key) pairs in the tiles splash computes for the LLM over `batch`: the model's mask per row, tiled
+    as models/attention.py tiles it (rows with the same ids, mask and segments are counted once)."""
+    ids = batch["input_ids"]
+    b, t = _shape(ids)
+    tp = -(-t // 128) * 128
+    tile = attention.splash_block(tp) ** 2
+    if not isinstance(ids, np.ndarray):    # abstract: every tile over the padded length
+        return float(b * tp * tp)
+    valid = np.asarray(batch.get("attention_mask", ids >= 0), bool)
+    segments = batch.get("segment_ids")
+    family = np.array([cfg.tokens[f] for f in IMAGE_FAMILY])
+    seen: dict = {}
+    total = 0.0
+    for i in range(b):
+        seg = None if segments is None else np.asarray(segments[i])
+        key = (ids[i].tobytes(), valid[i].tobytes(), None if seg is None else seg.tobytes())
+        if key not in seen:   # on the host, in numpy (the model's mask function is plain array arithmetic)
+            slots = np.arange(t)[None]
+            img = np.isin(ids[i], family)[None]
+            s = None if seg is None else seg[None]
+            allowed = attention_allowed(slots, slots, img, img, valid[i][None], s, s,
+                                        cfg.llm.bidirectional_image_attention)
+            tiles = attention.splash_tiles(allowed, t, t, xp=np)
+            seen[key] = attention.splash_tile_counts(tiles)["computed"] * tile
+        total += seen[key]
+    return float(total)
 
 
 def masked_counts(cfg, batch) -> Counts:

@@ -123,8 +123,9 @@ def apply_rope(x, cos, sin):
 def attention(q, k, v, bias, dtype=jnp.float32):
     """Multi-head attention with grouped K/V heads and fp32 softmax.
 
-    q: [B, Tq, Hq, D]; k, v: [B, Tk, Hkv, D] with Hq % Hkv == 0; bias: additive, broadcastable to [B, Hq, Tq, Tk]
-    (use NEG_INF for masked entries). Returns [B, Tq, Hq, D].
+    q: [B, Tq, Hq, D]; k, v: [B, Tk, Hkv, D] with Hq % Hkv == 0; bias: broadcastable to [B, Hq, Tq, Tk], either
+    additive fp32 (NEG_INF for masked entries) or boolean (True = may attend: a quarter of the memory, the same
+    numbers). Returns [B, Tq, Hq, D]. models/attention.py dispatches between this and the fused kernels.
     """
     b, tq, hq, d = q.shape
     hkv = k.shape[2]
@@ -134,7 +135,8 @@ def attention(q, k, v, bias, dtype=jnp.float32):
         jnp.float32)
     if bias is not None:
         bias = jnp.broadcast_to(bias, (b, hq, tq, k.shape[1])).reshape(b, hkv, group, tq, k.shape[1])
-        logits = logits + bias
+        # where(allowed, logits, NEG_INF) == logits + NEG_INF to fp32: |logits| is far below NEG_INF's ulp
+        logits = jnp.where(bias, logits, NEG_INF) if bias.dtype == jnp.bool_ else logits + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v.astype(dtype))
     return out.reshape(b, tq, hq, d)

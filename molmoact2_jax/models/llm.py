@@ -12,6 +12,7 @@ import flax.linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from molmoact2_jax.models import layers as L
+from molmoact2_jax.models.attention import attend
 
 ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
 
@@ -39,7 +40,7 @@ class DecoderBlock(nn.Module):
         if cache_kv is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype), write_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype), write_index, axis=1)
-        a = checkpoint_name(L.attention(q, k, v, bias, dtype=dtype), "attention_out")
+        a = checkpoint_name(attend(q, k, v, bias, self.cfg.attention_impl, dtype), "attention_out")
         x = x + checkpoint_name(L.Dense(m.hidden_size, ("heads", "head_dim"), ("embed",), n_in_dims=2, use_bias=False,
                                         dtype=dtype, name="o_proj")(a), "out_proj")
         h = L.RMSNorm(m.rms_norm_eps, name="ff_norm", axis_name="embed", dtype=dtype)(x)

@@ -8,6 +8,7 @@ from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
 from molmoact2_jax.models import layers as L
+from molmoact2_jax.models.attention import attend
 
 
 class ViTBlock(nn.Module):
@@ -21,7 +22,7 @@ class ViTBlock(nn.Module):
         qkv_dense = lambda name: L.Dense((v.num_heads, v.head_dim), ("vit_embed",), ("heads", "head_dim"),
                                          dtype=dtype, name=name)
         q, k, w = (checkpoint_name(qkv_dense(n)(h), "qkv_proj") for n in ("wq", "wk", "wv"))
-        a = checkpoint_name(L.attention(q, k, w, None, dtype=dtype), "attention_out")  # bidirectional, fp32 softmax
+        a = checkpoint_name(attend(q, k, w, None, self.cfg.attention_impl, dtype), "attention_out")  # bidirectional, fp32 softmax
         x = x + checkpoint_name(L.Dense(v.hidden_size, ("heads", "head_dim"), ("vit_embed",), n_in_dims=2,
                                         dtype=dtype, name="wo")(a), "out_proj")
         h = L.LayerNorm(v.layer_norm_eps, name="ffn_norm", dtype=dtype)(x)

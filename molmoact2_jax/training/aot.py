@@ -207,6 +207,7 @@ def compile_report(cfg, devices, chip: Chip, topology: str, pod: str | None = No
                   global_batch_size=int(cfg.data.global_batch_size), per_host_batch=per_host,
                   grad_accum_steps=int(cfg.trainer.grad_accum_steps),
                   mesh={k: int(v) for k, v in setup.mesh.shape.items()},
+                  attention=setup.attention_impl(), attention_impl=str(cfg.model.attention_impl),
                   hbm_bytes_per_device=int(chip.hbm_bytes), model_flops_per_step=float(flops["model"]),
                   hardware_flops_per_step=float(flops["hardware"]),
                   step_time_floor_seconds=(flops["hardware"] / len(devices) / chip.peak_bf16_flops
@@ -289,6 +290,7 @@ def format_report(r: dict) -> str:
              f"batch            global {r['global_batch_size']}, per host {r['per_host_batch']} "
              f"({r['num_hosts']} host{'s' if r['num_hosts'] > 1 else ''}, grad_accum_steps {r['grad_accum_steps']})",
              "mesh             " + " x ".join(f"{k}={v}" for k, v in r["mesh"].items()),
+             f"attention        {r['attention']} (config model.attention_impl={r.get('attention_impl', 'auto')})",
              f"parameters       {r['num_params'] / 1e9:.3f} B" if r["num_params"] >= 1e8 else
              f"parameters       {r['num_params'] / 1e6:.3f} M",
              f"compile          {r['compile_seconds']:.1f} s"]

@@ -121,6 +121,7 @@ def write_run_info(workdir: str, setup, state, cluster: dict | None = None, reso
     """`resolved`: what run_setup.prepare decided (its DataPlan's `resolved` fields, asset origins and notes)."""
     info = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "devices": jax.device_count(),
             "processes": jax.process_count(), "cluster": cluster or {}, "resolved": resolved or {},
+            "attention": setup.attention_impl(),
             "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "params": state_bytes(state.params), "params_and_optimizer": state_bytes((state.params,
                                                                                        state.opt_state))}

@@ -34,6 +34,7 @@ from data_pipelines.transforms.model_inputs import ACTION_FORMATS, ModelInputs
 from molmoact2_jax import storage
 from molmoact2_jax.checkpoint_io import assets as assets_lib
 from molmoact2_jax.checkpoint_io import params as params_io
+from molmoact2_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from molmoact2_jax.models.config import set_token_layout
 from molmoact2_jax.models.layers import REMAT_POLICIES
 from molmoact2_jax.tokenizers.openfast import OpenFAST
@@ -156,6 +157,7 @@ def check_fields(cfg) -> None:
     _choice(cfg, "model.action_mode", ACTION_FORMATS)
     _choice(cfg, "model.dtype", DTYPES)
     _choice(cfg, "model.remat_policy", tuple(REMAT_POLICIES))
+    _choice(cfg, "model.attention_impl", ATTENTION_IMPLEMENTATIONS)
     _choice(cfg, "model.vit.position_init", ("normal", "sincos2d"))
     _choice(cfg, "data.source", ("",) + SOURCE_KINDS)
     if cfg.model.action_mode in ("continuous", "both") and not cfg.model.use_action_expert:

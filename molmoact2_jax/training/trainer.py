@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from molmoact2_jax import storage
+from molmoact2_jax.models import attention
 from molmoact2_jax.models import flops as flops_lib
 from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.progress import progress_bar
@@ -203,9 +204,17 @@ class Setup:
         return tuple(g for g in flops_lib.GROUP_ORDER if g not in frozen)
 
     def step_flops(self, global_batch_or_shapes) -> dict:
-        """{"hardware", "model"} FLOPs of one step over the global batch (models/flops.py)."""
-        return flops_lib.train_step_flops(self.cfg.model, global_batch_or_shapes,
-                                          trainable=self.trainable_groups(), lora=self.lora_cfg is not None)
+        """{"hardware", "model"} FLOPs of one step over the global batch (models/flops.py), under the mesh (an
+        'auto' attention resolves for the devices compiled for)."""
+        with self.context():
+            return flops_lib.train_step_flops(self.cfg.model, global_batch_or_shapes,
+                                              trainable=self.trainable_groups(), lora=self.lora_cfg is not None)
+
+    def attention_impl(self) -> str:
+        """The attention implementation the step compiles with (config model.attention_impl resolved for the
+        mesh's platform: models/attention.py)."""
+        with self.context():
+            return attention.resolve(self.cfg.model.attention_impl)
 
     def model_flops(self, host_batch) -> float:
         """Useful FLOPs of a host batch (its masks), for MFU."""

@@ -168,9 +168,10 @@ def test_sigint_to_a_multiprocess_conversion(tmp_path):
     """A real Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while 2 worker processes write:
     exit 130, one error line and no traceback, no temporary or unfinished shard file; the same command resumes."""
     from data_pipelines.fixtures import make_fixture
-    # 10 one-episode shards: the signal is sent once the first shard is finished, so 8 or more are still to come
-    # however fast or loaded the machine is (waiting for a .tmp file instead could miss every window under load).
-    source = make_fixture("lerobot-v2.1", "so100", tmp_path / "src", episodes=10, length=12)
+    # 40 one-episode shards: the signal is sent once the first shard is finished, so many are still to come however
+    # fast or loaded the machine is (waiting for a .tmp file instead could miss every window under load; with 10
+    # shards a loaded 2-core host once let the other 9 finish, 1.5 s, before this process sent the signal).
+    source = make_fixture("lerobot-v2.1", "so100", tmp_path / "src", episodes=40, length=12)
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "molmoact2_jax.cli.data", "convert", "--source", f"lerobot:{source}",
            "--embodiment", "so100", "--out", str(out), "--workers", "2", "--episodes-per-shard", "1"]
@@ -194,7 +195,7 @@ def test_sigint_to_a_multiprocess_conversion(tmp_path):
     assert "index.json" not in left
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert len(load_episodes(out)) == 10
+    assert len(load_episodes(out)) == 40
 
 
 def test_read_only_outputs_are_refused_before_any_work(so100_v21, converted, tmp_path, capsys):
