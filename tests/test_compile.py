@@ -33,13 +33,27 @@ def check_report(report, devices):
     assert report["hardware_flops_per_step"] > report["model_flops_per_step"] > 0
 
 
+V5E_1024 = ["--pod=v5e-4", "--config.data.seq_len=1024"]
+
+
+@pytest.fixture(scope="module")
+def v5e_reports(tmp_path_factory):
+    """The tiny recipe at 1024 tokens compiled for v5e-4 with 'auto' attention (splash there) and with xla."""
+    out = {}
+    for impl in ("auto", "xla"):
+        out[impl] = compile_cli(tmp_path_factory.mktemp(impl), *TINY, *V5E_1024,
+                                f"--config.model.attention_impl={impl}")
+    return out
+
+
 @pytest.mark.parametrize("args,devices,mesh", [
     (["--devices=cpu:8", "--config.data.global_batch_size=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"], 8,
      {"slice": 1, "data": 2, "fsdp": 4, "tensor": 1}),
-    (["--pod=v5e-4"], 4, {"slice": 1, "data": 4, "fsdp": 1, "tensor": 1}),
+    (V5E_1024, 4, {"slice": 1, "data": 4, "fsdp": 1, "tensor": 1}),
 ], ids=["cpu8", "v5e_4"])
-def test_compile_reports_memory_and_flops(tmp_path, args, devices, mesh):
-    r, report = compile_cli(tmp_path, *TINY, *args)
+def test_compile_reports_memory_and_flops(tmp_path, args, devices, mesh, request):
+    r, report = request.getfixturevalue("v5e_reports")["auto"] if "v5e" in args[0] else \
+        compile_cli(tmp_path, *TINY, *args)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     print(r.stdout)
     check_report(report, devices)
@@ -163,17 +177,15 @@ def test_remat_menu_shows_what_each_policy_costs(tmp_path):
     assert "save_qkv_proj" in r.stdout and "memory per chip" in r.stdout
 
 
-def test_splash_attention_compiles_for_tpu_with_a_lower_peak_than_xla(tmp_path):
+def test_splash_attention_compiles_for_tpu_with_a_lower_peak_than_xla(v5e_reports):
     """The Pallas splash kernel (Mosaic code for a TPU) in the real train step: at 1024 tokens the einsum path's
     scores dominate the peak; splash holds tiles. Hardware FLOPs count the tiles the kernel computes."""
     reports = {}
-    for impl in ("xla", "splash"):
-        (tmp_path / impl).mkdir()
-        r, reports[impl] = compile_cli(tmp_path / impl, *TINY, "--pod=v5e-4", "--config.data.seq_len=1024",
-                                       f"--config.model.attention_impl={impl}")
+    for impl, name in (("auto", "splash"), ("xla", "xla")):
+        r, reports[name] = v5e_reports[impl]
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         print(impl, r.stdout)
-        assert reports[impl]["attention"] == impl
+        assert reports[name]["attention"] == name
     peak = {k: v["bytes_per_device"]["peak"] for k, v in reports.items()}
     assert peak["splash"] <= 0.75 * peak["xla"], peak          # measured 0.07 vs 0.13 GiB
     hw = {k: v["hardware_flops_per_step"] for k, v in reports.items()}

@@ -21,9 +21,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from molmoact2_jax.models import flow, rtc
+from molmoact2_jax.models.molmoact2 import MolmoAct2
 from molmoact2_jax.models.action_expert import ActionExpert
 from molmoact2_jax.runtime.export_folder import FLOW_KINDS
 
@@ -58,6 +60,12 @@ class PolicyGraphs:
     guided_inputs: list = None
 
 
+def _with_attention(cfg, impl: str):
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.attention_impl = impl
+    return c
+
+
 def _context_names(tree) -> list[str]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return ["context." + ".".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
@@ -69,7 +77,10 @@ def policy_graphs(policy, prompt_tokens: int, num_cameras: int, horizon: int, ba
     The prefix's image inputs take the shapes the policy's image preprocessing gives `num_cameras` images."""
     if flow_kind not in FLOW_KINDS:
         raise ValueError(f"flow kind {flow_kind!r}: expected one of {FLOW_KINDS}")
-    model, params, cfg = policy.model, policy.params, policy.cfg
+    params, cfg = policy.params, policy.cfg
+    # Exported graphs hold portable ops: the einsum attention, whichever kernel the exporting host would pick
+    # (a Pallas or cuDNN call has no ONNX or portable StableHLO form). Same parameters, same numbers.
+    model = MolmoAct2(_with_attention(cfg, "xla"))
     if model.expert is None:
         raise ValueError("this checkpoint has no action expert: only the continuous (flow) policy exports")
     steps = int(cfg.flow.num_steps if num_steps is None else num_steps)
