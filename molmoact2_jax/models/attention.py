@@ -27,6 +27,7 @@ the NaN would reach valid rows through the next layer's keys). Valid rows agree 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +68,9 @@ def resolve(impl: str) -> str:
 def attend(q, k, v, mask, impl: str = "xla", dtype=jnp.float32):
     """The model's attention under `impl` (see the module docstring)."""
     impl = resolve(impl)
-    if impl == "splash" and q.shape[1] >= SPLASH_MIN_QUERIES:
-        return splash_attention(q, k, v, _as_bool(mask), interpret=platform() != "tpu")
+    if isinstance(mask, SplashMask) or impl == "splash" and q.shape[1] >= SPLASH_MIN_QUERIES:
+        return splash_attention(q, k, v, mask if isinstance(mask, SplashMask) else _as_bool(mask),
+                                interpret=platform() != "tpu")
     if impl == "cudnn" and jnp.dtype(dtype).itemsize == 2:
         return cudnn_attention(q, k, v, mask, dtype, implementation="cudnn")
     # xla, and cudnn asked for in fp32 (cuDNN's flash kernels take bf16/fp16 only): the einsum path
@@ -128,15 +130,40 @@ def splash_tile_counts(tiles) -> dict:
     return {"computed": int(any_.sum()), "total": int(any_.size)}
 
 
-def _splash_one(tiles, q, k, v, interpret: bool):
-    """One example: tiles [Tq', Tk'] bool; q [Hq, Tq', D] (pre-scaled), k/v [Hkv, Tk', D]."""
+class SplashMask(NamedTuple):
+    """A mask processed for splash once per forward pass and handed to every layer (`prepare_mask`): per example,
+    the forward and dK/dV tile tables of splash's dynamic MaskInfo (next tile to fetch, next mask tile, tile kind
+    0 empty / 1 partial / 2 full, the mask tiles), each with a leading batch axis."""
+    fwd: tuple
+    dkv: tuple
+
+
+def _tile_tables(tiles) -> SplashMask:
+    """One example's tiles [Tq', Tk'] -> its SplashMask (no batch axis)."""
     bq, bk = splash_block(tiles.shape[0]), splash_block(tiles.shape[1])
-    sizes = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
-                          block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
-    # The mask infos built here, not through make_splash_mha: that one converts MaskInfo.is_dynamic_mask (a Python
-    # flag) to an array, which the kernel's __call__ then tests with `if` and fails under jit (jax 0.10.2).
     fwd, _ = mi.process_dynamic_mask(tiles[None], (bq, bk))
     dkv, _ = mi.process_dynamic_mask_dkv(tiles[None], (bq, bk))
+    arrays = lambda info: (info.data_next, info.mask_next, info.block_mask, info.partial_mask_blocks)
+    return SplashMask(arrays(fwd), arrays(dkv))
+
+
+def prepare_mask(mask, impl: str, tq: int, tk: int):
+    """What a layer stack hands its layers as the mask: under splash (and >= one tile of queries) the tile tables,
+    built once instead of once per layer (the mask is the same in every layer); otherwise the mask unchanged."""
+    if resolve(impl) != "splash" or tq < SPLASH_MIN_QUERIES:
+        return mask
+    return jax.vmap(_tile_tables)(splash_tiles(_as_bool(mask), tq, tk))
+
+
+def _splash_one(tables: SplashMask, q, k, v, interpret: bool):
+    """One example: its SplashMask; q [Hq, Tq', D] (pre-scaled), k/v [Hkv, Tk', D]."""
+    bq, bk = splash_block(q.shape[1]), splash_block(k.shape[1])
+    sizes = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
+                          block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
+    # The kernel built here, not through make_splash_mha: that one converts MaskInfo.is_dynamic_mask (a Python flag)
+    # to an array, which the kernel's __call__ then tests with `if` and fails under jit (jax 0.10.2).
+    fwd = mi.MaskInfo(*tables.fwd, q_sequence=None, is_dynamic_mask=True)
+    dkv = mi.MaskInfo(*tables.dkv, q_sequence=None, is_dynamic_mask=True)
     kernel = sk.SplashAttentionKernel(fwd, fwd, dkv, block_sizes=sizes, is_mqa=False, save_residuals=False,
                                       mask_value=sk.DEFAULT_MASK_VALUE, attn_logits_soft_cap=None,
                                       residual_checkpoint_name=None, mask_function=None, interpret=interpret)
@@ -157,19 +184,20 @@ def _mesh_axes(logical: str, size: int, mesh) -> tuple | None:
 
 
 def splash_attention(q, k, v, mask, interpret: bool = False):
-    """Splash attention with the model's boolean mask (None = all allowed); shapes as `attend`. Under a mesh the
-    kernel runs per shard (shard_map): batch over the axes `activation_batch` maps to, heads over the axes `heads`
-    maps to when both Hq and Hkv divide them (a local kernel must own whole K/V groups)."""
+    """Splash attention with the model's boolean mask (None = all allowed) or its `prepare_mask` tables; shapes as
+    `attend`. Under a mesh the kernel runs per shard (shard_map): batch over the axes `activation_batch` maps to,
+    heads over the axes `heads` maps to when both Hq and Hkv divide them (a local kernel must own whole K/V
+    groups)."""
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
-    tiles = splash_tiles(mask, tq, tk)
-    tq_p, tk_p = tiles.shape[1:]
+    tables = mask if isinstance(mask, SplashMask) else jax.vmap(_tile_tables)(splash_tiles(mask, tq, tk))
+    tq_p, tk_p = _round_up(tq, 128), _round_up(tk, 128)
     scale = 1.0 / np.sqrt(d)
     qt = jnp.pad((q * jnp.asarray(scale, q.dtype)), ((0, 0), (0, tq_p - tq), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
     kt = jnp.pad(k, ((0, 0), (0, tk_p - tk), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
     vt = jnp.pad(v, ((0, 0), (0, tk_p - tk), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-    if tiles.shape[0] != b:
-        tiles = jnp.broadcast_to(tiles, (b, tq_p, tk_p))
+    if tables.fwd[0].shape[0] != b:   # a mask without a batch axis: the same tables for every example
+        tables = jax.tree.map(lambda x: jnp.broadcast_to(x, (b, *x.shape[1:])), tables)
 
     local = functools.partial(_splash_local, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
@@ -178,12 +206,12 @@ def splash_attention(q, k, v, mask, interpret: bool = False):
         heads = _mesh_axes("heads", hq, mesh)
         if heads is not None and _mesh_axes("heads", hkv, mesh) != heads:
             heads = None
-        qkv_spec, tile_spec = P(batch_axes, heads, None, None), P(batch_axes, None, None)
-        local = jax.shard_map(local, in_specs=(tile_spec, qkv_spec, qkv_spec, qkv_spec), out_specs=qkv_spec,
+        qkv_spec = P(batch_axes, heads, None, None)
+        local = jax.shard_map(local, in_specs=(P(batch_axes), qkv_spec, qkv_spec, qkv_spec), out_specs=qkv_spec,
                               check_vma=False)
-    out = local(tiles, qt, kt, vt)
+    out = local(tables, qt, kt, vt)
     return out.transpose(0, 2, 1, 3)[:, :tq]
 
 
-def _splash_local(tiles, q, k, v, interpret: bool):
-    return jax.vmap(functools.partial(_splash_one, interpret=interpret))(tiles, q, k, v)
+def _splash_local(tables, q, k, v, interpret: bool):
+    return jax.vmap(functools.partial(_splash_one, interpret=interpret))(tables, q, k, v)

@@ -12,7 +12,7 @@ import flax.linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from molmoact2_jax.models import layers as L
-from molmoact2_jax.models.attention import attend
+from molmoact2_jax.models.attention import attend, prepare_mask
 
 ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
 
@@ -83,11 +83,13 @@ class LLM(nn.Module):
         return self.wte(ids)
 
     def __call__(self, x, bias, positions, cache_kv=None, write_index=0):
-        """x: [B, T, D] input embeddings; bias: [B, 1, T, S]; positions: [B, T].
+        """x: [B, T, D] input embeddings; bias: [B, 1, T, S] mask (boolean, or additive fp32); positions: [B, T].
         Returns (logits fp32 [B, T, vocab], (K, V) each [L, B, S, Hkv, hd])."""
         m = self.cfg.llm
         cos, sin = L.rope_tables(positions, m.head_dim, m.rope_theta)
-        x, kv = self.blocks(x, cache_kv, bias, cos, sin, write_index)
+        # the mask is the same in every layer: under splash its tile tables are built here, once
+        mask = prepare_mask(bias, self.cfg.attention_impl, x.shape[1], bias.shape[-1])
+        x, kv = self.blocks(x, cache_kv, mask, cos, sin, write_index)
         logits = self.lm_head(self.ln_f(x)).astype(jnp.float32)
         return logits, kv
 
