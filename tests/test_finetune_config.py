@@ -190,7 +190,9 @@ def test_tiny_finetune_trains_on_converted_shards_with_only_the_data_path(shards
     assert [pc.shuffle for (pc,) in pipelines] == [True, False]   # train, then eval (built at the first eval only)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["eval_total_loss"]) for r in rows)
-    resolved = json.loads((tmp_path / "run" / "run_info.json").read_text())["resolved"]
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["attention"] == "xla"   # model.attention_impl 'auto', resolved on this CPU
+    resolved = info["resolved"]
     assert resolved["fields"]["data.seq_len"] == {"given": 0, "resolved": out["config"].data.seq_len}
     assert resolved["fields"]["model.action_expert.max_action_horizon"] == {"given": 0, "resolved": 30}
     assert resolved["fields"]["data.tokenizer"] == {"given": "", "resolved": str(shards / "tokenizer.json")}
