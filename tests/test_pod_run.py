@@ -40,7 +40,8 @@ def get_config():
 # can deadlock under XLA:CPU's gloo collectives (an all-to-all outside the layer scan and the scan's FSDP all-gathers
 # run in different orders on different devices; seen with jax 0.10.2, CPU only): the emulation's limit, not the
 # trainer's. The multi-process FSDP paths run in test_distributed_training.py and below on synthetic batches.
-STEPS = ["--config.total_steps=10", "--config.checkpoint.every_steps=2", "--config.checkpoint.keep_last=10",
+TOTAL = 8
+STEPS = [f"--config.total_steps={TOTAL}", "--config.checkpoint.every_steps=2", "--config.checkpoint.keep_last=10",
          "--config.mesh.data=8", "--config.mesh.fsdp=1"]
 
 
@@ -73,7 +74,7 @@ def test_gs_run_directory_preempt_one_process_then_resume_matches(gcs, recipe, t
     codes, outs = run("reference")
     assert codes == [0, 0], failure_report(outs)
     reference = [r["loss"] for r in _bucket_rows(gcs, bucket, "reference")]
-    assert len(reference) == 10
+    assert len(reference) == TOTAL
 
     # SIGTERM to process 1 alone once step 2's checkpoint (and metrics upload) is in the bucket.
     procs, logs = start_multiprocess(f"gs://{bucket}/run", STEPS, 2, 4, env=gcs.env, cwd=cwds, base=recipe)
@@ -86,7 +87,7 @@ def test_gs_run_directory_preempt_one_process_then_resume_matches(gcs, recipe, t
     codes, outs = wait_all(procs, logs)
     assert codes == [0, 0], failure_report(outs)
     saved = [int(o.split("preemption requested: saved step ")[1].split(",")[0]) for o in outs]
-    assert saved[0] == saved[1] < 10, failure_report(outs)
+    assert saved[0] == saved[1] < TOTAL, failure_report(outs)
     stop = saved[0]
     assert f"preempted at step {stop}" in outs[0]
     objects = gcs.objects(bucket)
@@ -97,13 +98,13 @@ def test_gs_run_directory_preempt_one_process_then_resume_matches(gcs, recipe, t
     assert codes == [0, 0], failure_report(outs)
     assert f"resumed from gs://{bucket}/run/checkpoints/{stop}" in outs[0]
     rows = _bucket_rows(gcs, bucket, "run")
-    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["step"] for r in rows] == list(range(1, TOTAL + 1))
     print("reference:", reference, "\npreempted at", stop, "and resumed:", [r["loss"] for r in rows])
     np.testing.assert_allclose([r["loss"] for r in rows], reference, rtol=2e-6)
 
     # Nothing under the processes' working directories; everything in the bucket.
     assert [os.listdir(c) for c in cwds] == [[], []]
-    assert {"run/run_info.json", "run/assets/norm_stats.json", "run/checkpoints/10/assets/tokenizer.json"} <= \
+    assert {"run/run_info.json", "run/assets/norm_stats.json", f"run/checkpoints/{TOTAL}/assets/tokenizer.json"} <= \
         set(objects) | set(gcs.objects(bucket))
     assert any(o.startswith("run/tensorboard/events.out.tfevents") for o in gcs.objects(bucket))
     info = json.loads(open(os.path.join(gcs.data, bucket, "run", "run_info.json")).read())
@@ -118,7 +119,7 @@ def test_gs_run_directory_preempt_one_process_then_resume_matches(gcs, recipe, t
 
     # The bucket's step directory serves on its own, and exports to an HF folder in the bucket that serves the same
     # actions; in a fresh process, as a user would load them.
-    probe = SERVE_PROBE.format(ckpt=f"gs://{bucket}/run/checkpoints/10", hf=f"gs://{bucket}/hf",
+    probe = SERVE_PROBE.format(ckpt=f"gs://{bucket}/run/checkpoints/{TOTAL}", hf=f"gs://{bucket}/hf",
                                dataset=str(recipe_dataset_root(recipe)))
     r = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **gcs.env, "JAX_PLATFORMS": "cpu"},
                        cwd=str(cwds[0]), capture_output=True, text=True, timeout=300)
