@@ -35,7 +35,7 @@ def command(workdir: str, overrides=(), extra=()) -> list:
     return [sys.executable, "-m", "molmoact2_jax.cli.train", f"--workdir={workdir}", *BASE, *overrides, *extra]
 
 
-def run(workdir: str, overrides=(), devices: int = 1, timeout: int = 400) -> subprocess.CompletedProcess:
+def run(workdir: str, overrides=(), devices: int = 1, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(command(workdir, overrides), env=env_for(devices), capture_output=True, text=True,
                           timeout=timeout)
 
