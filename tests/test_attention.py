@@ -126,9 +126,8 @@ def test_auto_picks_by_the_platform_being_compiled_for():
 
 
 def test_model_loss_and_gradients_with_splash_equal_xla():
-    """The tiny model end to end (LLM over 2 images + text in one 128-token tile, padding in row 1; ViT and expert below a tile
-    keep the einsum path), one example per row and the rows of the batch sharded over 2 devices' worth of mesh
-    when the host has them."""
+    """The tiny model end to end, one device: the LLM over 2 images + text in one 128-token tile with padding in row 1
+    runs splash; the ViT and the expert (fewer than 128 queries) keep the einsum path."""
     cfg = get_model_config("tiny")
     model = MolmoAct2(cfg)
     batch = model.fake_batch(batch_size=2, seq_len=128, num_images=2, training=True)

@@ -13,7 +13,7 @@ or an additive fp32 bias (NEG_INF = masked), broadcastable to [B, 1, Tq, Tk], or
   or segment-id rule matches it (an image token sees the next image but not the text before it). Blocking the exact
   mask keeps the image-bidirectional term exact and skips, from the data, the tiles packing and causality leave
   empty: with several examples per row most tiles off the diagonal blocks are empty. Cost: the mask tiles, one
-  byte per (query, key) pair per example (256 MiB at 16384), built once per call from the mask XLA already fuses.
+  byte per (query, key) pair per example (256 MiB at 16384), built once per forward pass (`prepare_mask`).
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (GPU flash attention) with the mask as a dense
   additive bias in the compute dtype: exact, including rows with nothing to attend to, but no tile skipping (cuDNN's
   packed-segment form, q/kv offsets, is not reachable through that API). cuDNN runs in bf16/fp16 only.
@@ -22,7 +22,8 @@ or an additive fp32 bias (NEG_INF = masked), broadcastable to [B, 1, Tq, Tk], or
 
 A query row with no allowed key (padding) is never read by anything downstream; xla and cudnn give it uniform
 weights, splash lets it attend to one key (a row with nothing to attend to would divide by zero in the kernel, and
-the NaN would reach valid rows through the next layer's keys). Valid rows agree to fp32 rounding (tests/test_attention.py).
+the NaN would reach valid rows through the next layer's keys). Valid rows agree to fp32 rounding
+(tests/test_attention.py).
 """
 from __future__ import annotations
 

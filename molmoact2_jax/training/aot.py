@@ -290,7 +290,7 @@ def format_report(r: dict) -> str:
              f"batch            global {r['global_batch_size']}, per host {r['per_host_batch']} "
              f"({r['num_hosts']} host{'s' if r['num_hosts'] > 1 else ''}, grad_accum_steps {r['grad_accum_steps']})",
              "mesh             " + " x ".join(f"{k}={v}" for k, v in r["mesh"].items()),
-             f"attention        {r['attention']} (config model.attention_impl={r.get('attention_impl', 'auto')})",
+             f"attention        {r['attention']} (config model.attention_impl={r['attention_impl']})",
              f"parameters       {r['num_params'] / 1e9:.3f} B" if r["num_params"] >= 1e8 else
              f"parameters       {r['num_params'] / 1e6:.3f} M",
              f"compile          {r['compile_seconds']:.1f} s"]

@@ -139,9 +139,10 @@ class _FailedReadNoise(logging.Filter):
     restore's asyncio loop while tensorstore's other reads of that step are still running. Each of those then calls
     into the closed loop when it finishes (a `RuntimeError: Event loop is closed` traceback per read, through
     sys.unraisablehook) and its future or task, never awaited, is logged by asyncio ("Future exception was never
-    retrieved", "Task exception was never retrieved", naming the step's files). For a corrupt step that is hundreds of tracebacks after the one warning that matters
-    (Checkpointer._quarantine's). Only those two kinds are dropped: the hook passes every other unraisable
-    exception on, and the filter only asyncio records that name a step directory whose restore failed."""
+    retrieved", "Task exception was never retrieved", naming the step's files). For a corrupt step that is hundreds
+    of tracebacks after the one warning that matters (Checkpointer._quarantine's). Only those kinds are dropped: the
+    hook passes every other unraisable exception on, and the filter only asyncio records that name a step directory
+    whose restore failed."""
 
     def __init__(self):
         super().__init__()
@@ -157,7 +158,8 @@ class _FailedReadNoise(logging.Filter):
         self._next_hook(unraisable)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(("Future exception was never retrieved", "Task exception was never retrieved")):
+        if not str(record.msg).startswith(("Future exception was never retrieved",
+                                            "Task exception was never retrieved")):
             return True
         text = record.getMessage()
         return not any(p in text for p in self.paths)
