@@ -32,12 +32,13 @@ FSDP8 = ["--config.mesh.data=1", "--config.mesh.fsdp=8"]
 D2F2T2 = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 
 
-@pytest.mark.parametrize("mesh,first", [(FSDP8, None), (D2F2T2, FSDP8)],
-                         ids=["fsdp8", "fsdp8_resumed_as_data2_fsdp2_tensor2"])
+@pytest.mark.parametrize("mesh,first", [(FSDP8, None), (FSDP8, D2F2T2)],
+                         ids=["fsdp8", "data2_fsdp2_tensor2_resumed_as_fsdp8"])
 def test_meshes_match_single_device(single_device, mesh, first, tmp_path):
     """8 fake devices against 1. With `first`, steps 1-2 run under that mesh and the trainer resumes steps 3-5
     under `mesh`, given on the command line over the checkpoint's saved config (the README's resume on
-    another mesh)."""
+    another mesh). A fresh data=2 x fsdp=2 x tensor=2 run is the one XLA:CPU's concurrency-optimized schedule
+    deadlocked (cpu_flags)."""
     ckpt = ["--config.checkpoint.every_steps=2"] if first else []
     if first:
         r = run(str(tmp_path), STEPS + first + ckpt + ["--config.total_steps=2"], devices=8)
@@ -64,6 +65,18 @@ def test_meshes_match_single_device(single_device, mesh, first, tmp_path):
         print(f"fsdp=8: {s['max_bytes_per_device']} bytes on the fullest device of {s['total_bytes']} in total")
         # Tiny widths leave some tensors (norm scales, 9-row position table, small biases) replicated.
         assert s["max_bytes_per_device"] <= 0.15 * s["total_bytes"]  # ~1/8 plus the replicated bits
+
+
+def test_cpu_flags_merge_with_the_users():
+    """The flag molmoact2-train adds before the CPU backend starts (the deadlock it avoids is the fresh
+    data=2 x fsdp=2 x tensor=2 run above); the user's own value of it wins, MOLMOACT2_CPU_FLAGS=0 adds none."""
+    from molmoact2_jax.sharding import cpu_flags
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert cpu_flags.apply(env).split() == ["--xla_force_host_platform_device_count=8", f"{flag}=false"]
+    assert cpu_flags.apply({"XLA_FLAGS": f"{flag}=true"}).split() == [f"{flag}=true"]
+    assert cpu_flags.apply({"MOLMOACT2_CPU_FLAGS": "0", "XLA_FLAGS": "--a=1"}) == "--a=1"
+    assert "`" + flag in open(os.path.join(os.path.dirname(__file__), "..", "docs", "training.md")).read()
 
 
 @pytest.mark.multiprocess

@@ -14,7 +14,7 @@ import sys
 
 from absl import logging as absl_logging
 
-from molmoact2_jax.sharding import tpu_flags
+from molmoact2_jax.sharding import cpu_flags, tpu_flags
 from molmoact2_jax.cli.common import (CommandParser, add_config_flag, fail, is_user_error, option_names,
                                       parse_with_config)
 
@@ -84,6 +84,7 @@ def run(args, cfg) -> int:
 def main(argv=None) -> int:
     args, cfg = parse_with_config(build_parser(), argv, DEFAULT_RECIPE)
     tpu_flags.apply()   # before the TPU backend starts: libtpu reads LIBTPU_INIT_ARGS once
+    cpu_flags.apply()   # likewise XLA_FLAGS: fake CPU devices must not deadlock in their collectives
     return run(args, cfg)
 
 
