@@ -7,7 +7,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from train_harness import CACHE  # noqa: E402
+
+# In-process compiles share the trainer subprocesses' persistent XLA cache: a re-run compiles nothing it compiled
+# before (compiles under a second are not cached; jax's default).
+jax.config.update("jax_compilation_cache_dir", CACHE)
 
 
 @pytest.fixture(scope="session")
