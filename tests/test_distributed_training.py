@@ -8,7 +8,8 @@ import pytest
 
 from train_harness import failure_report, losses, read_metrics, run, run_multiprocess
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this file: its tests share the single-device run (pyproject.toml: --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed_training")]
 
 STEPS = ["--config.total_steps=5", "--config.data.global_batch_size=8", "--config.checkpoint.every_steps=0"]
 # Different meshes reduce in different orders (fp32): after 5 Adam steps losses agree to ~1e-6 relative.
