@@ -37,6 +37,8 @@ def test_demo_bad_settings_are_usage_errors(tmp_path, capsys):
             ("--config.demo.object_color=red", "config.demo.object_color 'red'"),
             ("--config.demo.think=True", "use --config=finetune:demo_think"),
             ("--config.demo.episodes=3", "config.demo.episodes: no such config field"),
+            ("--config.demo.eval_block=heldout", "config.demo.eval_block='heldout': expected validation or test"),
+            ("--config.demo.test_seed=950", "the validation block's episodes would reach into the test block"),
             ("--config=finetune:robot_tiny", "has no config.demo settings"),
             ("--steps=300", "unrecognized arguments: --steps")):
         assert _exit_code(["--workdir", wd, override]) == 2, override
@@ -88,17 +90,27 @@ def test_demo_end_to_end_small(tmp_path):
     from molmoact2_jax.demo.score import POLICIES
     wd = tmp_path / "demo"
     code = _exit_code(["--workdir", str(wd), "--config.demo.train_episodes=3", "--config.demo.heldout_episodes=1",
-                       "--config.total_steps=300", "--config.demo.eval_episodes=1", "--config.demo.max_steps=16",
+                       "--config.total_steps=300", "--config.demo.eval_episodes=2", "--config.demo.max_steps=16",
+                       "--config.demo.validation_episodes=1",
                        "--config.demo.workers=0", "--config.data.global_batch_size=8"])
     summary = json.loads((wd / "demo_summary.json").read_text())
     # Exit 1 exactly when the model does not beat the mean action in closed loop.
     assert code == (0 if summary["model_beats_mean_action"] else 1)
+    # The protocol: the closed-loop table is the test block's (seeds never used to choose a default), the model's
+    # validation-block figure beside it; each policy's episodes under closed_loop/<block>/.
+    assert summary["protocol"] == {"closed_loop_block": "test", "blocks": {
+        "validation": {"first_seed": 900, "role": "every choice of the defaults", "episodes_per_task": 1},
+        "test": {"first_seed": 100_000, "role": "reported; never used to choose", "episodes_per_task": 2}}}
     table = summary["closed_loop"]
     assert set(table) == set(POLICIES)
     for name in POLICIES:
         r = table[name]["push-v3"]
-        assert r["episodes"] == 1 and 0 <= r["successes"] <= 1 and 0 <= r["ci95"][0] <= r["ci95"][1] <= 1
+        assert r["episodes"] == 2 and 0 <= r["successes"] <= 2 and 0 <= r["ci95"][0] <= r["ci95"][1] <= 1
         assert r["mean_final_distance"] > 0
+        report = json.loads((wd / "closed_loop" / "test" / name / "report.json").read_text())
+        assert report["seed"] == 100_000, report.get("seed")
+    assert set(summary["closed_loop_validation"]) == {POLICIES[0]}
+    assert summary["closed_loop_validation"][POLICIES[0]]["reach-v3"]["episodes"] == 1
     # A 300-step run of batch 8 on 3 episodes per task places no goal yet (its dx error is the mean action's), but
     # it must have learned what the instruction says about the gripper (reach: 0, push: closed), through the whole
     # chain recording -> shards -> normalization -> model -> un-normalization (measured 0.39x the mean's error),

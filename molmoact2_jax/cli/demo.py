@@ -10,7 +10,9 @@ The settings are the recipe variant's (configs/finetune.py, demo and demo_think)
 total_steps, data.global_batch_size, data.seq_len, optimizer.lr.llm (every parameter group follows it),
 model.vit.hidden_size (the ViT and connector width), model.action_mode, model.flow.num_samples, ema.decay, and
 config.demo: tasks, cameras, train_episodes, heldout_episodes, lossless, goal_marker, object_color, object_marker,
-action_noise, execute_steps, max_steps, mode, eval_episodes, eval_seed, workers, vqvae_steps, think_eval_frames.
+action_noise, execute_steps, max_steps, mode, workers, vqvae_steps, think_eval_frames, and the evaluation protocol:
+eval_block (test: the block never used to choose a default; validation: the one every choice is made on),
+eval_episodes, validation_seed, test_seed, validation_episodes (the model on the validation block as well).
 
 Exit codes: 0 the model beat the mean action in closed loop (demo_think: the most frequent depth code), 1 it did
 not, 2 a bad flag or setting (one line on stderr, before anything is written).

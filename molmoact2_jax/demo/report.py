@@ -49,18 +49,35 @@ def _common_settings(s: DemoSettings) -> dict:
             "batch": s.cfg.data.global_batch_size}
 
 
-def closed_loop_summary(wd: Path, s: DemoSettings, trained_cfg, table: dict, heldout_err: dict, train_err: dict,
-                        export: Path, ok: bool, seconds: dict, t_all: float) -> int:
-    """Writes demo_summary.json; exit code 0 when the model beat the mean action in closed loop, else 1."""
+def protocol(s: DemoSettings, validation: dict | None) -> dict:
+    """Which seed block demo_summary.json's closed_loop table is from, and each block's seeds and episode counts."""
+    demo = s.demo
+    blocks = {"validation": {"first_seed": s.block_seed("validation"), "role": "every choice of the defaults"},
+              "test": {"first_seed": s.block_seed("test"), "role": "reported; never used to choose"}}
+    blocks[demo.eval_block]["episodes_per_task"] = int(demo.eval_episodes)
+    if validation is not None:
+        blocks["validation"]["episodes_per_task"] = int(demo.validation_episodes)
+    return {"closed_loop_block": demo.eval_block, "blocks": blocks}
+
+
+def closed_loop_summary(wd: Path, s: DemoSettings, trained_cfg, table: dict, validation: dict | None,
+                        heldout_err: dict, train_err: dict, export: Path, ok: bool, seconds: dict,
+                        t_all: float) -> int:
+    """Writes demo_summary.json (`closed_loop`: the eval block's table; `closed_loop_validation`: the model on the
+    validation block, when asked for); exit code 0 when the model beat the mean action in closed loop, else 1."""
     cfg, demo = s.cfg, s.demo
-    summary = {"closed_loop": table, "heldout_action_error": heldout_err, "train_action_error": train_err,
+    summary = {"protocol": protocol(s, validation), "closed_loop": table,
+               **({"closed_loop_validation": validation} if validation is not None else {}),
+               "heldout_action_error": heldout_err, "train_action_error": train_err,
                "settings": {**_common_settings(s),
                             "lr": float(trained_cfg.optimizer.lr.llm), "ema": float(trained_cfg.ema.decay),
                             "seq_len": cfg.data.seq_len, "flow_samples": cfg.model.flow.num_samples,
                             "vit_width": cfg.model.vit.hidden_size,
                             "augment": cfg.data.augment, "lossless": demo.lossless, "mode": demo.mode,
                             "action_mode": cfg.model.action_mode, "action_noise": demo.action_noise,
-                            "eval_episodes": demo.eval_episodes, "eval_seed": demo.eval_seed},
+                            "eval_block": demo.eval_block, "eval_episodes": demo.eval_episodes,
+                            "validation_seed": demo.validation_seed, "test_seed": demo.test_seed,
+                            "validation_episodes": demo.validation_episodes},
                "export": str(export), "model_beats_mean_action": ok,
                "seconds": {k: round(v, 1) for k, v in seconds.items()},
                "minutes": (time.perf_counter() - t_all) / 60}

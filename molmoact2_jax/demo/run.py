@@ -102,15 +102,24 @@ def closed_loop_demo(s: DemoSettings, wd: Path) -> int:
     print(f"      {export_hf(str(ckpt), str(export))}")
     done(t0)
 
-    t0 = stage(7, f"closed-loop MetaWorld evaluation from the export ({demo.eval_episodes} episodes per task, "
-                  f"seeds {demo.eval_seed}+)")
-    table = score.closed_loop(wd, export, sim_cfg, stats_path, tasks, demo.eval_episodes, demo.eval_seed, demo.mode,
-                              demo.workers)
+    block, seed = demo.eval_block, s.block_seed(demo.eval_block)
+    t0 = stage(7, f"closed-loop MetaWorld evaluation from the export: {block} block ({demo.eval_episodes} episodes "
+                  f"per task, seeds {seed}+)")
+    table = score.closed_loop(wd, export, sim_cfg, stats_path, tasks, demo.eval_episodes, seed, demo.mode,
+                              demo.workers, out=wd / "closed_loop" / block)
+    validation = None
+    if block == "test" and demo.validation_episodes > 0:
+        seed = s.block_seed("validation")
+        print(f"      the model on the validation block as well ({demo.validation_episodes} episodes per task, "
+              f"seeds {seed}+)")
+        validation = score.closed_loop(wd, export, sim_cfg, stats_path, tasks, demo.validation_episodes, seed,
+                                       demo.mode, demo.workers, policies=score.POLICIES[:1],
+                                       out=wd / "closed_loop" / "validation")
     done(t0)
     seconds["closed_loop"] = time.perf_counter() - t0
 
     t0 = stage(8, "serve the export over HTTP and answer one request")
     serve_one(export, datasets["heldout"], sim_cfg.norm_tag)
     done(t0)
-    return report.closed_loop_summary(wd, s, cfg, table, err, fit, export, score.beats_mean_action(table), seconds,
-                                      t_all)
+    return report.closed_loop_summary(wd, s, cfg, table, validation, err, fit, export, score.beats_mean_action(table),
+                                      seconds, t_all)

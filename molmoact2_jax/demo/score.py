@@ -63,19 +63,21 @@ def print_error(title: str, err: dict):
 
 
 def closed_loop(wd: Path, export: Path, sim_cfg, stats_path: Path, tasks, episodes: int, seed: int,
-                mode: str | None, workers: int) -> dict:
-    """{policy: {task: success, successes, episodes, ci95 (Wilson), final distance}} on seeds `seed`+."""
+                mode: str | None, workers: int, policies=POLICIES, out: Path | None = None) -> dict:
+    """{policy: {task: success, successes, episodes, ci95 (Wilson), final distance}} on seeds `seed`+; each
+    policy's report and videos under `out` (default wd/closed_loop)/<policy>."""
     cfg = sim_cfg.replace(norm_stats_path=str(stats_path))
     suite = parse_suite("metaworld:" + ",".join(tasks))
     table = {}
-    for name in POLICIES:
+    for name in policies:
         model = name == "molmoact2-tiny"
         policy = (ModelPolicy.load(str(export), cfg, mode=mode) if model else
                   make_baseline(name, cfg, norm_stats=str(stats_path)))
-        # Baselines ignore the cameras (nothing is rendered for them); the model's episodes render in workers.
+        # Baselines ignore the cameras (nothing is rendered for them), but 100 episodes of physics per task still
+        # take a minute in one process: every policy runs in the workers.
         opts = EvalOptions(episodes=episodes, videos_per_task=1 if model else 0, policy_name=name,
-                           progress=True, seed=seed, workers=workers if model else 0)
-        report = evaluate(policy, suite, cfg, opts, wd / "closed_loop" / name)
+                           progress=True, seed=seed, workers=workers)
+        report = evaluate(policy, suite, cfg, opts, (out or wd / "closed_loop") / name)
         table[name] = {task: {k: report["tasks"][task][k] for k in
                               ("success_rate", "successes", "episodes", "ci95", "mean_final_distance")}
                        for task in tasks}

@@ -10,7 +10,9 @@ from molmoact2_jax.evaluation.errors import SimEvalError
 # Not training fields; the demo reads them from config.demo.
 DEMO_FIELDS = ("think", "tasks", "cameras", "train_episodes", "heldout_episodes", "lossless", "goal_marker",
                "object_color", "object_marker", "action_noise", "vqvae_steps", "think_eval_frames", "execute_steps",
-               "max_steps", "mode", "eval_episodes", "eval_seed", "workers")
+               "max_steps", "mode", "eval_block", "eval_episodes", "validation_seed", "test_seed",
+               "validation_episodes", "workers")
+BLOCKS = ("validation", "test")
 MODES = ("continuous", "discrete")
 
 
@@ -30,6 +32,10 @@ class DemoSettings:
     @property
     def demo(self):
         return self.cfg.demo
+
+    def block_seed(self, block: str) -> int:
+        """The first closed-loop seed of the evaluation block `block` (validation or test)."""
+        return int(self.demo.validation_seed if block == "validation" else self.demo.test_seed)
 
 
 def episodes_per_task(text, tasks) -> int | dict:
@@ -91,6 +97,15 @@ def resolve(recipe) -> DemoSettings:
         _fail(f"config.ema.decay must be a decay in [0, 1) (0: off), got {cfg.ema.decay}")
     if not cfg.model.flow.num_samples >= 1:
         _fail(f"config.model.flow.num_samples must be >= 1, got {cfg.model.flow.num_samples}")
+    if demo.eval_block not in BLOCKS:
+        _fail(f"config.demo.eval_block={demo.eval_block!r}: expected validation or test")
+    if not demo.eval_episodes >= 1 or demo.validation_episodes < 0:
+        _fail(f"config.demo.eval_episodes must be >= 1 and config.demo.validation_episodes >= 0, got "
+              f"{demo.eval_episodes} and {demo.validation_episodes}")
+    first, second = sorted([(demo.validation_seed, "validation"), (demo.test_seed, "test")])
+    if first[0] + max(demo.eval_episodes, demo.validation_episodes) > second[0]:
+        _fail(f"config.demo.validation_seed={demo.validation_seed} and test_seed={demo.test_seed}: the {first[1]} "
+              f"block's episodes would reach into the {second[1]} block; keep the blocks apart")
     for group, lr in cfg.optimizer.lr.items():
         if not lr > 0:
             _fail(f"config.optimizer.lr.{group} must be > 0, got {lr}")
