@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from molmoact2_jax.sharding.flag_bundle import enabled, missing
+
 ENV = "XLA_FLAGS"
 OPT_OUT = "MOLMOACT2_CPU_FLAGS"   # "0": leave XLA_FLAGS as the user set it
 
@@ -22,20 +24,15 @@ CPU_FLAGS = (
 )
 
 
-def _name(flag: str) -> str:
-    return flag.split("=", 1)[0]
-
-
 def merged(existing: str = "") -> str:
     """`existing` XLA_FLAGS with the bundle's flags it does not set already (the user's value wins)."""
-    have = {_name(a) for a in existing.split()}
-    return " ".join([*existing.split(), *(f for f, _ in CPU_FLAGS if _name(f) not in have)])
+    return " ".join([*existing.split(), *missing(existing, CPU_FLAGS)])
 
 
 def apply(environ=None) -> str:
     """Puts the bundle into XLA_FLAGS of `environ` (default os.environ) unless MOLMOACT2_CPU_FLAGS=0; returns the
     value XLA will read. Call before anything initializes a JAX backend."""
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT, "1").strip() not in ("0", "false", "no"):
+    if enabled(environ, OPT_OUT):
         environ[ENV] = merged(environ.get(ENV, ""))
     return environ.get(ENV, "")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from molmoact2_jax.sharding.flag_bundle import enabled, missing
+
 ENV = "LIBTPU_INIT_ARGS"
 OPT_OUT = "MOLMOACT2_TPU_FLAGS"   # "0": leave LIBTPU_INIT_ARGS as the user set it
 
@@ -33,26 +35,19 @@ TPU_FLAGS = (
 )
 
 
-def _name(flag: str) -> str:
-    return flag.split("=", 1)[0]
-
-
 def merged(existing: str = "") -> str:
     """`existing` LIBTPU_INIT_ARGS with the bundle's flags it does not set already (the user's value wins)."""
-    have = {_name(a) for a in existing.split()}
-    ours = [f for f, _ in TPU_FLAGS if _name(f) not in have]
-    return " ".join([*ours, *existing.split()])
+    return " ".join([*missing(existing, TPU_FLAGS), *existing.split()])
 
 
 def apply(environ=None) -> str:
     """Puts the bundle into LIBTPU_INIT_ARGS of `environ` (default os.environ) unless MOLMOACT2_TPU_FLAGS=0;
     returns the value libtpu will read. Call before anything initializes the TPU backend."""
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT, "1").strip() not in ("0", "false", "no"):
+    if enabled(environ, OPT_OUT):
         environ[ENV] = merged(environ.get(ENV, ""))
     return environ.get(ENV, "")
 
 
 if __name__ == "__main__":   # for shell launchers: the value to export
-    print(merged(os.environ.get(ENV, "")) if os.environ.get(OPT_OUT, "1").strip() not in ("0", "false", "no")
-          else os.environ.get(ENV, ""))
+    print(merged(os.environ.get(ENV, "")) if enabled(os.environ, OPT_OUT) else os.environ.get(ENV, ""))
