@@ -97,3 +97,15 @@ def test_export_folder_of_another_format_is_one_line(tmp_path):
     (d / EXPORT_JSON).write_text("{not json")
     assert "not valid JSON" in _refused(d)
     assert "not found" in _refused(tmp_path / "nowhere")
+
+
+def test_a_training_process_does_not_import_torch(tmp_path):
+    """torch is a test dependency here, as on many users' hosts; tensorboardX would import it (1.5 s, ~300 MB per
+    training process) only to accept torch tensors. The metric writer keeps it out, and torch stays importable."""
+    code = ("import sys\nfrom molmoact2_jax.training import trainer\nfrom molmoact2_jax.training.metrics import "
+            f"MetricWriter\nw = MetricWriter({str(tmp_path)!r})\nw.write(1, {{'loss': 1.0}})\nw.close()\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nimport torch\nprint('OK', torch.__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0 and "OK torch" in r.stdout, r.stderr[-2000:]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))

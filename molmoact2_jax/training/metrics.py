@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-
-import sys
 
 import jax
 import numpy as np
